@@ -1,0 +1,17 @@
+//! Settings of the XDP program that userspace writes once at start (`LB_CONFIG[0]`).
+
+use bytemuck::{Pod, Zeroable};
+
+/// Value of `LB_CONFIG[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LbConfig {
+    /// Outer source address of IPv6 encapsulation (ip6ip6), as in [`crate::addr`].
+    pub src_v6: [u32; 4],
+    /// Outer source address of IPv4 encapsulation (IPIP), network byte order in memory.
+    pub src_v4: u32,
+    /// Seed of [`crate::hash::flow_hash`]; every LB instance of a fleet must use the same one.
+    pub hash_seed: u32,
+    /// Zero; keeps the struct free of padding.
+    pub _reserved: [u32; 2],
+}

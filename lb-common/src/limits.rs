@@ -1,0 +1,74 @@
+//! Every size of the data plane, defined once. Map sizes are defaults that `lb run` may override at
+//! load time; the loop bounds are compiled into the XDP program.
+
+/// VIPs (services) the maps hold.
+pub const DEFAULT_MAX_SERVICES: u32 = 1024;
+/// Backends across all services (Katran: 4,096 in all).
+pub const DEFAULT_MAX_BACKENDS: u32 = 65_536;
+/// Backends one service may have.
+pub const MAX_BACKENDS_PER_SERVICE: u32 = 4096;
+/// Entries of one service table: the Maglev table size M (prime) and the cap of a weighted sequence.
+pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+/// Table slots beyond one per service, so new tables can be written beside the live ones.
+pub const SPARE_TABLE_SLOTS: u32 = 8;
+/// Connections the flow table tracks (LRU).
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
+/// Clients the persistence table tracks (LRU).
+pub const DEFAULT_PERSIST_TABLE_SIZE: u32 = 1 << 16;
+/// Local addresses the decap program accepts.
+pub const MAX_DECAP_ADDRS: u32 = 64;
+
+/// Up to this many backends least-conn compares all of them; above it, it compares two random
+/// choices (power of two choices), which keeps the per-packet cost flat.
+pub const LEAST_CONN_EXACT_MAX: u32 = 32;
+/// A flow's `last_seen_ns` is rewritten at most this often, to keep established-flow packets from
+/// dirtying a shared cache line on every packet.
+pub const FLOW_TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Sizes chosen at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub max_services: u32,
+    pub max_backends: u32,
+    pub table_size: u32,
+    pub flow_table_size: u32,
+    pub persist_table_size: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity {
+            max_services: DEFAULT_MAX_SERVICES,
+            max_backends: DEFAULT_MAX_BACKENDS,
+            table_size: DEFAULT_TABLE_SIZE,
+            flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
+            persist_table_size: DEFAULT_PERSIST_TABLE_SIZE,
+        }
+    }
+}
+
+impl Capacity {
+    /// Table slots in the schedule pool.
+    pub const fn table_slots(&self) -> u32 {
+        self.max_services + SPARE_TABLE_SLOTS
+    }
+
+    /// Entries of `LB_SCHEDULE`.
+    pub const fn schedule_entries(&self) -> u32 {
+        self.table_slots() * self.table_size
+    }
+
+    /// Checks the combination; returns what is wrong.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.max_services == 0 || self.max_backends == 0 || self.flow_table_size == 0 || self.persist_table_size == 0 {
+            return Err("every capacity must be at least 1");
+        }
+        if self.table_size < MAX_BACKENDS_PER_SERVICE {
+            return Err("the table size must be at least the backends a service may have (4096)");
+        }
+        if (self.table_slots() as u64) * (self.table_size as u64) > u32::MAX as u64 / 4 {
+            return Err("max services × table size is too large for one schedule array");
+        }
+        Ok(())
+    }
+}

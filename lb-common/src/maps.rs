@@ -1,0 +1,25 @@
+//! Names of the maps and programs (kernel names are at most 15 characters). Map files are pinned
+//! under the pin directory with these names.
+
+pub const SERVICES: &str = "LB_SERVICES";
+pub const SERVICE_META: &str = "LB_SVC_META";
+pub const BACKENDS: &str = "LB_BACKENDS";
+pub const SCHEDULE: &str = "LB_SCHEDULE";
+pub const FLOWS: &str = "LB_FLOWS";
+pub const PERSIST: &str = "LB_PERSIST";
+pub const BACKEND_CONNS: &str = "LB_BE_CONNS";
+pub const CURSORS: &str = "LB_CURSORS";
+pub const STATS: &str = "LB_STATS";
+pub const SERVICE_STATS: &str = "LB_SVC_STATS";
+pub const BACKEND_STATS: &str = "LB_BE_STATS";
+pub const CONFIG: &str = "LB_CONFIG";
+pub const DECAP_ADDRS: &str = "LB_DECAP_ADDRS";
+pub const DECAP_STATS: &str = "LB_DECAP_STATS";
+
+/// The balancer XDP program.
+pub const PROG_BALANCER: &str = "lb_balancer";
+/// The backend-side decapsulation XDP program.
+pub const PROG_DECAP: &str = "lb_decap";
+
+/// Default pin directory of `lb run` and `lb status`.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";

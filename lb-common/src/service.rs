@@ -1,0 +1,132 @@
+//! Services (VIPs) and how they pick backends.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Key of the service map: one VIP. `addr` as in [`crate::addr`], `port_be` in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct VipKey {
+    pub addr: [u32; 4],
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// How a service picks the backend of a new flow.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scheduler {
+    /// `rr`: round robin over the backend list.
+    RoundRobin = 0,
+    /// `wrr`: smooth weighted round robin (a precomputed weighted sequence walked by a cursor).
+    WeightedRoundRobin = 1,
+    /// `random`: uniform over the backend list.
+    Random = 2,
+    /// `wrandom`: a random position in the weighted sequence.
+    WeightedRandom = 3,
+    /// `least-conn`: weighted least active connections over the backend list.
+    LeastConn = 4,
+    /// `maglev`: weighted Maglev consistent hashing of the flow's 5-tuple.
+    Maglev = 5,
+}
+
+impl Scheduler {
+    pub const ALL: [Scheduler; 6] = [
+        Scheduler::RoundRobin,
+        Scheduler::WeightedRoundRobin,
+        Scheduler::Random,
+        Scheduler::WeightedRandom,
+        Scheduler::LeastConn,
+        Scheduler::Maglev,
+    ];
+
+    pub const fn from_u32(v: u32) -> Option<Scheduler> {
+        match v {
+            0 => Some(Scheduler::RoundRobin),
+            1 => Some(Scheduler::WeightedRoundRobin),
+            2 => Some(Scheduler::Random),
+            3 => Some(Scheduler::WeightedRandom),
+            4 => Some(Scheduler::LeastConn),
+            5 => Some(Scheduler::Maglev),
+            _ => None,
+        }
+    }
+
+    /// The name used in configuration, ZooKeeper and the CLI.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Scheduler::RoundRobin => "rr",
+            Scheduler::WeightedRoundRobin => "wrr",
+            Scheduler::Random => "random",
+            Scheduler::WeightedRandom => "wrandom",
+            Scheduler::LeastConn => "least-conn",
+            Scheduler::Maglev => "maglev",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Scheduler> {
+        Scheduler::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// What the service's table holds: the plain backend list (rr, random, least-conn), a weighted
+    /// sequence (wrr, wrandom) or a Maglev lookup table.
+    pub const fn table_kind(self) -> TableKind {
+        match self {
+            Scheduler::RoundRobin | Scheduler::Random | Scheduler::LeastConn => TableKind::BackendList,
+            Scheduler::WeightedRoundRobin | Scheduler::WeightedRandom => TableKind::WeightedSequence,
+            Scheduler::Maglev => TableKind::Maglev,
+        }
+    }
+}
+
+/// The three shapes of table a service can have in the schedule pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableKind {
+    BackendList,
+    WeightedSequence,
+    Maglev,
+}
+
+/// Value of the service map.
+///
+/// The table lives at `LB_SCHEDULE[table_offset .. table_offset + table_len]` and holds backend ids.
+/// Userspace writes a new table into a free slot and then replaces this whole entry (one atomic map
+/// update), so the XDP program sees either the old table or the new one, never a mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceEntry {
+    /// Index of the service in the per-service arrays (stats, cursors, metadata).
+    pub id: u32,
+    /// A [`Scheduler`] as `u32`.
+    pub scheduler: u32,
+    pub table_offset: u32,
+    /// Entries in the table; 0 means no usable backend (a counted drop).
+    pub table_len: u32,
+    /// Session persistence (IPVS `-p`): 0 disables it.
+    pub persist_timeout_s: u32,
+    /// Leading bits of the client address that form the persistence key.
+    pub persist_prefix_len: u32,
+    /// Bumped by userspace on every change; shown by `lb status`.
+    pub generation: u32,
+    pub flags: u32,
+}
+
+/// Length of a service name in [`ServiceMeta`].
+pub const SERVICE_NAME_LEN: usize = 64;
+
+/// Per-service metadata read only by userspace (`lb status`), indexed by service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceMeta {
+    /// UTF-8, zero padded.
+    pub name: [u8; SERVICE_NAME_LEN],
+    pub vip: VipKey,
+    /// 1 while the id is in use.
+    pub in_use: u32,
+}
+
+impl Default for ServiceMeta {
+    fn default() -> Self {
+        Zeroable::zeroed()
+    }
+}

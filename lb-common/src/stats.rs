@@ -1,0 +1,103 @@
+//! Counters: one named global counter per verdict and drop reason, and traffic per service and backend.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Traffic of one service (`LB_SVC_STATS`) or one backend (`LB_BE_STATS`), per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TrafficStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub drops: u64,
+}
+
+impl TrafficStats {
+    pub fn add(&mut self, other: &TrafficStats) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.new_flows = self.new_flows.wrapping_add(other.new_flows);
+        self.drops = self.drops.wrapping_add(other.drops);
+    }
+}
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $variant:ident = $idx:literal => $name:literal ),* $(,)?) => {
+        /// Index into `LB_STATS` (per-CPU array of `u64`). Every verdict and every drop reason has one.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Counter { $( $(#[$doc])* $variant = $idx ),* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[ $( Counter::$variant ),* ];
+            pub const COUNT: u32 = Counter::ALL.len() as u32;
+
+            /// Stable snake_case name, used by `lb status` and the metrics.
+            pub const fn name(self) -> &'static str {
+                match self { $( Counter::$variant => $name ),* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Every frame the balancer program saw.
+    RxPackets = 0 => "rx_packets",
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): passed.
+    PassNotIp = 1 => "pass_not_ip",
+    /// IP but not TCP (ICMP, UDP, ...): passed.
+    PassNotTcp = 2 => "pass_not_tcp",
+    /// TCP to an address/port that is no VIP: passed.
+    PassNotVip = 3 => "pass_not_vip",
+    /// IPv4 fragment: passed to the stack (the LB does not reassemble).
+    PassFragment = 4 => "pass_fragment",
+    /// IPv6 with extension headers before TCP: passed.
+    PassIpv6ExtHeaders = 5 => "pass_ipv6_ext_headers",
+    /// Truncated or inconsistent headers: passed untouched.
+    PassMalformed = 6 => "pass_malformed",
+    /// IPv4 packets with options that were balanced (options are carried inside the tunnel).
+    Ipv4WithOptions = 7 => "ipv4_with_options",
+    /// VIP without any usable backend.
+    DropNoBackend = 8 => "drop_no_backend",
+    /// The encapsulated packet would exceed the egress MTU.
+    DropMtu = 9 => "drop_mtu",
+    /// No route to the backend (bpf_fib_lookup).
+    DropNoRoute = 10 => "drop_no_route",
+    /// The next hop's MAC address is not resolved yet.
+    DropNoNeighbour = 11 => "drop_no_neighbour",
+    /// Growing the packet for the outer header failed.
+    DropEncapFailed = 12 => "drop_encap_failed",
+    /// A table entry pointed at a backend that is not this service's (a table swap raced a lookup).
+    DropBadTableEntry = 13 => "drop_bad_table_entry",
+    /// Existing flow found in the flow table.
+    FlowHit = 14 => "flow_hit",
+    /// New flow: a backend was chosen by the scheduler.
+    FlowNew = 15 => "flow_new",
+    /// The flow table refused an insert (the packet is still forwarded).
+    FlowInsertFailed = 16 => "flow_insert_failed",
+    /// An existing flow's backend went down; the flow was moved.
+    FlowRescheduled = 17 => "flow_rescheduled",
+    /// Client FIN/RST returned the flow's active-connection unit.
+    ConnClosed = 18 => "conn_closed",
+    /// A new flow followed its client's persistence entry.
+    PersistHit = 19 => "persist_hit",
+    /// Sent back out of the receiving interface (XDP_TX).
+    TxPackets = 20 => "tx_packets",
+    /// Redirected to another interface (XDP_REDIRECT).
+    RedirectPackets = 21 => "redirect_packets",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_dense_and_named_once() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{c:?} is not at its index");
+            for d in &Counter::ALL[i + 1..] {
+                assert_ne!(c.name(), d.name());
+            }
+        }
+    }
+}
