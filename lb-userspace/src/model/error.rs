@@ -31,7 +31,8 @@ pub enum ErrorField {
     Proto,
     Scheduler,
     PersistenceNetmask,
-    HealthCheck,
+    /// A field of the health check (`"rise"`, `"timeout_ms"`, ...).
+    HealthCheck(&'static str),
     Backend(SocketAddr),
 }
 
@@ -195,17 +196,21 @@ impl ModelError {
             | ModelError::WeightTooLarge { backend, .. } => ErrorField::Backend(*backend),
             ModelError::BackendKeyMismatch { addr, .. } => ErrorField::Backend(*addr),
             ModelError::PersistenceNetmaskTooLong { .. } => ErrorField::PersistenceNetmask,
-            ModelError::HealthCheckTimeoutAboveInterval { .. }
-            | ModelError::HealthCheckZero { .. }
-            | ModelError::HealthCheckExpectRange { .. }
-            | ModelError::HealthCheckPath { .. } => ErrorField::HealthCheck,
+            ModelError::HealthCheckTimeoutAboveInterval { .. } => {
+                ErrorField::HealthCheck("timeout_ms")
+            }
+            ModelError::HealthCheckZero { field, .. } => ErrorField::HealthCheck(field),
+            ModelError::HealthCheckExpectRange { .. } => ErrorField::HealthCheck("expect"),
+            ModelError::HealthCheckPath { .. } => ErrorField::HealthCheck("path"),
             ModelError::Value { field, .. } => match *field {
                 "vip" => ErrorField::Vip,
                 "proto" => ErrorField::Proto,
                 "scheduler" => ErrorField::Scheduler,
                 "persistence_netmask" => ErrorField::PersistenceNetmask,
-                f if f.starts_with("health_check") => ErrorField::HealthCheck,
-                _ => ErrorField::Service,
+                f => match f.strip_prefix("health_check.") {
+                    Some(sub) => ErrorField::HealthCheck(sub),
+                    None => ErrorField::Service,
+                },
             },
             ModelError::ServiceKeyMismatch { .. }
             | ModelError::TooManyBackends { .. }

@@ -291,7 +291,7 @@ fn rejects_health_check_timeout_above_interval() {
         matches!(err, ModelError::HealthCheckTimeoutAboveInterval { .. }),
         "{err}"
     );
-    assert_eq!(err.field(), ErrorField::HealthCheck);
+    assert_eq!(err.field(), ErrorField::HealthCheck("timeout_ms"));
     with_check(HealthCheckSpec {
         interval_ms: 100,
         timeout_ms: 100,
