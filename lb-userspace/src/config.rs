@@ -70,7 +70,7 @@ pub enum ConfigError {
     Model {
         location: Location,
         field: String,
-        error: ModelError,
+        error: Box<ModelError>,
     },
 }
 
@@ -344,7 +344,7 @@ impl ServiceSpans {
         ConfigError::Model {
             location: source.location(span.unwrap_or(&self.table).start),
             field,
-            error,
+            error: Box::new(error),
         }
     }
 }

@@ -139,7 +139,8 @@ mod tests {
     fn every_field_counts_as_a_change() {
         let base = service("web", "198.18.100.1:80", &["198.18.2.11:80"]);
         let b = addr("198.18.2.11:80");
-        let edits: Vec<(&str, Box<dyn Fn(&mut ServiceSpec)>)> = vec![
+        type Edit = Box<dyn Fn(&mut ServiceSpec)>;
+        let edits: Vec<(&str, Edit)> = vec![
             ("vip", Box::new(|s| s.vip = addr("198.18.100.9:80"))),
             (
                 "scheduler",
@@ -177,7 +178,7 @@ mod tests {
         for (what, edit) in edits {
             let mut changed = base.clone();
             edit(&mut changed);
-            let plan = diff(&state(&[base.clone()]), &state(&[changed]));
+            let plan = diff(&state(std::slice::from_ref(&base)), &state(&[changed]));
             assert_eq!(plan.changed, names(&["web"]), "{what}");
             assert!(plan.added.is_empty() && plan.removed.is_empty(), "{what}");
         }
