@@ -326,16 +326,4 @@ mod tests {
         let c = counts(&table, 10);
         assert!(c.iter().all(|&x| x == 6553 || x == 6554), "{c:?}");
     }
-
-    #[test]
-    fn builds_a_thousand_backends_quickly() {
-        // Budget 100 ms in release; debug builds get 20× that.
-        let budget_ms = if cfg!(debug_assertions) { 2000 } else { 100 };
-        let b = backends(1000, 1);
-        let start = std::time::Instant::now();
-        let table = build_maglev_table(&b, M, 0);
-        let elapsed = start.elapsed();
-        assert_eq!(table.len(), M as usize);
-        assert!(elapsed.as_millis() < budget_ms, "took {elapsed:?}");
-    }
 }
