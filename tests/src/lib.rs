@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod eventually;
 pub mod lab;
+pub mod scenario;
 
 pub use client::{HeldConn, Spread, hold, spread};
 pub use config::{BackendConfig, ServiceConfig};

@@ -565,6 +565,14 @@ impl Lab {
             .with_context(|| format!("lb{lb}: `lb status --json` printed no JSON: {out}"))
     }
 
+    /// `lb status` of load balancer `lb`, as the operator sees it.
+    pub fn lb_status_text(&self, lb: usize) -> anyhow::Result<String> {
+        cmd::run(
+            &path_arg(&self.lb_bin()?)?,
+            &["status", "--pin-dir", &path_arg(&self.lb_pin_dir(lb))?],
+        )
+    }
+
     /// Everything load balancer `lb`'s daemon has logged so far.
     pub fn lb_log(&self, lb: usize) -> anyhow::Result<String> {
         let log = self.lb_log_path(lb);
