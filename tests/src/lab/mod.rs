@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::eventually::retry_until;
+use crate::eventually::wait_until;
 use cmd::{ethtool_features, ip, sysctl};
 pub use netns::run_in_netns;
 use process::{NsProcess, log_tail};
@@ -440,13 +440,11 @@ impl Lab {
         let log = self.dir.join(format!("{name}-decap.log"));
         let mut proc =
             NsProcess::spawn(&format!("{name} decap"), &ns, &self.lb_bin()?, &args, &log)?;
-        retry_until(READY_TIMEOUT, || {
-            proc.check_running()?;
+        wait_ready(&mut proc, || {
             let link = ip(&ns, &["link", "show", "dev", "eth0"])?;
             ensure!(link.contains("prog/xdp"), "no XDP program on eth0 of {ns}");
             Ok(())
-        })
-        .with_context(|| format!("lb decap on {name} did not attach\n{}", proc.log_tail()))?;
+        })?;
         self.decaps[i] = Some(proc);
         Ok(())
     }
@@ -506,11 +504,7 @@ impl Lab {
             &log,
         )?;
         let lb_bin = self.lb_bin()?;
-        retry_until(READY_TIMEOUT, || {
-            proc.check_running()?;
-            lb_status(&lb_bin, &pin_dir)
-        })
-        .with_context(|| format!("lb{lb} did not come up\n{}", proc.log_tail()))?;
+        wait_ready(&mut proc, || lb_status(&lb_bin, &pin_dir))?;
         self.lbs[lb] = Some(proc);
         Ok(())
     }
@@ -674,6 +668,31 @@ impl Drop for Lab {
         } else if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             eprintln!("lab {}: cannot remove {}: {e}", self.id, self.dir.display());
         }
+    }
+}
+
+/// Polls `ready` until it succeeds (at most [`READY_TIMEOUT`]); fails at once, with the log's tail,
+/// when the process exits meanwhile.
+fn wait_ready(
+    proc: &mut NsProcess,
+    mut ready: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut last = None;
+    let became_ready = wait_until(READY_TIMEOUT, || {
+        if proc.check_running().is_err() {
+            return true;
+        }
+        last = ready().err();
+        last.is_none()
+    });
+    proc.check_running().context("it exited while starting")?;
+    match (became_ready, last) {
+        (true, _) => Ok(()),
+        (false, e) => Err(anyhow::anyhow!(
+            "not ready within {READY_TIMEOUT:?}: {}\n{}",
+            e.map(|e| format!("{e:#}")).unwrap_or_default(),
+            proc.log_tail()
+        )),
     }
 }
 
