@@ -42,8 +42,9 @@ impl FakeLb {
     fn new(name: &str) -> FakeLb {
         use std::os::unix::fs::PermissionsExt as _;
         let path = std::env::temp_dir().join(format!("lbt-{}-{name}", std::process::id()));
-        std::fs::write(&path, FAKE_LB).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(&path, FAKE_LB).expect("write the fake lb");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("make the fake lb executable");
         FakeLb(path)
     }
 
