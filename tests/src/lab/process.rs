@@ -102,6 +102,8 @@ impl NsProcess {
             .arg("--")
             .arg(program)
             .args(args)
+            // Plain logs: tests search them for messages.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::from(log_file))
