@@ -1,1 +1,15 @@
-//! lab
+//! Test support for the load balancer: a network-namespace lab with a client, a router, load balancers
+//! and backends ([`lab`]), client helpers that drive real TCP connections through it ([`client`]), a
+//! writer of `lb` configuration files ([`config`]) and bounded polling ([`eventually`]).
+//!
+//! Everything the lab creates is removed by [`lab::Lab`]'s `Drop`, also when a test fails.
+
+pub mod client;
+pub mod config;
+pub mod eventually;
+pub mod lab;
+pub mod scenario;
+
+pub use client::{HeldConn, Spread, hold, spread};
+pub use config::{BackendConfig, ServiceConfig};
+pub use lab::{Lab, LabOptions};

@@ -1,0 +1,243 @@
+//! `cargo xtask setup`: checks each thing the build and the tests need and installs what is missing.
+//! Idempotent, and fast when nothing is missing (each check is one cheap command).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context as _, bail};
+
+/// Debian packages the namespace lab and the ZooKeeper tests use.
+const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux", "procps", "zookeeper"];
+/// The LLVM major version of the nightly toolchain that bpf-linker must be built against.
+const LLVM_MAJOR: &str = "22";
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn run() -> anyhow::Result<()> {
+    check_root()?;
+    apt_packages()?;
+    nightly()?;
+    bpf_linker()?;
+    bpffs()?;
+    println!("setup: everything is in place");
+    Ok(())
+}
+
+fn ok(what: &str) {
+    println!("setup: ok      {what}");
+}
+
+fn doing(what: &str) {
+    println!("setup: doing   {what}");
+}
+
+fn check_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        bail!("xtask setup must run as root (installs packages, mounts bpffs); euid is {euid}");
+    }
+    ok("running as root");
+    Ok(())
+}
+
+/// Runs a command and returns its output, whatever its exit status.
+fn output(program: &str, args: &[&str]) -> anyhow::Result<Output> {
+    Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run `{program} {}`", args.join(" ")))
+}
+
+/// Runs a command with inherited output; fails when it fails.
+fn status(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let mut args = vec!["-W", "-f=${Package} ${Status}\n"];
+    args.extend_from_slice(APT_PACKAGES);
+    // dpkg-query exits 1 when a package is unknown but still lists the known ones.
+    let out = output("dpkg-query", &args)?;
+    let installed: BTreeSet<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.ends_with(" install ok installed"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed.contains(p))
+        .collect();
+    if missing.is_empty() {
+        ok(&format!("apt packages: {}", APT_PACKAGES.join(", ")));
+        return Ok(());
+    }
+    doing(&format!(
+        "apt-get update; apt-get install {}",
+        missing.join(" ")
+    ));
+    status(
+        Command::new("apt-get").args(["update", "-q"]),
+        "apt-get update",
+    )?;
+    status(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+        "apt-get install",
+    )
+}
+
+fn nightly() -> anyhow::Result<()> {
+    let toolchains = output("rustup", &["toolchain", "list"])?;
+    let has_nightly = String::from_utf8_lossy(&toolchains.stdout)
+        .lines()
+        .any(|l| l.starts_with("nightly-"));
+    if has_nightly {
+        ok("rust nightly toolchain");
+    } else {
+        doing("rustup toolchain install nightly");
+        status(
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]),
+            "rustup toolchain install nightly",
+        )?;
+    }
+    let comps = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )?;
+    if String::from_utf8_lossy(&comps.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        ok("rust-src for nightly");
+        return Ok(());
+    }
+    doing("rustup component add rust-src --toolchain nightly");
+    status(
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        "rustup component add rust-src",
+    )
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if let Ok(out) = output("bpf-linker", &["--version"])
+        && out.status.success()
+    {
+        ok(&format!(
+            "bpf-linker ({})",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+        return Ok(());
+    }
+    let prefix = llvm_prefix_from_nightly()?;
+    doing(&format!(
+        "cargo install bpf-linker (LLVM {LLVM_MAJOR} from {})",
+        prefix.display()
+    ));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    status(
+        Command::new(cargo)
+            .env("LLVM_PREFIX", &prefix)
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{LLVM_MAJOR}")),
+        "cargo install bpf-linker",
+    )
+}
+
+/// bpf-linker must link against the LLVM that nightly rustc emits bitcode for. Nightly ships that LLVM
+/// as `lib/libLLVM.so.<major>*` in its sysroot; a prefix directory with a `libLLVM.so` link to it is
+/// all bpf-linker's build script needs.
+fn llvm_prefix_from_nightly() -> anyhow::Result<PathBuf> {
+    let out = output("rustc", &["+nightly", "--print", "sysroot"])?;
+    if !out.status.success() {
+        bail!(
+            "`rustc +nightly --print sysroot` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let lib = sysroot.join("lib");
+    let wanted = format!("libLLVM.so.{LLVM_MAJOR}");
+    let llvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("cannot list {}", lib.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&wanted))
+        })
+        .with_context(|| {
+            format!(
+                "no {wanted}* in {}; is nightly's LLVM still version {LLVM_MAJOR}?",
+                lib.display()
+            )
+        })?;
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let prefix = Path::new(&home)
+        .join(".cache")
+        .join(format!("lb-llvm{LLVM_MAJOR}"));
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("cannot create {}", prefix_lib.display()))?;
+    let own_name = llvm
+        .file_name()
+        .context("LLVM library path has no file name")?;
+    for name in [std::ffi::OsStr::new("libLLVM.so"), own_name] {
+        let link = prefix_lib.join(name);
+        // Replace stale links (an older nightly) but never anything that is not a link.
+        if link
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            std::fs::remove_file(&link)
+                .with_context(|| format!("cannot replace {}", link.display()))?;
+        }
+        std::os::unix::fs::symlink(&llvm, &link)
+            .with_context(|| format!("cannot link {} -> {}", link.display(), llvm.display()))?;
+    }
+    Ok(prefix)
+}
+
+fn bpffs_mounted() -> anyhow::Result<bool> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    Ok(mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let _source = f.next();
+        f.next() == Some(BPFFS) && f.next() == Some("bpf")
+    }))
+}
+
+fn bpffs() -> anyhow::Result<()> {
+    if bpffs_mounted()? {
+        ok(&format!("bpffs mounted at {BPFFS}"));
+        return Ok(());
+    }
+    doing(&format!("mount -t bpf bpf {BPFFS}"));
+    status(
+        Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]),
+        "mounting bpffs",
+    )
+}
