@@ -22,7 +22,8 @@ use crate::{
 #[derive(Clone, Copy)]
 pub struct Assignment {
     pub choice: Choice,
-    pub new_flow: bool,
+    /// 1 if the packet started a new flow, else 0 (added to stats without a branch).
+    pub new_flow: u64,
 }
 
 #[inline(always)]
@@ -71,37 +72,48 @@ fn next_flags(flags: u32, tcp_flags: u8) -> (u32, bool) {
 /// Finds or creates the flow of a packet. `Err` is the drop counter.
 #[inline(always)]
 pub fn assign(svc: &ServiceEntry, key: &FlowKey, tcp_flags: u8, hash_seed: u32) -> Result<Assignment, Counter> {
-    if let Some(p) = LB_FLOWS.get_ptr_mut(key) {
+    let existing = LB_FLOWS.get_ptr_mut(key);
+    if let Some(p) = existing {
         // SAFETY: LRU value pointer from the kernel; concurrent writers only race on the same
         // flow's flags, which at worst repeats an idempotent update.
         let entry = unsafe { *p };
-        if let Some(be) = backend(entry.backend_id) {
-            if be.carries_flows() && be.service_id == svc.id {
-                count(Counter::FlowHit);
-                touch(p, &entry, entry.backend_id, tcp_flags);
-                return Ok(Assignment { choice: Choice { id: entry.backend_id, entry: be }, new_flow: false });
-            }
+        if let Some(be) = backend(entry.backend_id)
+            && be.carries_flows()
+            && be.service_id == svc.id
+        {
+            count(Counter::FlowHit);
+            touch(p, &entry, entry.backend_id, tcp_flags);
+            return Ok(Assignment { choice: Choice { id: entry.backend_id, entry: be }, new_flow: 0 });
         }
-        let choice = schedule(svc, key, hash_seed)?;
-        count(Counter::FlowRescheduled);
-        // The flow's connection unit follows it to the new backend.
-        if entry.flags & FLOW_F_COUNTED != 0 {
-            conns_add(entry.backend_id, MINUS_ONE);
-            conns_add(choice.id, ONE);
-        }
-        touch(p, &entry, choice.id, tcp_flags);
-        return Ok(Assignment { choice, new_flow: false });
     }
-    let choice = match persisted(svc, key) {
+    // One scheduling site for new and rescheduled flows keeps the verified program small.
+    let remembered = if existing.is_none() { persisted(svc, key) } else { None };
+    let choice = match remembered {
         Some(c) => {
             count(Counter::PersistHit);
             c
         }
         None => schedule(svc, key, hash_seed)?,
     };
-    insert_flow(key, choice.id, tcp_flags);
-    remember(svc, key, choice.id);
-    Ok(Assignment { choice, new_flow: true })
+    match existing {
+        Some(p) => {
+            // SAFETY: as above.
+            let entry = unsafe { *p };
+            count(Counter::FlowRescheduled);
+            // The flow's connection unit follows it to the new backend.
+            if entry.flags & FLOW_F_COUNTED != 0 {
+                conns_add(entry.backend_id, MINUS_ONE);
+                conns_add(choice.id, ONE);
+            }
+            touch(p, &entry, choice.id, tcp_flags);
+            Ok(Assignment { choice, new_flow: 0 })
+        }
+        None => {
+            insert_flow(key, choice.id, tcp_flags);
+            remember(svc, key, choice.id);
+            Ok(Assignment { choice, new_flow: 1 })
+        }
+    }
 }
 
 /// Updates an existing flow: its backend, its state after this packet, and (rarely) its time.

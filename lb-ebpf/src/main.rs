@@ -81,10 +81,8 @@ fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceEntry) -> Result<u32, Co
     let hop = route::next_hop(ctx, &cfg, pkt.family, &backend.addr, outer_len)?;
     let frame_bytes = (ctx.data_end() - ctx.data()) as u64;
     encap::encapsulate(ctx, pkt, &src, &backend.addr, &hop)?;
-    if pkt.has_options {
-        count(Counter::Ipv4WithOptions);
-    }
-    let traffic = Traffic::Forwarded { bytes: frame_bytes, new_flow: assigned.new_flow };
+    stats::count_n(Counter::Ipv4WithOptions, pkt.with_options);
+    let traffic = Traffic::Forwarded { bytes: frame_bytes, new_flows: assigned.new_flow };
     stats::service_traffic(svc.id, traffic);
     stats::backend_traffic(assigned.choice.id, traffic);
     Ok(egress(ctx, hop.ifindex))

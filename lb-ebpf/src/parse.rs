@@ -79,14 +79,30 @@ pub struct TcpHdr {
 }
 
 /// A pointer to a `T` at `off` bytes into the frame, if the whole `T` lies inside it.
+///
+/// The verifier only trusts a bounds check made on the very register (or a copy of it) that is
+/// then dereferenced. Left alone, LLVM reassociates `start + off + size` and recomputes
+/// `start + off` after the check, which the verifier rejects for variable offsets (VLAN tag, IPv4
+/// options); `opaque` pins the pointer so check and access use the same value.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
+    let p = opaque(start + off);
+    if p + size_of::<T>() > end {
         return None;
     }
-    Some((start + off) as *mut T)
+    Some(p as *mut T)
+}
+
+/// Returns `x` unchanged, but hides its computation from the optimizer. Costs one register move
+/// (an empty template would leave BTF line info pointing at no instruction, which the kernel rejects).
+#[inline(always)]
+fn opaque(x: usize) -> usize {
+    let mut x = x;
+    // SAFETY: a move of a register onto itself.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+    x
 }
 
 /// Reads a `T` at `off`, if it lies inside the frame.
@@ -147,7 +163,9 @@ pub struct Packet {
     /// label); for IPv4, byte 1 is the TOS.
     pub first_word: [u8; 4],
     pub ttl: u8,
-    pub has_options: bool,
+    /// 1 for an IPv4 header with options, else 0. A number, not a bool: BPF has no conditional
+    /// move, so a bool would become a branch, and each branch doubles what the verifier explores.
+    pub with_options: u64,
 }
 
 /// Parses a frame; `Err` is the pass counter that explains why the balancer leaves it alone.
@@ -205,7 +223,8 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Counter> {
         tcp_flags: tcp.flags,
         first_word: [ip.ver_ihl, ip.tos, ip.tot_len[0], ip.tot_len[1]],
         ttl: ip.ttl,
-        has_options: ihl > 5,
+        // ihl is 5..=15, so this is 0 for 5 and 1 above, without a comparison.
+        with_options: ((ihl - 5 + 15) >> 4) as u64,
     })
 }
 
@@ -246,6 +265,6 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Counter> {
         tcp_flags: tcp.flags,
         first_word: ip.vtc_flow,
         ttl: ip.hop_limit,
-        has_options: false,
+        with_options: 0,
     })
 }

@@ -86,7 +86,7 @@ impl Dataplane {
             .map_max_entries(maps::SERVICES, cap.max_services)
             .map_max_entries(maps::SERVICE_META, cap.max_services)
             .map_max_entries(maps::BACKENDS, cap.max_backends)
-            .map_max_entries(maps::SCHEDULE, cap.schedule_entries())
+            .map_max_entries(maps::SCHEDULE, cap.schedule_map_entries())
             .map_max_entries(maps::FLOWS, cap.flow_table_size)
             .map_max_entries(maps::PERSIST, cap.persist_table_size)
             .map_max_entries(maps::BACKEND_CONNS, cap.max_backends)

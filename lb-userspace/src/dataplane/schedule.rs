@@ -6,7 +6,8 @@ use lb_common::maps::SCHEDULE;
 
 use super::DataplaneError;
 
-/// A shared mapping of the whole `BPF_F_MMAPABLE` schedule array.
+/// A shared mapping of the whole `BPF_F_MMAPABLE` schedule array, seen as one dense `u32` array of
+/// backend ids (the map stores two ids per 8-byte element, so no padding lies between them).
 pub(crate) struct ScheduleMmap {
     base: NonNull<u32>,
     entries: usize,

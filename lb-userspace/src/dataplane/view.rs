@@ -8,7 +8,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
-    limits::{Capacity, SPARE_TABLE_SLOTS},
+    limits::{Capacity, SCHEDULE_IDS_PER_ENTRY, SPARE_TABLE_SLOTS},
     maps, BackendEntry, Counter, DecapCounter, DecapKey, FlowEntry, FlowKey, LbConfig, PersistEntry, PersistKey,
     ServiceEntry, ServiceMeta, TrafficStats, VipKey,
 };
@@ -53,12 +53,13 @@ impl MapsView {
     ) -> Result<Self, DataplaneError> {
         let services: HashMap<_, VipKey, ServiceEntry> = typed(maps::SERVICES, source(maps::SERVICES)?)?;
         let backends: Array<_, BackendEntry> = typed(maps::BACKENDS, source(maps::BACKENDS)?)?;
-        let schedule_map: Array<_, u32> = typed(maps::SCHEDULE, source(maps::SCHEDULE)?)?;
+        let schedule_map: Array<_, [u32; 2]> = typed(maps::SCHEDULE, source(maps::SCHEDULE)?)?;
         let flows: HashMap<_, FlowKey, FlowEntry> = typed(maps::FLOWS, source(maps::FLOWS)?)?;
         let persist: HashMap<_, PersistKey, PersistEntry> = typed(maps::PERSIST, source(maps::PERSIST)?)?;
 
         let max_services = max_entries(maps::SERVICES, &services)?;
-        let schedule_entries = max_entries(maps::SCHEDULE, &schedule_map)?;
+        // Ids the pool holds: `SCHEDULE_IDS_PER_ENTRY` per map element.
+        let schedule_entries = max_entries(maps::SCHEDULE, &schedule_map)? * SCHEDULE_IDS_PER_ENTRY;
         let capacity = Capacity {
             max_services,
             max_backends: max_entries(maps::BACKENDS, &backends)?,
