@@ -2,7 +2,7 @@
 //! (alignment 1), so reading them from any packet offset is sound.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, AF_INET, AF_INET6, IPPROTO_TCP};
+use lb_common::{AF_INET, AF_INET6, Counter, IPPROTO_TCP};
 
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
@@ -101,7 +101,9 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 fn opaque(x: usize) -> usize {
     let mut x = x;
     // SAFETY: a move of a register onto itself.
-    unsafe { core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack, preserves_flags))
+    };
     x
 }
 
@@ -141,9 +143,15 @@ pub fn parse_l2(ctx: &XdpContext) -> Option<L2> {
     let ether_type = u16::from_be_bytes(eth.ether_type);
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         let vlan: VlanHdr = read_at(ctx, ETH_HLEN)?;
-        return Some(L2 { l3_off: ETH_HLEN + VLAN_HLEN, ether_type: u16::from_be_bytes(vlan.ether_type) });
+        return Some(L2 {
+            l3_off: ETH_HLEN + VLAN_HLEN,
+            ether_type: u16::from_be_bytes(vlan.ether_type),
+        });
     }
-    Some(L2 { l3_off: ETH_HLEN, ether_type })
+    Some(L2 {
+        l3_off: ETH_HLEN,
+        ether_type,
+    })
 }
 
 /// A TCP packet the balancer may handle, reduced to what it needs.
@@ -231,7 +239,10 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Counter> {
 /// Extension headers that may precede TCP; a packet carrying one is passed, not balanced.
 #[inline(always)]
 fn is_ipv6_extension(next_header: u8) -> bool {
-    matches!(next_header, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+    matches!(
+        next_header,
+        0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
+    )
 }
 
 #[inline(always)]

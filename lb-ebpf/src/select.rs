@@ -2,7 +2,8 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
-    hash::flow_hash, limits::LEAST_CONN_EXACT_MAX, BackendEntry, Counter, FlowKey, Scheduler, ServiceEntry,
+    BackendEntry, Counter, FlowKey, Scheduler, ServiceEntry, hash::flow_hash,
+    limits::LEAST_CONN_EXACT_MAX,
 };
 
 use crate::{
@@ -23,7 +24,11 @@ pub struct Choice {
 /// Picks the backend of a new flow; `Err` is the drop counter.
 #[inline(always)]
 pub fn schedule(svc: &ServiceEntry, key: &FlowKey, hash_seed: u32) -> Result<Choice, Counter> {
-    let hash = if svc.scheduler == Scheduler::Maglev as u32 { flow_hash(key, hash_seed) } else { 0 };
+    let hash = if svc.scheduler == Scheduler::Maglev as u32 {
+        flow_hash(key, hash_seed)
+    } else {
+        0
+    };
     let picked = lb_schedule(svc.id, svc.scheduler, svc.table_offset, svc.table_len, hash);
     if picked & PICKED == 0 {
         return Err(counter_from_code(picked as u32));
@@ -38,7 +43,11 @@ const PICKED: u64 = 1 << 32;
 
 #[inline(always)]
 fn counter_from_code(code: u32) -> Counter {
-    if code == Counter::DropNoBackend as u32 { Counter::DropNoBackend } else { Counter::DropBadTableEntry }
+    if code == Counter::DropNoBackend as u32 {
+        Counter::DropNoBackend
+    } else {
+        Counter::DropBadTableEntry
+    }
 }
 
 /// The scheduler proper, as a global (exported, never inlined) function: the verifier checks it
@@ -49,7 +58,13 @@ fn counter_from_code(code: u32) -> Counter {
 /// `PICKED | id`, or the `Counter` of the drop.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn lb_schedule(service_id: u32, scheduler: u32, table_offset: u32, len: u32, hash: u32) -> u64 {
+pub extern "C" fn lb_schedule(
+    service_id: u32,
+    scheduler: u32,
+    table_offset: u32,
+    len: u32,
+    hash: u32,
+) -> u64 {
     if len == 0 {
         return Counter::DropNoBackend as u64;
     }
@@ -59,7 +74,9 @@ pub extern "C" fn lb_schedule(service_id: u32, scheduler: u32, table_offset: u32
             // Nothing usable among the candidates: probing reports what is wrong with the table.
             None => random() % len,
         },
-        Some(Scheduler::RoundRobin) | Some(Scheduler::WeightedRoundRobin) => next_cursor(service_id) % len,
+        Some(Scheduler::RoundRobin) | Some(Scheduler::WeightedRoundRobin) => {
+            next_cursor(service_id) % len
+        }
         Some(Scheduler::Random) | Some(Scheduler::WeightedRandom) => random() % len,
         Some(Scheduler::Maglev) => hash % len,
         None => return Counter::DropBadTableEntry as u64,
@@ -181,8 +198,14 @@ impl LeastConnScan {
 /// Weighted least connections: exact over small lists, power of two choices over large ones.
 #[inline(always)]
 fn least_conn(service_id: u32, table_offset: u32, len: u32) -> Option<u32> {
-    let mut scan =
-        LeastConnScan { service_id, table_offset, best_id: 0, best_weight: 0, best_conns: 0, found: false };
+    let mut scan = LeastConnScan {
+        service_id,
+        table_offset,
+        best_id: 0,
+        best_weight: 0,
+        best_conns: 0,
+        found: false,
+    };
     if len <= LEAST_CONN_EXACT_MAX {
         let mut i = 0;
         while i < LEAST_CONN_EXACT_MAX {

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
 
-use super::lab::{Lab, LB_MAC, NEXT_HOP_MAC};
+use super::lab::{LB_MAC, Lab, NEXT_HOP_MAC};
 
 pub const ETH_HLEN: usize = 14;
 pub const FIN: u8 = 0x01;
@@ -74,22 +74,35 @@ impl Tcp {
     }
     pub fn options(self, options: &[u8]) -> Tcp {
         assert_eq!(options.len() % 4, 0);
-        Tcp { options: options.to_vec(), ..self }
+        Tcp {
+            options: options.to_vec(),
+            ..self
+        }
     }
     pub fn protocol(self, protocol: u8) -> Tcp {
         Tcp { protocol, ..self }
     }
     pub fn fragment(self, more_fragments: bool, offset_bytes: u16) -> Tcp {
-        Tcp { more_fragments, fragment_offset: offset_bytes / 8, ..self }
+        Tcp {
+            more_fragments,
+            fragment_offset: offset_bytes / 8,
+            ..self
+        }
     }
     pub fn vlan(self, tpid: u16, vid: u16) -> Tcp {
-        Tcp { vlan: Some((tpid, vid)), ..self }
+        Tcp {
+            vlan: Some((tpid, vid)),
+            ..self
+        }
     }
     pub fn payload(self, payload: usize) -> Tcp {
         Tcp { payload, ..self }
     }
     pub fn hop_by_hop(self) -> Tcp {
-        Tcp { hop_by_hop: true, ..self }
+        Tcp {
+            hop_by_hop: true,
+            ..self
+        }
     }
 
     fn l4(&self) -> Vec<u8> {
@@ -174,7 +187,10 @@ fn eth_header(vlan: Option<(u16, u16)>, ether_type: u16) -> Vec<u8> {
 
 /// Internet checksum of a header whose checksum field is zero.
 pub fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -261,14 +277,26 @@ pub struct Outer {
 }
 
 fn check_eth(out: &[u8], ether_type: u16) {
-    assert_eq!(out[0..6], NEXT_HOP_MAC, "destination MAC is the next hop's (from the neighbour table)");
+    assert_eq!(
+        out[0..6],
+        NEXT_HOP_MAC,
+        "destination MAC is the next hop's (from the neighbour table)"
+    );
     assert_eq!(out[6..12], LB_MAC, "source MAC is the egress interface's");
-    assert_eq!(u16::from_be_bytes([out[12], out[13]]), ether_type, "untagged, outer ethertype");
+    assert_eq!(
+        u16::from_be_bytes([out[12], out[13]]),
+        ether_type,
+        "untagged, outer ethertype"
+    );
 }
 
 /// Checks an IPIP frame: Ethernet toward the next hop, a valid outer IPv4 header, and `inner` unchanged.
 pub fn check_ipip(out: &[u8], inner: &[u8], _lab: &Lab) -> Outer {
-    assert_eq!(out.len(), ETH_HLEN + 20 + inner.len(), "one outer IPv4 header added");
+    assert_eq!(
+        out.len(),
+        ETH_HLEN + 20 + inner.len(),
+        "one outer IPv4 header added"
+    );
     check_eth(out, 0x0800);
     let ip = Ipv4HeaderSlice::from_slice(&out[ETH_HLEN..]).expect("outer IPv4 header parses");
     assert_eq!(ip.ihl(), 5);
@@ -276,8 +304,16 @@ pub fn check_ipip(out: &[u8], inner: &[u8], _lab: &Lab) -> Outer {
     assert_eq!(usize::from(ip.total_len()), 20 + inner.len());
     assert!(ip.dont_fragment());
     assert!(!ip.more_fragments());
-    assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum(), "outer checksum");
-    assert_eq!(checksum(&out[ETH_HLEN..ETH_HLEN + 20]), 0, "outer checksum (folded sum)");
+    assert_eq!(
+        ip.header_checksum(),
+        ip.to_header().calc_header_checksum(),
+        "outer checksum"
+    );
+    assert_eq!(
+        checksum(&out[ETH_HLEN..ETH_HLEN + 20]),
+        0,
+        "outer checksum (folded sum)"
+    );
     assert_eq!(&out[ETH_HLEN + 20..], inner, "inner packet byte-identical");
     Outer {
         src: IpAddr::V4(ip.source_addr()),
@@ -290,7 +326,11 @@ pub fn check_ipip(out: &[u8], inner: &[u8], _lab: &Lab) -> Outer {
 
 /// Checks an ip6ip6 frame like `check_ipip`.
 pub fn check_ip6ip6(out: &[u8], inner: &[u8], _lab: &Lab) -> Outer {
-    assert_eq!(out.len(), ETH_HLEN + 40 + inner.len(), "one outer IPv6 header added");
+    assert_eq!(
+        out.len(),
+        ETH_HLEN + 40 + inner.len(),
+        "one outer IPv6 header added"
+    );
     check_eth(out, 0x86dd);
     let ip = Ipv6HeaderSlice::from_slice(&out[ETH_HLEN..]).expect("outer IPv6 header parses");
     assert_eq!(ip.next_header().0, 41, "ip6ip6");

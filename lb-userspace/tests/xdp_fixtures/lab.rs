@@ -25,40 +25,115 @@ struct Netns {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Netns {
     fn create() -> Netns {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!("lbfx-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "lbfx-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         ip(&["netns", "add", &name]);
         let ns = Netns { name };
         let n = ns.name.as_str();
         let mac = mac_string(&LB_MAC);
         let hop = mac_string(&NEXT_HOP_MAC);
-        ip(&["-n", n, "link", "add", IFACE, "address", &mac, "type", "veth", "peer", "name", "lbt1"]);
+        ip(&[
+            "-n", n, "link", "add", IFACE, "address", &mac, "type", "veth", "peer", "name", "lbt1",
+        ]);
         ip(&["-n", n, "link", "set", IFACE, "up"]);
         ip(&["-n", n, "link", "set", "lbt1", "up"]);
         ip(&["-n", n, "addr", "add", "198.18.3.2/24", "dev", IFACE]);
-        ip(&["-n", n, "-6", "addr", "add", "2001:db8:3::2/64", "dev", IFACE, "nodad"]);
-        ip(&["-n", n, "neigh", "add", "198.18.3.1", "lladdr", &hop, "dev", IFACE, "nud", "permanent"]);
-        ip(&["-n", n, "-6", "neigh", "add", "2001:db8:3::1", "lladdr", &hop, "dev", IFACE, "nud", "permanent"]);
-        ip(&["-n", n, "route", "add", "198.18.2.0/24", "via", "198.18.3.1", "dev", IFACE]);
-        ip(&["-n", n, "-6", "route", "add", "2001:db8:2::/64", "via", "2001:db8:3::1", "dev", IFACE]);
+        ip(&[
+            "-n",
+            n,
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:3::2/64",
+            "dev",
+            IFACE,
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            n,
+            "neigh",
+            "add",
+            "198.18.3.1",
+            "lladdr",
+            &hop,
+            "dev",
+            IFACE,
+            "nud",
+            "permanent",
+        ]);
+        ip(&[
+            "-n",
+            n,
+            "-6",
+            "neigh",
+            "add",
+            "2001:db8:3::1",
+            "lladdr",
+            &hop,
+            "dev",
+            IFACE,
+            "nud",
+            "permanent",
+        ]);
+        ip(&[
+            "-n",
+            n,
+            "route",
+            "add",
+            "198.18.2.0/24",
+            "via",
+            "198.18.3.1",
+            "dev",
+            IFACE,
+        ]);
+        ip(&[
+            "-n",
+            n,
+            "-6",
+            "route",
+            "add",
+            "2001:db8:2::/64",
+            "via",
+            "2001:db8:3::1",
+            "dev",
+            IFACE,
+        ]);
         ns
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Moves the calling thread into the namespace and onto one CPU (per-CPU round-robin cursors must
