@@ -6,13 +6,13 @@ use aya_ebpf::{
     helpers::bpf_xdp_adjust_head,
     programs::XdpContext,
 };
-use lb_common::{DecapCounter, DecapKey, AF_INET, AF_INET6};
+use lb_common::{AF_INET, AF_INET6, DecapCounter, DecapKey};
 
 use crate::{
     maps::LB_DECAP_ADDRS,
     parse::{
-        parse_l2, ptr_at, read_at, words_v4, words_v6, EthHdr, Ipv4Hdr, Ipv6Hdr, VlanHdr, ETH_HLEN, ETH_P_IP,
-        ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV6_HLEN,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_IPIP, IPPROTO_IPV6, IPV6_HLEN, Ipv4Hdr,
+        Ipv6Hdr, VlanHdr, parse_l2, ptr_at, read_at, words_v4, words_v6,
     },
     stats::count_decap,
 };
@@ -51,8 +51,12 @@ pub fn decap(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn is_local(addr: [u32; 4], family: u8) -> bool {
-    let key = DecapKey { addr, family, _pad: [0; 3] };
-    LB_DECAP_ADDRS.get_ptr(&key).is_some()
+    let key = DecapKey {
+        addr,
+        family,
+        _pad: [0; 3],
+    };
+    LB_DECAP_ADDRS.get_ptr(key).is_some()
 }
 
 /// Decides whether the frame is a tunnel packet for this host; `Err` is the pass counter.
@@ -88,7 +92,12 @@ fn classify_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Tunnel, DecapCounter
     if inner.ver_ihl >> 4 != 4 {
         return Err(DecapCounter::PassMalformed);
     }
-    Ok(Tunnel { l3_off, outer_len, inner_ether_type: ETH_P_IP, counter: DecapCounter::DecapIpip })
+    Ok(Tunnel {
+        l3_off,
+        outer_len,
+        inner_ether_type: ETH_P_IP,
+        counter: DecapCounter::DecapIpip,
+    })
 }
 
 #[inline(always)]
@@ -107,7 +116,12 @@ fn classify_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Tunnel, DecapCounter
     if inner.vtc_flow[0] >> 4 != 6 {
         return Err(DecapCounter::PassMalformed);
     }
-    Ok(Tunnel { l3_off, outer_len: IPV6_HLEN, inner_ether_type: ETH_P_IPV6, counter: DecapCounter::DecapIp6ip6 })
+    Ok(Tunnel {
+        l3_off,
+        outer_len: IPV6_HLEN,
+        inner_ether_type: ETH_P_IPV6,
+        counter: DecapCounter::DecapIp6ip6,
+    })
 }
 
 /// Moves the link-layer header (with its VLAN tag, if any) forward over the outer IP header and
@@ -118,7 +132,12 @@ fn strip(ctx: &XdpContext, t: &Tunnel) -> Result<(), ()> {
     if t.l3_off == ETH_HLEN {
         let new_eth = ptr_at::<EthHdr>(ctx, t.outer_len).ok_or(())?;
         // SAFETY: bounds checked; alignment 1.
-        unsafe { *new_eth = EthHdr { ether_type: t.inner_ether_type.to_be_bytes(), ..eth } };
+        unsafe {
+            *new_eth = EthHdr {
+                ether_type: t.inner_ether_type.to_be_bytes(),
+                ..eth
+            }
+        };
     } else {
         let vlan: VlanHdr = read_at(ctx, ETH_HLEN).ok_or(())?;
         let new_eth = ptr_at::<EthHdr>(ctx, t.outer_len).ok_or(())?;
@@ -126,7 +145,10 @@ fn strip(ctx: &XdpContext, t: &Tunnel) -> Result<(), ()> {
         // SAFETY: bounds checked; alignment 1.
         unsafe {
             *new_eth = eth;
-            *new_vlan = VlanHdr { ether_type: t.inner_ether_type.to_be_bytes(), ..vlan };
+            *new_vlan = VlanHdr {
+                ether_type: t.inner_ether_type.to_be_bytes(),
+                ..vlan
+            };
         }
     }
     // SAFETY: `ctx.ctx` is the program's context.

@@ -5,12 +5,14 @@
 //! next hop is reached through the routing table (one-arm forwarding), not on the client's VLAN.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::{Counter, AF_INET};
+use lb_common::{AF_INET, Counter};
 
 use crate::{
     csum::ipv4_header_checksum,
-    parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6,
-        IPV4_HLEN, IPV6_HLEN},
+    parse::{
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
+        Ipv4Hdr, Ipv6Hdr, Packet, ptr_at,
+    },
     route::NextHop,
 };
 
@@ -20,12 +22,22 @@ const IP_DF: u16 = 0x4000;
 /// Bytes the outer header adds for a family.
 #[inline(always)]
 pub fn encap_len(family: u8) -> usize {
-    if family == AF_INET { IPV4_HLEN } else { IPV6_HLEN }
+    if family == AF_INET {
+        IPV4_HLEN
+    } else {
+        IPV6_HLEN
+    }
 }
 
 /// Grows the frame by the outer header and writes Ethernet + outer IP in front of the inner packet.
 #[inline(always)]
-pub fn encapsulate(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4], hop: &NextHop) -> Result<(), Counter> {
+pub fn encapsulate(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    hop: &NextHop,
+) -> Result<(), Counter> {
     let outer = encap_len(pkt.family);
     // The inner IP packet stays where it is; everything before it is replaced.
     let delta = pkt.l3_off as i32 - (ETH_HLEN + outer) as i32;
@@ -44,12 +56,24 @@ pub fn encapsulate(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4
 fn write_eth(ctx: &XdpContext, hop: &NextHop, ether_type: u16) -> Result<(), Counter> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::DropEncapFailed)?;
     // SAFETY: bounds checked; alignment 1.
-    unsafe { *eth = EthHdr { dst: hop.dmac, src: hop.smac, ether_type: ether_type.to_be_bytes() } };
+    unsafe {
+        *eth = EthHdr {
+            dst: hop.dmac,
+            src: hop.smac,
+            ether_type: ether_type.to_be_bytes(),
+        }
+    };
     Ok(())
 }
 
 #[inline(always)]
-fn write_ipv4(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32, hop: &NextHop) -> Result<(), Counter> {
+fn write_ipv4(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: u32,
+    dst: u32,
+    hop: &NextHop,
+) -> Result<(), Counter> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(Counter::DropEncapFailed)?;
     write_eth(ctx, hop, ETH_P_IP)?;
     let tot_len = (pkt.ip_len + IPV4_HLEN) as u16;
@@ -74,7 +98,13 @@ fn write_ipv4(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32, hop: &NextHop)
 }
 
 #[inline(always)]
-fn write_ipv6(ctx: &XdpContext, pkt: &Packet, src: &[u32; 4], dst: &[u32; 4], hop: &NextHop) -> Result<(), Counter> {
+fn write_ipv6(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    hop: &NextHop,
+) -> Result<(), Counter> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN).ok_or(Counter::DropEncapFailed)?;
     write_eth(ctx, hop, ETH_P_IPV6)?;
     let hdr = Ipv6Hdr {
@@ -98,5 +128,8 @@ fn words_to_bytes(w: &[u32; 4]) -> [u8; 16] {
     let b = w[1].to_ne_bytes();
     let c = w[2].to_ne_bytes();
     let d = w[3].to_ne_bytes();
-    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
 }

@@ -1,20 +1,17 @@
 //! The flow table, the active-connection counts and session persistence: which backend a packet's
 //! connection uses.
 
-use aya_ebpf::{
-    bindings::BPF_ANY,
-    helpers::bpf_ktime_get_coarse_ns,
-};
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
 use lb_common::{
-    addr::mask_words, limits::FLOW_TOUCH_INTERVAL_NS, Counter, FlowEntry, FlowKey, PersistEntry, PersistKey,
-    ServiceEntry, FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED,
+    Counter, FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FlowEntry, FlowKey, PersistEntry,
+    PersistKey, ServiceEntry, addr::mask_words, limits::FLOW_TOUCH_INTERVAL_NS,
 };
 
 use crate::{
     lookup::{backend, takes_new_flows},
     maps::{LB_BE_CONNS, LB_FLOWS, LB_PERSIST},
     parse::{TCP_FIN, TCP_RST, TCP_SYN},
-    select::{schedule, Choice},
+    select::{Choice, schedule},
     stats::count,
 };
 
@@ -22,7 +19,8 @@ use crate::{
 #[derive(Clone, Copy)]
 pub struct Assignment {
     pub choice: Choice,
-    pub new_flow: bool,
+    /// 1 if the packet started a new flow, else 0 (added to stats without a branch).
+    pub new_flow: u64,
 }
 
 #[inline(always)]
@@ -70,38 +68,70 @@ fn next_flags(flags: u32, tcp_flags: u8) -> (u32, bool) {
 
 /// Finds or creates the flow of a packet. `Err` is the drop counter.
 #[inline(always)]
-pub fn assign(svc: &ServiceEntry, key: &FlowKey, tcp_flags: u8, hash_seed: u32) -> Result<Assignment, Counter> {
-    if let Some(p) = LB_FLOWS.get_ptr_mut(key) {
+pub fn assign(
+    svc: &ServiceEntry,
+    key: &FlowKey,
+    tcp_flags: u8,
+    hash_seed: u32,
+) -> Result<Assignment, Counter> {
+    let existing = LB_FLOWS.get_ptr_mut(key);
+    if let Some(p) = existing {
         // SAFETY: LRU value pointer from the kernel; concurrent writers only race on the same
         // flow's flags, which at worst repeats an idempotent update.
         let entry = unsafe { *p };
-        if let Some(be) = backend(entry.backend_id) {
-            if be.carries_flows() && be.service_id == svc.id {
-                count(Counter::FlowHit);
-                touch(p, &entry, entry.backend_id, tcp_flags);
-                return Ok(Assignment { choice: Choice { id: entry.backend_id, entry: be }, new_flow: false });
-            }
+        if let Some(be) = backend(entry.backend_id)
+            && be.carries_flows()
+            && be.service_id == svc.id
+        {
+            count(Counter::FlowHit);
+            touch(p, &entry, entry.backend_id, tcp_flags);
+            return Ok(Assignment {
+                choice: Choice {
+                    id: entry.backend_id,
+                    entry: be,
+                },
+                new_flow: 0,
+            });
         }
-        let choice = schedule(svc, key, hash_seed)?;
-        count(Counter::FlowRescheduled);
-        // The flow's connection unit follows it to the new backend.
-        if entry.flags & FLOW_F_COUNTED != 0 {
-            conns_add(entry.backend_id, MINUS_ONE);
-            conns_add(choice.id, ONE);
-        }
-        touch(p, &entry, choice.id, tcp_flags);
-        return Ok(Assignment { choice, new_flow: false });
     }
-    let choice = match persisted(svc, key) {
+    // One scheduling site for new and rescheduled flows keeps the verified program small.
+    let remembered = if existing.is_none() {
+        persisted(svc, key)
+    } else {
+        None
+    };
+    let choice = match remembered {
         Some(c) => {
             count(Counter::PersistHit);
             c
         }
         None => schedule(svc, key, hash_seed)?,
     };
-    insert_flow(key, choice.id, tcp_flags);
-    remember(svc, key, choice.id);
-    Ok(Assignment { choice, new_flow: true })
+    match existing {
+        Some(p) => {
+            // SAFETY: as above.
+            let entry = unsafe { *p };
+            count(Counter::FlowRescheduled);
+            // The flow's connection unit follows it to the new backend.
+            if entry.flags & FLOW_F_COUNTED != 0 {
+                conns_add(entry.backend_id, MINUS_ONE);
+                conns_add(choice.id, ONE);
+            }
+            touch(p, &entry, choice.id, tcp_flags);
+            Ok(Assignment {
+                choice,
+                new_flow: 0,
+            })
+        }
+        None => {
+            insert_flow(key, choice.id, tcp_flags);
+            remember(svc, key, choice.id);
+            Ok(Assignment {
+                choice,
+                new_flow: 1,
+            })
+        }
+    }
 }
 
 /// Updates an existing flow: its backend, its state after this packet, and (rarely) its time.
@@ -129,13 +159,21 @@ fn touch(p: *mut FlowEntry, entry: &FlowEntry, backend_id: u32, tcp_flags: u8) {
 fn insert_flow(key: &FlowKey, backend_id: u32, tcp_flags: u8) {
     // A first packet that already closes the connection never holds a unit.
     let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    let mut flags = if closing { FLOW_F_CLOSED } else { FLOW_F_COUNTED };
+    let mut flags = if closing {
+        FLOW_F_CLOSED
+    } else {
+        FLOW_F_COUNTED
+    };
     if tcp_flags & TCP_SYN == 0 {
         flags |= FLOW_F_ESTABLISHED;
     }
-    let entry = FlowEntry { backend_id, flags, last_seen_ns: now_ns() };
+    let entry = FlowEntry {
+        backend_id,
+        flags,
+        last_seen_ns: now_ns(),
+    };
     count(Counter::FlowNew);
-    if LB_FLOWS.insert(key, &entry, u64::from(BPF_ANY)).is_err() {
+    if LB_FLOWS.insert(key, entry, u64::from(BPF_ANY)).is_err() {
         count(Counter::FlowInsertFailed);
         // Without a flow entry nothing would ever return the unit, so take none.
         return;
@@ -171,7 +209,10 @@ fn persisted(svc: &ServiceEntry, key: &FlowKey) -> Option<Choice> {
     if be.service_id != svc.id || !takes_new_flows(&be) {
         return None;
     }
-    Some(Choice { id: entry.backend_id, entry: be })
+    Some(Choice {
+        id: entry.backend_id,
+        entry: be,
+    })
 }
 
 /// Records the client's backend; every new flow of the client renews it.
@@ -180,7 +221,11 @@ fn remember(svc: &ServiceEntry, key: &FlowKey, backend_id: u32) {
     if svc.persist_timeout_s == 0 {
         return;
     }
-    let entry = PersistEntry { backend_id, _pad: 0, last_seen_ns: now_ns() };
+    let entry = PersistEntry {
+        backend_id,
+        _pad: 0,
+        last_seen_ns: now_ns(),
+    };
     // A failed insert only loses stickiness for this client.
-    let _ = LB_PERSIST.insert(persist_key(svc, key), &entry, u64::from(BPF_ANY));
+    let _ = LB_PERSIST.insert(persist_key(svc, key), entry, u64::from(BPF_ANY));
 }

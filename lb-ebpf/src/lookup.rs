@@ -1,7 +1,9 @@
 //! Map reads: the service of a packet, a backend by id, the configuration.
 
-use lb_common::{BackendEntry, FlowKey, LbConfig, ServiceEntry, VipKey, BACKEND_F_DOWN, BACKEND_F_DRAINING,
-    BACKEND_F_VALID, IPPROTO_TCP};
+use lb_common::{
+    BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry, FlowKey, IPPROTO_TCP,
+    LbConfig, ServiceEntry, VipKey,
+};
 
 use crate::{
     maps::{LB_BACKENDS, LB_CONFIG, LB_SERVICES},
@@ -11,9 +13,14 @@ use crate::{
 /// The service whose VIP the packet is addressed to.
 #[inline(always)]
 pub fn service_of(pkt: &Packet) -> Option<ServiceEntry> {
-    let key = VipKey { addr: pkt.dst, port_be: pkt.dport_be, proto: IPPROTO_TCP, family: pkt.family };
+    let key = VipKey {
+        addr: pkt.dst,
+        port_be: pkt.dport_be,
+        proto: IPPROTO_TCP,
+        family: pkt.family,
+    };
     // SAFETY: the value is copied out at once; userspace replaces entries whole.
-    unsafe { LB_SERVICES.get(&key).copied() }
+    unsafe { LB_SERVICES.get(key).copied() }
 }
 
 #[inline(always)]
@@ -43,5 +50,6 @@ pub fn config() -> LbConfig {
 /// May this backend take new flows?
 #[inline(always)]
 pub fn takes_new_flows(be: &BackendEntry) -> bool {
-    be.flags & (BACKEND_F_VALID | BACKEND_F_DOWN | BACKEND_F_DRAINING) == BACKEND_F_VALID && be.weight > 0
+    be.flags & (BACKEND_F_VALID | BACKEND_F_DOWN | BACKEND_F_DRAINING) == BACKEND_F_VALID
+        && be.weight > 0
 }

@@ -28,7 +28,7 @@ use lb_common::{Counter, ServiceEntry};
 
 use crate::{
     parse::Packet,
-    stats::{count, Traffic},
+    stats::{Traffic, count},
 };
 
 #[xdp]
@@ -60,7 +60,10 @@ fn balance(ctx: &XdpContext) -> u32 {
         Err(reason) => {
             count(reason);
             stats::service_traffic(svc.id, Traffic::Dropped);
-            debug!(ctx, "lb_balancer: drop {} for service {}", reason as u32, svc.id);
+            debug!(
+                ctx,
+                "lb_balancer: drop {} for service {}", reason as u32, svc.id
+            );
             XDP_DROP
         }
     }
@@ -76,15 +79,20 @@ fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceEntry) -> Result<u32, Co
     if backend.family != pkt.family {
         return Err(Counter::DropNoRoute);
     }
-    let src = if pkt.family == lb_common::AF_INET { [cfg.src_v4, 0, 0, 0] } else { cfg.src_v6 };
+    let src = if pkt.family == lb_common::AF_INET {
+        [cfg.src_v4, 0, 0, 0]
+    } else {
+        cfg.src_v6
+    };
     let outer_len = (pkt.ip_len + encap::encap_len(pkt.family)) as u32;
     let hop = route::next_hop(ctx, &cfg, pkt.family, &backend.addr, outer_len)?;
     let frame_bytes = (ctx.data_end() - ctx.data()) as u64;
     encap::encapsulate(ctx, pkt, &src, &backend.addr, &hop)?;
-    if pkt.has_options {
-        count(Counter::Ipv4WithOptions);
-    }
-    let traffic = Traffic::Forwarded { bytes: frame_bytes, new_flow: assigned.new_flow };
+    stats::count_n(Counter::Ipv4WithOptions, pkt.with_options);
+    let traffic = Traffic::Forwarded {
+        bytes: frame_bytes,
+        new_flows: assigned.new_flow,
+    };
     stats::service_traffic(svc.id, traffic);
     stats::backend_traffic(assigned.choice.id, traffic);
     Ok(egress(ctx, hop.ifindex))
@@ -106,7 +114,6 @@ fn egress(ctx: &XdpContext, ifindex: u32) -> u32 {
     }
     verdict
 }
-
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

@@ -7,16 +7,18 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
+    BackendEntry, Counter, DecapCounter, DecapKey, FlowEntry, FlowKey, LbConfig, PersistEntry,
+    PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipKey,
     limits::{
-        DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_PERSIST_TABLE_SIZE,
-        DEFAULT_TABLE_SIZE, MAX_DECAP_ADDRS, SPARE_TABLE_SLOTS,
+        DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
+        DEFAULT_PERSIST_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_DECAP_ADDRS, SCHEDULE_IDS_PER_ENTRY,
+        SPARE_TABLE_SLOTS,
     },
-    BackendEntry, Counter, DecapCounter, DecapKey, FlowEntry, FlowKey, LbConfig, PersistEntry, PersistKey,
-    ServiceEntry, ServiceMeta, TrafficStats, VipKey,
 };
 
 #[map]
-pub static LB_SERVICES: HashMap<VipKey, ServiceEntry> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+pub static LB_SERVICES: HashMap<VipKey, ServiceEntry> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 /// Read by userspace only; defined here so one object carries every map.
 #[map]
@@ -25,13 +27,18 @@ pub static LB_SVC_META: Array<ServiceMeta> = Array::with_max_entries(DEFAULT_MAX
 #[map]
 pub static LB_BACKENDS: Array<BackendEntry> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
-/// Userspace writes tables through an mmap of this array, hence `BPF_F_MMAPABLE`.
+/// The pool of service tables: backend ids, `SCHEDULE_IDS_PER_ENTRY` (2) per element so the pool is
+/// one dense `u32` array. Userspace writes tables through an mmap of it, hence `BPF_F_MMAPABLE`.
 #[map]
-pub static LB_SCHEDULE: Array<u32> =
-    Array::with_max_entries((DEFAULT_MAX_SERVICES + SPARE_TABLE_SLOTS) * DEFAULT_TABLE_SIZE, BPF_F_MMAPABLE);
+pub static LB_SCHEDULE: Array<[u32; 2]> = Array::with_max_entries(
+    ((DEFAULT_MAX_SERVICES + SPARE_TABLE_SLOTS) * DEFAULT_TABLE_SIZE)
+        .div_ceil(SCHEDULE_IDS_PER_ENTRY),
+    BPF_F_MMAPABLE,
+);
 
 #[map]
-pub static LB_FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+pub static LB_FLOWS: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
 
 #[map]
 pub static LB_PERSIST: LruHashMap<PersistKey, PersistEntry> =
@@ -48,10 +55,12 @@ pub static LB_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_
 pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 #[map]
-pub static LB_SVC_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+pub static LB_SVC_STATS: PerCpuArray<TrafficStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 #[map]
-pub static LB_BE_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static LB_BE_STATS: PerCpuArray<TrafficStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 #[map]
 pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);

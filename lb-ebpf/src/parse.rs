@@ -2,7 +2,7 @@
 //! (alignment 1), so reading them from any packet offset is sound.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, AF_INET, AF_INET6, IPPROTO_TCP};
+use lb_common::{AF_INET, AF_INET6, Counter, IPPROTO_TCP};
 
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
@@ -79,14 +79,32 @@ pub struct TcpHdr {
 }
 
 /// A pointer to a `T` at `off` bytes into the frame, if the whole `T` lies inside it.
+///
+/// The verifier only trusts a bounds check made on the very register (or a copy of it) that is
+/// then dereferenced. Left alone, LLVM reassociates `start + off + size` and recomputes
+/// `start + off` after the check, which the verifier rejects for variable offsets (VLAN tag, IPv4
+/// options); `opaque` pins the pointer so check and access use the same value.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
+    let p = opaque(start + off);
+    if p + size_of::<T>() > end {
         return None;
     }
-    Some((start + off) as *mut T)
+    Some(p as *mut T)
+}
+
+/// Returns `x` unchanged, but hides its computation from the optimizer. Costs one register move
+/// (an empty template would leave BTF line info pointing at no instruction, which the kernel rejects).
+#[inline(always)]
+fn opaque(x: usize) -> usize {
+    let mut x = x;
+    // SAFETY: a move of a register onto itself.
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack, preserves_flags))
+    };
+    x
 }
 
 /// Reads a `T` at `off`, if it lies inside the frame.
@@ -125,9 +143,15 @@ pub fn parse_l2(ctx: &XdpContext) -> Option<L2> {
     let ether_type = u16::from_be_bytes(eth.ether_type);
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         let vlan: VlanHdr = read_at(ctx, ETH_HLEN)?;
-        return Some(L2 { l3_off: ETH_HLEN + VLAN_HLEN, ether_type: u16::from_be_bytes(vlan.ether_type) });
+        return Some(L2 {
+            l3_off: ETH_HLEN + VLAN_HLEN,
+            ether_type: u16::from_be_bytes(vlan.ether_type),
+        });
     }
-    Some(L2 { l3_off: ETH_HLEN, ether_type })
+    Some(L2 {
+        l3_off: ETH_HLEN,
+        ether_type,
+    })
 }
 
 /// A TCP packet the balancer may handle, reduced to what it needs.
@@ -147,7 +171,9 @@ pub struct Packet {
     /// label); for IPv4, byte 1 is the TOS.
     pub first_word: [u8; 4],
     pub ttl: u8,
-    pub has_options: bool,
+    /// 1 for an IPv4 header with options, else 0. A number, not a bool: BPF has no conditional
+    /// move, so a bool would become a branch, and each branch doubles what the verifier explores.
+    pub with_options: u64,
 }
 
 /// Parses a frame; `Err` is the pass counter that explains why the balancer leaves it alone.
@@ -205,14 +231,18 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Counter> {
         tcp_flags: tcp.flags,
         first_word: [ip.ver_ihl, ip.tos, ip.tot_len[0], ip.tot_len[1]],
         ttl: ip.ttl,
-        has_options: ihl > 5,
+        // ihl is 5..=15, so this is 0 for 5 and 1 above, without a comparison.
+        with_options: ((ihl - 5 + 15) >> 4) as u64,
     })
 }
 
 /// Extension headers that may precede TCP; a packet carrying one is passed, not balanced.
 #[inline(always)]
 fn is_ipv6_extension(next_header: u8) -> bool {
-    matches!(next_header, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+    matches!(
+        next_header,
+        0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
+    )
 }
 
 #[inline(always)]
@@ -246,6 +276,6 @@ fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Counter> {
         tcp_flags: tcp.flags,
         first_word: ip.vtc_flow,
         ttl: ip.hop_limit,
-        has_options: false,
+        with_options: 0,
     })
 }

@@ -2,12 +2,15 @@
 //! the MTU check of the encapsulated packet.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup,
+    },
     helpers::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
-    EbpfContext,
 };
-use lb_common::{Counter, LbConfig, AF_INET};
+use lb_common::{AF_INET, Counter, LbConfig};
 
 use crate::parse::{IPPROTO_IPIP, IPPROTO_IPV6};
 
@@ -25,7 +28,13 @@ pub struct NextHop {
 
 /// Routes the outer packet (`outer_len` bytes of IP) from our source address to the backend.
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, cfg: &LbConfig, family: u8, dst: &[u32; 4], outer_len: u32) -> Result<NextHop, Counter> {
+pub fn next_hop(
+    ctx: &XdpContext,
+    cfg: &LbConfig,
+    family: u8,
+    dst: &[u32; 4],
+    outer_len: u32,
+) -> Result<NextHop, Counter> {
     // SAFETY: plain-old-data kernel struct; all-zero is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.ifindex = ctx.ingress_ifindex() as u32;
@@ -43,10 +52,19 @@ pub fn next_hop(ctx: &XdpContext, cfg: &LbConfig, family: u8, dst: &[u32; 4], ou
     }
     // SAFETY: `params` is a valid, fully initialised lookup struct of the size passed.
     let rc = unsafe {
-        fib_lookup(ctx.as_ptr(), &mut params, size_of::<bpf_fib_lookup>() as i32, 0)
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
     };
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        return Ok(NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac });
+        return Ok(NextHop {
+            ifindex: params.ifindex,
+            smac: params.smac,
+            dmac: params.dmac,
+        });
     }
     if rc == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) {
         return Err(Counter::DropMtu);

@@ -12,6 +12,15 @@ pub fn count(counter: Counter) {
     }
 }
 
+/// Adds `n` (0 or 1 for a flag: an add instead of a branch keeps verification small).
+#[inline(always)]
+pub fn count_n(counter: Counter, n: u64) {
+    if let Some(p) = LB_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: as in `count`.
+        unsafe { *p += n };
+    }
+}
+
 #[inline(always)]
 pub fn count_decap(counter: DecapCounter) {
     if let Some(p) = LB_DECAP_STATS.get_ptr_mut(counter as u32) {
@@ -23,7 +32,7 @@ pub fn count_decap(counter: DecapCounter) {
 /// What happened to one packet of a service or backend.
 #[derive(Clone, Copy)]
 pub enum Traffic {
-    Forwarded { bytes: u64, new_flow: bool },
+    Forwarded { bytes: u64, new_flows: u64 },
     Dropped,
 }
 
@@ -32,12 +41,10 @@ fn apply(stats: *mut TrafficStats, traffic: Traffic) {
     // SAFETY: `stats` is a per-CPU map value returned by the kernel.
     let s = unsafe { &mut *stats };
     match traffic {
-        Traffic::Forwarded { bytes, new_flow } => {
+        Traffic::Forwarded { bytes, new_flows } => {
             s.packets += 1;
             s.bytes += bytes;
-            if new_flow {
-                s.new_flows += 1;
-            }
+            s.new_flows += new_flows;
         }
         Traffic::Dropped => s.drops += 1,
     }

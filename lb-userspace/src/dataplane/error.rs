@@ -2,19 +2,16 @@
 
 use std::{io, path::PathBuf};
 
-use aya::{
-    maps::MapError,
-    pin::PinError,
-    programs::ProgramError,
-    EbpfError,
-};
+use aya::{EbpfError, maps::MapError, pin::PinError, programs::ProgramError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("loading XDP programs needs root: run `lb` as root (or with sudo)")]
     NotRoot,
 
-    #[error("{path} is not on a BPF filesystem, so maps cannot be pinned there; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    #[error(
+        "{path} is not on a BPF filesystem, so maps cannot be pinned there; mount one with `mount -t bpf bpf /sys/fs/bpf`"
+    )]
     BpffsNotMounted { path: PathBuf },
 
     #[error("pin directory {path}: {source}")]
@@ -32,7 +29,9 @@ pub enum DataplaneError {
         source: PinError,
     },
 
-    #[error("map {map} is not pinned at {path} (is `lb run` running, with the same --pin-dir?): {source}")]
+    #[error(
+        "map {map} is not pinned at {path} (is `lb run` running, with the same --pin-dir?): {source}"
+    )]
     NotPinned {
         map: &'static str,
         path: PathBuf,
@@ -40,7 +39,9 @@ pub enum DataplaneError {
         source: MapError,
     },
 
-    #[error("creating the maps of the eBPF object failed (too large a capacity for this host's memory?): {source}")]
+    #[error(
+        "creating the maps of the eBPF object failed (too large a capacity for this host's memory?): {source}"
+    )]
     Object {
         #[source]
         source: EbpfError,
@@ -54,10 +55,14 @@ pub enum DataplaneError {
         source: ProgramError,
     },
 
-    #[error("the eBPF object has no XDP program named {program}; the embedded object is out of date, rebuild `lb`")]
+    #[error(
+        "the eBPF object has no XDP program named {program}; the embedded object is out of date, rebuild `lb`"
+    )]
     MissingProgram { program: &'static str },
 
-    #[error("map {map} is missing or has the wrong type in the eBPF object; rebuild `lb`: {source}")]
+    #[error(
+        "map {map} is missing or has the wrong type in the eBPF object; rebuild `lb`: {source}"
+    )]
     MissingMap {
         map: &'static str,
         #[source]
@@ -74,6 +79,16 @@ pub enum DataplaneError {
         source: ProgramError,
     },
 
+    #[error(
+        "enabling forwarding on {iface} ({path}) failed: {source}; the balancer cannot route without it"
+    )]
+    Forwarding {
+        iface: String,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("{op} on map {map} failed: {source}")]
     Map {
         map: &'static str,
@@ -82,8 +97,15 @@ pub enum DataplaneError {
         source: MapError,
     },
 
-    #[error("{map}: index {index} + {len} entries is past its end ({capacity} entries); raise the capacity or fix the caller")]
-    OutOfRange { map: &'static str, index: u64, len: u64, capacity: u64 },
+    #[error(
+        "{map}: index {index} + {len} entries is past its end ({capacity} entries); raise the capacity or fix the caller"
+    )]
+    OutOfRange {
+        map: &'static str,
+        index: u64,
+        len: u64,
+        capacity: u64,
+    },
 
     #[error("mapping {map} into memory failed: {source}")]
     Mmap {
@@ -100,6 +122,9 @@ pub enum DataplaneError {
 }
 
 /// Builds the `map_err` closure of a map operation.
-pub(crate) fn map_op(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+pub(crate) fn map_op(
+    map: &'static str,
+    op: &'static str,
+) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, op, source }
 }

@@ -4,8 +4,8 @@
 use std::{
     os::fd::AsRawFd as _,
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc,
+        atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -31,21 +31,29 @@ pub(crate) struct KernelLog {
 
 impl KernelLog {
     pub(crate) fn start(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
-        let mut logger = EbpfLogger::init(ebpf).map_err(|e| DataplaneError::KernelLog(e.to_string()))?;
+        let mut logger =
+            EbpfLogger::init(ebpf).map_err(|e| DataplaneError::KernelLog(e.to_string()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_thread = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("lb-kernel-log".into())
             .spawn(move || {
                 while !stop_thread.load(Ordering::Relaxed) {
-                    let mut pfd = libc::pollfd { fd: logger.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    let mut pfd = libc::pollfd {
+                        fd: logger.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
                     // SAFETY: one valid pollfd.
                     unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL.as_millis() as i32) };
                     logger.flush();
                 }
             })
             .map_err(|e| DataplaneError::KernelLog(e.to_string()))?;
-        Ok(KernelLog { stop, thread: Some(thread) })
+        Ok(KernelLog {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 

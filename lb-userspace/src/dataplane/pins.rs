@@ -44,12 +44,19 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
 
 /// Makes sure `dir` exists on bpffs and holds none of our pins from an earlier (crashed) run.
 pub(crate) fn prepare(dir: &Path) -> Result<(), DataplaneError> {
-    let pin_dir_err = |source| DataplaneError::PinDir { path: dir.to_path_buf(), source };
+    let pin_dir_err = |source| DataplaneError::PinDir {
+        path: dir.to_path_buf(),
+        source,
+    };
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let probe = if dir.exists() { dir.to_path_buf() } else { parent };
+    let probe = if dir.exists() {
+        dir.to_path_buf()
+    } else {
+        parent
+    };
     if !is_bpffs(&probe).map_err(pin_dir_err)? {
         return Err(DataplaneError::BpffsNotMounted { path: probe });
     }
@@ -57,7 +64,9 @@ pub(crate) fn prepare(dir: &Path) -> Result<(), DataplaneError> {
     for name in PINNED_MAPS {
         let path = dir.join(name);
         match fs::remove_file(&path) {
-            Ok(()) => tracing::info!(path = %path.display(), "removed a stale pin of an earlier run"),
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed a stale pin of an earlier run")
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(pin_dir_err(e)),
         }

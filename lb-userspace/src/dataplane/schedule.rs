@@ -6,7 +6,8 @@ use lb_common::maps::SCHEDULE;
 
 use super::DataplaneError;
 
-/// A shared mapping of the whole `BPF_F_MMAPABLE` schedule array.
+/// A shared mapping of the whole `BPF_F_MMAPABLE` schedule array, seen as one dense `u32` array of
+/// backend ids (the map stores two ids per 8-byte element, so no padding lies between them).
 pub(crate) struct ScheduleMmap {
     base: NonNull<u32>,
     entries: usize,
@@ -20,22 +21,51 @@ unsafe impl Send for ScheduleMmap {}
 unsafe impl Sync for ScheduleMmap {}
 
 impl ScheduleMmap {
-    pub(crate) fn new(fd: BorrowedFd<'_>, entries: u32, writable: bool) -> Result<Self, DataplaneError> {
-        let err = |source| DataplaneError::Mmap { map: SCHEDULE, source };
+    pub(crate) fn new(
+        fd: BorrowedFd<'_>,
+        entries: u32,
+        writable: bool,
+    ) -> Result<Self, DataplaneError> {
+        let err = |source| DataplaneError::Mmap {
+            map: SCHEDULE,
+            source,
+        };
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        let page = usize::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096);
+        let page = usize::try_from(page)
+            .ok()
+            .filter(|p| *p > 0)
+            .unwrap_or(4096);
         let entries = entries as usize;
         let bytes = (entries * size_of::<u32>()).div_ceil(page) * page;
-        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         use std::os::fd::AsRawFd as _;
         // SAFETY: a fresh shared mapping of the map's fd; the kernel checks the size against the map.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), bytes, prot, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
         if ptr == libc::MAP_FAILED {
             return Err(err(io::Error::last_os_error()));
         }
-        let base = NonNull::new(ptr.cast::<u32>()).ok_or_else(|| err(io::Error::other("mmap returned NULL")))?;
-        Ok(ScheduleMmap { base, entries, bytes, writable })
+        let base = NonNull::new(ptr.cast::<u32>())
+            .ok_or_else(|| err(io::Error::other("mmap returned NULL")))?;
+        Ok(ScheduleMmap {
+            base,
+            entries,
+            bytes,
+            writable,
+        })
     }
 
     pub(crate) fn entries(&self) -> u32 {
@@ -65,7 +95,9 @@ impl ScheduleMmap {
         let start = self.check(offset, ids.len())?;
         // SAFETY: in bounds (checked); the region is shared with the XDP program, which only reads
         // slots that no service points at yet (see ARCHITECTURE.md, table swap).
-        unsafe { std::ptr::copy_nonoverlapping(ids.as_ptr(), self.base.as_ptr().add(start), ids.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(ids.as_ptr(), self.base.as_ptr().add(start), ids.len())
+        };
         // The table must be visible before the service entry that points at it is replaced.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         Ok(())
@@ -75,7 +107,13 @@ impl ScheduleMmap {
         let start = self.check(offset, len as usize)?;
         let mut out = vec![0u32; len as usize];
         // SAFETY: in bounds (checked).
-        unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(start), out.as_mut_ptr(), len as usize) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.base.as_ptr().add(start),
+                out.as_mut_ptr(),
+                len as usize,
+            )
+        };
         Ok(out)
     }
 }

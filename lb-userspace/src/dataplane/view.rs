@@ -1,19 +1,17 @@
 //! `MapsView`: typed handles of every map. The daemon owns one through `Dataplane` (and writes
 //! through it); `lb status` opens one from the pins without the daemon and only reads.
 
-use std::{
-    os::fd::AsFd as _,
-    path::Path,
-};
+use std::{os::fd::AsFd as _, path::Path};
 
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
-    limits::{Capacity, SPARE_TABLE_SLOTS},
-    maps, BackendEntry, Counter, DecapCounter, DecapKey, FlowEntry, FlowKey, LbConfig, PersistEntry, PersistKey,
-    ServiceEntry, ServiceMeta, TrafficStats, VipKey,
+    BackendEntry, Counter, DecapCounter, DecapKey, FlowEntry, FlowKey, LbConfig, PersistEntry,
+    PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipKey,
+    limits::{Capacity, SCHEDULE_IDS_PER_ENTRY, SPARE_TABLE_SLOTS},
+    maps,
 };
 
-use super::{error::map_op, schedule::ScheduleMmap, DataplaneError};
+use super::{DataplaneError, error::map_op, schedule::ScheduleMmap};
 
 /// Typed handles of every map of the data plane.
 pub struct MapsView {
@@ -37,12 +35,21 @@ pub struct MapsView {
     capacity: Capacity,
 }
 
-fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, DataplaneError> {
+fn typed<T: TryFrom<Map, Error = MapError>>(
+    name: &'static str,
+    map: Map,
+) -> Result<T, DataplaneError> {
     T::try_from(map).map_err(|source| DataplaneError::MissingMap { map: name, source })
 }
 
-fn max_entries<K: aya::Pod, V, M: IterableMap<K, V>>(name: &'static str, m: &M) -> Result<u32, DataplaneError> {
-    Ok(m.map().info().map_err(map_op(name, "reading map info"))?.max_entries())
+fn max_entries<K: aya::Pod, V, M: IterableMap<K, V>>(
+    name: &'static str,
+    m: &M,
+) -> Result<u32, DataplaneError> {
+    Ok(m.map()
+        .info()
+        .map_err(map_op(name, "reading map info"))?
+        .max_entries())
 }
 
 impl MapsView {
@@ -51,14 +58,17 @@ impl MapsView {
         mut source: impl FnMut(&'static str) -> Result<Map, DataplaneError>,
         writable: bool,
     ) -> Result<Self, DataplaneError> {
-        let services: HashMap<_, VipKey, ServiceEntry> = typed(maps::SERVICES, source(maps::SERVICES)?)?;
+        let services: HashMap<_, VipKey, ServiceEntry> =
+            typed(maps::SERVICES, source(maps::SERVICES)?)?;
         let backends: Array<_, BackendEntry> = typed(maps::BACKENDS, source(maps::BACKENDS)?)?;
-        let schedule_map: Array<_, u32> = typed(maps::SCHEDULE, source(maps::SCHEDULE)?)?;
+        let schedule_map: Array<_, [u32; 2]> = typed(maps::SCHEDULE, source(maps::SCHEDULE)?)?;
         let flows: HashMap<_, FlowKey, FlowEntry> = typed(maps::FLOWS, source(maps::FLOWS)?)?;
-        let persist: HashMap<_, PersistKey, PersistEntry> = typed(maps::PERSIST, source(maps::PERSIST)?)?;
+        let persist: HashMap<_, PersistKey, PersistEntry> =
+            typed(maps::PERSIST, source(maps::PERSIST)?)?;
 
         let max_services = max_entries(maps::SERVICES, &services)?;
-        let schedule_entries = max_entries(maps::SCHEDULE, &schedule_map)?;
+        // Ids the pool holds: `SCHEDULE_IDS_PER_ENTRY` per map element.
+        let schedule_entries = max_entries(maps::SCHEDULE, &schedule_map)? * SCHEDULE_IDS_PER_ENTRY;
         let capacity = Capacity {
             max_services,
             max_backends: max_entries(maps::BACKENDS, &backends)?,
@@ -66,7 +76,8 @@ impl MapsView {
             flow_table_size: max_entries(maps::FLOWS, &flows)?,
             persist_table_size: max_entries(maps::PERSIST, &persist)?,
         };
-        let schedule = ScheduleMmap::new(schedule_map.map().fd().as_fd(), schedule_entries, writable)?;
+        let schedule =
+            ScheduleMmap::new(schedule_map.map().fd().as_fd(), schedule_entries, writable)?;
 
         Ok(MapsView {
             services,
@@ -92,9 +103,14 @@ impl MapsView {
         Self::from_source(
             |name| {
                 let path = pin_dir.join(name);
-                let data = MapData::from_pin(&path)
-                    .map_err(|source| DataplaneError::NotPinned { map: name, path: path.clone(), source })?;
-                Map::from_map_data(data).map_err(|source| DataplaneError::MissingMap { map: name, source })
+                let data =
+                    MapData::from_pin(&path).map_err(|source| DataplaneError::NotPinned {
+                        map: name,
+                        path: path.clone(),
+                        source,
+                    })?;
+                Map::from_map_data(data)
+                    .map_err(|source| DataplaneError::MissingMap { map: name, source })
             },
             false,
         )
@@ -112,7 +128,12 @@ impl MapsView {
     pub fn decap_counters(&self) -> Result<Vec<(DecapCounter, u64)>, DataplaneError> {
         DecapCounter::ALL
             .iter()
-            .map(|c| Ok((*c, sum_u64(&self.decap_stats, *c as u32, maps::DECAP_STATS)?)))
+            .map(|c| {
+                Ok((
+                    *c,
+                    sum_u64(&self.decap_stats, *c as u32, maps::DECAP_STATS)?,
+                ))
+            })
             .collect()
     }
 
@@ -122,16 +143,22 @@ impl MapsView {
     }
 
     pub fn service_meta(&self, id: u32) -> Result<ServiceMeta, DataplaneError> {
-        self.service_meta.get(&id, 0).map_err(map_op(maps::SERVICE_META, "lookup"))
+        self.service_meta
+            .get(&id, 0)
+            .map_err(map_op(maps::SERVICE_META, "lookup"))
     }
 
     pub fn backend(&self, id: u32) -> Result<BackendEntry, DataplaneError> {
-        self.backends.get(&id, 0).map_err(map_op(maps::BACKENDS, "lookup"))
+        self.backends
+            .get(&id, 0)
+            .map_err(map_op(maps::BACKENDS, "lookup"))
     }
 
     /// Active connections of a backend as the XDP program counts them.
     pub fn backend_conns(&self, id: u32) -> Result<u64, DataplaneError> {
-        self.backend_conns.get(&id, 0).map_err(map_op(maps::BACKEND_CONNS, "lookup"))
+        self.backend_conns
+            .get(&id, 0)
+            .map_err(map_op(maps::BACKEND_CONNS, "lookup"))
     }
 
     /// Traffic of a service, summed over CPUs.
@@ -160,7 +187,11 @@ impl MapsView {
     }
 }
 
-fn sum_u64(map: &PerCpuArray<MapData, u64>, index: u32, name: &'static str) -> Result<u64, DataplaneError> {
+fn sum_u64(
+    map: &PerCpuArray<MapData, u64>,
+    index: u32,
+    name: &'static str,
+) -> Result<u64, DataplaneError> {
     let values = map.get(&index, 0).map_err(map_op(name, "lookup"))?;
     Ok(values.iter().fold(0u64, |acc, v| acc.wrapping_add(*v)))
 }
