@@ -6,6 +6,7 @@
 // Inline BPF assembly (atomic add on a map value) is unstable; the eBPF crate builds with nightly.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+mod bench;
 mod csum;
 mod decap;
 mod encap;
@@ -39,6 +40,24 @@ pub fn lb_balancer(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
     decap::decap(&ctx)
+}
+
+/// Bench only: restores the template frame, then tail-calls the program under test.
+#[xdp]
+pub fn lb_reset(ctx: XdpContext) -> u32 {
+    bench::reset_then_jump(&ctx)
+}
+
+/// Bench only: restores the template frame (the harness cost).
+#[xdp]
+pub fn lb_reset_only(ctx: XdpContext) -> u32 {
+    bench::reset_only(&ctx)
+}
+
+/// Bench only: the floor every IPIP balancer pays (parse, encapsulate, transmit).
+#[xdp]
+pub fn lb_floor(ctx: XdpContext) -> u32 {
+    bench::floor(&ctx)
 }
 
 #[inline(always)]
