@@ -104,7 +104,14 @@ fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceEntry) -> Result<u32, Co
         cfg.src_v6
     };
     let outer_len = (pkt.ip_len + encap::encap_len(pkt.family)) as u32;
-    let hop = route::next_hop(ctx, &cfg, pkt.family, &backend.addr, outer_len)?;
+    let hop = route::next_hop_cached(
+        ctx,
+        &cfg,
+        assigned.choice.id,
+        pkt.family,
+        &backend.addr,
+        outer_len,
+    )?;
     let frame_bytes = (ctx.data_end() - ctx.data()) as u64;
     encap::encapsulate(ctx, pkt, &src, &backend.addr, &hop)?;
     stats::count_n(Counter::Ipv4WithOptions, pkt.with_options);

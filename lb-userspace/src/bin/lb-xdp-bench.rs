@@ -8,8 +8,9 @@
 //! (a veth pair, a permanent next-hop neighbour) that ends with the bench thread.
 //!
 //! Flow table: new-flow cases insert one flow per repetition into the LRU flow table (1 Mi
-//! entries), so once it is full every insert also evicts: the steady state of a balancer under a
-//! flood of new connections.
+//! entries, one shared LRU list: the map has no `BPF_F_NO_COMMON_LRU`). The table is filled before
+//! the first case, so every new-flow case measures the same steady state: each insert also evicts,
+//! as in a balancer under a flood of new connections.
 
 use std::{
     ffi::CString,
@@ -109,6 +110,12 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     });
     m.bench.set_target(BenchTarget::Balancer)?;
 
+    // Fill the flow table first, so every new-flow case measures the same steady state: a full
+    // LRU table where each insert also evicts.
+    let ids = put_backends(m.bench.dataplane(), 3, false)?;
+    put_service(m.bench.dataplane(), IpAddr::V4(VIP4), Scheduler::RoundRobin, &ids)?;
+    m.fill_flow_table(&syn4, capacity.flow_table_size)?;
+
     for n in BACKEND_COUNTS {
         let ids = put_backends(m.bench.dataplane(), n, false)?;
         for scheduler in Scheduler::ALL {
@@ -199,6 +206,14 @@ impl Measure<'_, '_> {
         // One warm-up repetition: creates the flow of established-flow cases.
         self.bench.run(self.ifindex, 1)?;
         self.median(|b, ifindex, repeat| b.run(ifindex, repeat), verdict)
+    }
+
+    /// Runs `flows` new flows through the balancer (not measured).
+    fn fill_flow_table(&mut self, frame: &Frame, flows: u32) -> anyhow::Result<()> {
+        self.set(frame, true)?;
+        let r = self.bench.run(self.ifindex, flows)?;
+        ensure!(r.verdict == XDP_TX, "filling the flow table: verdict {}", r.verdict);
+        Ok(())
     }
 
     fn set(&mut self, frame: &Frame, vary_flow: bool) -> anyhow::Result<()> {

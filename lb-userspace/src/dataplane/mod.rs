@@ -100,6 +100,7 @@ impl Dataplane {
             .map_max_entries(maps::CURSORS, cap.max_services)
             .map_max_entries(maps::SERVICE_STATS, cap.max_services)
             .map_max_entries(maps::BACKEND_STATS, cap.max_backends)
+            .map_max_entries(maps::NEXTHOP_CACHE, cap.max_backends)
             .override_global("AYA_LOG_LEVEL", &log_level, false);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
