@@ -402,6 +402,53 @@ fn ipv4_with_options_is_balanced() {
     });
 }
 
+#[test]
+fn next_hop_changes_reach_the_data_plane() {
+    with_lab(|lab| {
+        let (mut f, _, _) = Fixture::standard(lab.ifindex);
+        let ack = Tcp::v4(CLIENT4, VIP4, 40008, 80, ACK).frame();
+        let (_, out) = f.run(&ack);
+        assert_eq!(out[0..6], lab::NEXT_HOP_MAC);
+        // The router behind 198.18.3.1 is replaced; the cached next hop expires within 50 ms.
+        let new_mac = [0x02, 0, 0, 0, 0x03, 0x99];
+        lab.ip(&[
+            "neigh",
+            "replace",
+            "198.18.3.1",
+            "lladdr",
+            "02:00:00:00:03:99",
+            "dev",
+            "lbt0",
+            "nud",
+            "permanent",
+        ]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let (verdict, out) = f.run(&ack);
+            assert_eq!(verdict, XDP_TX);
+            if out[0..6] == new_mac {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still sending to the old next hop after 2 s"
+            );
+            std::thread::yield_now();
+        }
+        // A route that disappears is a counted drop, not a stale forward, once the cache expires.
+        lab.ip(&["route", "del", "198.18.2.0/24"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while f.run(&ack).0 != XDP_DROP {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still forwarding 2 s after the route went away"
+            );
+            std::thread::yield_now();
+        }
+        assert!(f.counter(Counter::DropNoRoute) >= 1);
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Frames the balancer must leave alone
 
@@ -1021,6 +1068,17 @@ fn helpful_errors_for_missing_pins_and_bpffs() {
         Dataplane::load(&bad),
         Err(lb_userspace::dataplane::DataplaneError::Capacity(_))
     ));
+}
+
+#[test]
+fn kernel_log_forwarding_starts_and_stops() {
+    let opts = LoadOptions {
+        capacity: tiny_capacity(),
+        pin_dir: None,
+        kernel_log: true,
+    };
+    let dp = Dataplane::load(&opts).expect("load with kernel logs");
+    drop(dp);
 }
 
 #[test]

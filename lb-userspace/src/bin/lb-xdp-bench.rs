@@ -113,7 +113,12 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     // Fill the flow table first, so every new-flow case measures the same steady state: a full
     // LRU table where each insert also evicts.
     let ids = put_backends(m.bench.dataplane(), 3, false)?;
-    put_service(m.bench.dataplane(), IpAddr::V4(VIP4), Scheduler::RoundRobin, &ids)?;
+    put_service(
+        m.bench.dataplane(),
+        IpAddr::V4(VIP4),
+        Scheduler::RoundRobin,
+        &ids,
+    )?;
     m.fill_flow_table(&syn4, capacity.flow_table_size)?;
 
     for n in BACKEND_COUNTS {
@@ -212,7 +217,11 @@ impl Measure<'_, '_> {
     fn fill_flow_table(&mut self, frame: &Frame, flows: u32) -> anyhow::Result<()> {
         self.set(frame, true)?;
         let r = self.bench.run(self.ifindex, flows)?;
-        ensure!(r.verdict == XDP_TX, "filling the flow table: verdict {}", r.verdict);
+        ensure!(
+            r.verdict == XDP_TX,
+            "filling the flow table: verdict {}",
+            r.verdict
+        );
         Ok(())
     }
 

@@ -22,6 +22,14 @@ const IFACE: &str = "lbt0";
 /// What a test needs to know about its namespace.
 pub struct Lab {
     pub ifindex: u32,
+    ns: File,
+}
+
+impl Lab {
+    /// Runs `ip` in the lab's namespace.
+    pub fn ip(&self, args: &[&str]) {
+        ip(&self.ns, args);
+    }
 }
 
 /// Runs `ip` inside the namespace `ns` (the child process joins it before exec).
@@ -161,7 +169,7 @@ fn build() -> Lab {
     // SAFETY: valid C string.
     let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
     assert_ne!(ifindex, 0, "{IFACE} exists in the namespace");
-    Lab { ifindex }
+    Lab { ifindex, ns }
 }
 
 /// Runs `f` on a fresh thread inside a fresh namespace, which ends with the thread.
