@@ -1082,6 +1082,62 @@ fn kernel_log_forwarding_starts_and_stops() {
 }
 
 #[test]
+fn attach_and_detach_on_a_real_interface() {
+    use lb_userspace::dataplane::{AttachMode, AttachedMode};
+    with_lab(|lab| {
+        lab.ip(&["link", "set", "lbt0", "down"]);
+        for path in [
+            "/proc/sys/net/ipv4/conf/lbt0/forwarding",
+            "/proc/sys/net/ipv6/conf/lbt0/forwarding",
+        ] {
+            std::fs::write(path, "0").unwrap();
+        }
+        let opts = LoadOptions {
+            capacity: tiny_capacity(),
+            pin_dir: None,
+            kernel_log: false,
+        };
+        let mut dp = Dataplane::load(&opts).unwrap();
+        assert_eq!(
+            dp.attach_balancer("lbt0", AttachMode::Generic).unwrap(),
+            AttachedMode::Generic
+        );
+        assert!(
+            lab.ip(&["link", "show", "lbt0"]).contains("xdpgeneric"),
+            "attached in generic mode"
+        );
+        for path in [
+            "/proc/sys/net/ipv4/conf/lbt0/forwarding",
+            "/proc/sys/net/ipv6/conf/lbt0/forwarding",
+        ] {
+            assert_eq!(
+                std::fs::read_to_string(path).unwrap().trim(),
+                "1",
+                "{path}: attach turns forwarding on"
+            );
+        }
+        // veth supports native XDP, so Auto takes it.
+        assert_eq!(
+            dp.attach_decap("lbt1", AttachMode::Auto).unwrap(),
+            AttachedMode::Native
+        );
+        assert!(
+            lab.ip(&["link", "show", "lbt1"]).contains("xdp"),
+            "decap attached"
+        );
+        drop(dp);
+        assert!(
+            !lab.ip(&["link", "show", "lbt0"]).contains("xdp"),
+            "detached when the data plane drops"
+        );
+        assert!(
+            !lab.ip(&["link", "show", "lbt1"]).contains("xdp"),
+            "detached when the data plane drops"
+        );
+    });
+}
+
+#[test]
 fn attach_reports_unknown_interfaces() {
     let opts = LoadOptions {
         capacity: tiny_capacity(),

@@ -26,14 +26,14 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Runs `ip` in the lab's namespace.
-    pub fn ip(&self, args: &[&str]) {
-        ip(&self.ns, args);
+    /// Runs `ip` in the lab's namespace; returns its output.
+    pub fn ip(&self, args: &[&str]) -> String {
+        ip(&self.ns, args)
     }
 }
 
-/// Runs `ip` inside the namespace `ns` (the child process joins it before exec).
-fn ip(ns: &File, args: &[&str]) {
+/// Runs `ip` inside the namespace `ns` (the child process joins it before exec); returns stdout.
+fn ip(ns: &File, args: &[&str]) -> String {
     let fd = ns.as_raw_fd();
     let mut cmd = Command::new("ip");
     cmd.args(args);
@@ -53,6 +53,7 @@ fn ip(ns: &File, args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn mac_string(mac: &[u8; 6]) -> String {
