@@ -403,6 +403,47 @@ fn ipv4_with_options_is_balanced() {
 }
 
 #[test]
+fn backend_behind_another_interface_is_redirected() {
+    with_lab(|lab| {
+        let mut f = Fixture::new(lab.ifindex);
+        let ids = f.add_backends(SVC4, &[v4(Ipv4Addr::new(198, 18, 5, 11))]);
+        f.put_service(SVC4, v4(VIP4), Scheduler::RoundRobin, &ids);
+        let syn = Tcp::v4(CLIENT4, VIP4, 40009, 80, SYN).frame();
+        let (verdict, out) = f.run(&syn);
+        const XDP_REDIRECT: u32 = 4;
+        assert_eq!(verdict, XDP_REDIRECT, "counters: {}", f.nonzero_counters());
+        assert_eq!(
+            out.len(),
+            syn.len() + 20,
+            "encapsulated before the redirect"
+        );
+        assert_eq!(f.counter(Counter::RedirectPackets), 1);
+        assert_eq!(f.counter(Counter::TxPackets), 0);
+    });
+}
+
+#[test]
+fn client_rst_returns_the_connection_unit() {
+    with_lab(|lab| {
+        let (mut f, ids4, _) = Fixture::standard(lab.ifindex);
+        let syn = Tcp::v4(CLIENT4, VIP4, 40010, 80, SYN).frame();
+        let rst = Tcp::v4(CLIENT4, VIP4, 40010, 80, 0x04).frame();
+        let (_, out) = f.run(&syn);
+        let be = f.backend_id_of(check_ipip(&out, &syn[ETH_HLEN..], lab).dst, &ids4);
+        assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 1);
+        assert_eq!(f.run(&rst).0, XDP_TX, "the RST still reaches the backend");
+        assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 0);
+        assert_eq!(f.counter(Counter::ConnClosed), 1);
+        // A connection whose first packet is a RST never takes a unit.
+        let stray = Tcp::v4(CLIENT4, VIP4, 40011, 80, 0x04).frame();
+        let (_, out) = f.run(&stray);
+        let be = f.backend_id_of(check_ipip(&out, &stray[ETH_HLEN..], lab).dst, &ids4);
+        assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 0);
+        assert_eq!(f.counter(Counter::ConnClosed), 1);
+    });
+}
+
+#[test]
 fn next_hop_changes_reach_the_data_plane() {
     with_lab(|lab| {
         let (mut f, _, _) = Fixture::standard(lab.ifindex);

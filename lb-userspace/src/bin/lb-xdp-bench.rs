@@ -467,6 +467,20 @@ fn ip(ns: &File, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bench namespace: `lbb0` is the balancer's interface; backends (198.18.8.0/21,
+/// 2001:db8:2::/64) are behind the next hop 198.18.3.1 / 2001:db8:3::1.
+const SETUP: &[&str] = &[
+    "link add lbb0 type veth peer name lbb1",
+    "link set lbb0 up",
+    "link set lbb1 up",
+    "addr add 198.18.3.2/24 dev lbb0",
+    "-6 addr add 2001:db8:3::2/64 dev lbb0 nodad",
+    "neigh add 198.18.3.1 lladdr 02:00:00:00:03:01 dev lbb0 nud permanent",
+    "-6 neigh add 2001:db8:3::1 lladdr 02:00:00:00:03:01 dev lbb0 nud permanent",
+    "route add 198.18.8.0/21 via 198.18.3.1 dev lbb0",
+    "-6 route add 2001:db8:2::/64 via 2001:db8:3::1 dev lbb0",
+];
+
 /// Gives the calling thread a network namespace of its own (anonymous: it ends with the thread,
 /// so nothing can leak) with a veth pair, a permanent next-hop neighbour and routes toward the
 /// backends, and pins the thread to one CPU. Returns the ifindex of the LB interface.
@@ -479,80 +493,9 @@ fn enter_lab() -> anyhow::Result<u32> {
         std::io::Error::last_os_error()
     );
     let ns = File::open("/proc/thread-self/ns/net").context("opening our namespace")?;
-    ip(
-        &ns,
-        &["link", "add", IFACE, "type", "veth", "peer", "name", "lbb1"],
-    )?;
-    ip(&ns, &["link", "set", IFACE, "up"])?;
-    ip(&ns, &["link", "set", "lbb1", "up"])?;
-    ip(&ns, &["addr", "add", "198.18.3.2/24", "dev", IFACE])?;
-    ip(
-        &ns,
-        &[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:3::2/64",
-            "dev",
-            IFACE,
-            "nodad",
-        ],
-    )?;
-    let hop = "02:00:00:00:03:01";
-    ip(
-        &ns,
-        &[
-            "neigh",
-            "add",
-            "198.18.3.1",
-            "lladdr",
-            hop,
-            "dev",
-            IFACE,
-            "nud",
-            "permanent",
-        ],
-    )?;
-    ip(
-        &ns,
-        &[
-            "-6",
-            "neigh",
-            "add",
-            "2001:db8:3::1",
-            "lladdr",
-            hop,
-            "dev",
-            IFACE,
-            "nud",
-            "permanent",
-        ],
-    )?;
-    ip(
-        &ns,
-        &[
-            "route",
-            "add",
-            "198.18.8.0/21",
-            "via",
-            "198.18.3.1",
-            "dev",
-            IFACE,
-        ],
-    )?;
-    ip(
-        &ns,
-        &[
-            "-6",
-            "route",
-            "add",
-            "2001:db8:2::/64",
-            "via",
-            "2001:db8:3::1",
-            "dev",
-            IFACE,
-        ],
-    )?;
+    for line in SETUP {
+        ip(&ns, &line.split_whitespace().collect::<Vec<_>>())?;
+    }
     for family in ["ipv4", "ipv6"] {
         let path = format!("/proc/sys/net/{family}/conf/{IFACE}/forwarding");
         std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;

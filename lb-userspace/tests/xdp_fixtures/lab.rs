@@ -63,6 +63,27 @@ fn mac_string(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
+/// The lab: `lbt0` is the balancer's interface (next hop 198.18.3.1 / 2001:db8:3::1 toward the
+/// backends in 198.18.2.0/24 and 2001:db8:2::/64); `lbt2` leads to backends in 198.18.5.0/24
+/// (next hop 198.18.4.1), so packets to them are redirected.
+const SETUP: &[&str] = &[
+    "link add lbt0 address {LB_MAC} type veth peer name lbt1",
+    "link set lbt0 up",
+    "link set lbt1 up",
+    "addr add 198.18.3.2/24 dev lbt0",
+    "-6 addr add 2001:db8:3::2/64 dev lbt0 nodad",
+    "neigh add 198.18.3.1 lladdr {HOP_MAC} dev lbt0 nud permanent",
+    "-6 neigh add 2001:db8:3::1 lladdr {HOP_MAC} dev lbt0 nud permanent",
+    "route add 198.18.2.0/24 via 198.18.3.1 dev lbt0",
+    "-6 route add 2001:db8:2::/64 via 2001:db8:3::1 dev lbt0",
+    "link add lbt2 type veth peer name lbt3",
+    "link set lbt2 up",
+    "link set lbt3 up",
+    "addr add 198.18.4.2/24 dev lbt2",
+    "neigh add 198.18.4.1 lladdr {HOP_MAC} dev lbt2 nud permanent",
+    "route add 198.18.5.0/24 via 198.18.4.1 dev lbt2",
+];
+
 /// Gives the calling thread a new network namespace with the lab in it, and pins the thread to
 /// one CPU (per-CPU round-robin cursors must not change between runs).
 fn build() -> Lab {
@@ -75,83 +96,12 @@ fn build() -> Lab {
         std::io::Error::last_os_error()
     );
     let ns = File::open("/proc/thread-self/ns/net").expect("open our namespace");
-    let mac = mac_string(&LB_MAC);
-    let hop = mac_string(&NEXT_HOP_MAC);
-    ip(
-        &ns,
-        &[
-            "link", "add", IFACE, "address", &mac, "type", "veth", "peer", "name", "lbt1",
-        ],
-    );
-    ip(&ns, &["link", "set", IFACE, "up"]);
-    ip(&ns, &["link", "set", "lbt1", "up"]);
-    ip(&ns, &["addr", "add", "198.18.3.2/24", "dev", IFACE]);
-    ip(
-        &ns,
-        &[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8:3::2/64",
-            "dev",
-            IFACE,
-            "nodad",
-        ],
-    );
-    ip(
-        &ns,
-        &[
-            "neigh",
-            "add",
-            "198.18.3.1",
-            "lladdr",
-            &hop,
-            "dev",
-            IFACE,
-            "nud",
-            "permanent",
-        ],
-    );
-    ip(
-        &ns,
-        &[
-            "-6",
-            "neigh",
-            "add",
-            "2001:db8:3::1",
-            "lladdr",
-            &hop,
-            "dev",
-            IFACE,
-            "nud",
-            "permanent",
-        ],
-    );
-    ip(
-        &ns,
-        &[
-            "route",
-            "add",
-            "198.18.2.0/24",
-            "via",
-            "198.18.3.1",
-            "dev",
-            IFACE,
-        ],
-    );
-    ip(
-        &ns,
-        &[
-            "-6",
-            "route",
-            "add",
-            "2001:db8:2::/64",
-            "via",
-            "2001:db8:3::1",
-            "dev",
-            IFACE,
-        ],
-    );
+    for line in SETUP {
+        let line = line
+            .replace("{LB_MAC}", &mac_string(&LB_MAC))
+            .replace("{HOP_MAC}", &mac_string(&NEXT_HOP_MAC));
+        ip(&ns, &line.split_whitespace().collect::<Vec<_>>());
+    }
     // The LB forwards: bpf_fib_lookup refuses to route for an interface without forwarding.
     for path in [
         "/proc/sys/net/ipv4/conf/lbt0/forwarding",
