@@ -3,7 +3,8 @@
 //! file only wires them and turns every outcome into a counter and a verdict.
 #![no_std]
 #![no_main]
-// Inline BPF assembly (atomic add on a map value) is unstable; the eBPF crate builds with nightly.
+// Inline BPF assembly (the atomic add on a map value, `parse::opaque`) is unstable; the eBPF crate
+// builds with nightly anyway (build-std).
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod bench;
