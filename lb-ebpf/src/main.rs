@@ -3,9 +3,11 @@
 //! file only wires them and turns every outcome into a counter and a verdict.
 #![no_std]
 #![no_main]
-// Inline BPF assembly (atomic add on a map value) is unstable; the eBPF crate builds with nightly.
+// Inline BPF assembly (the atomic add on a map value, `parse::opaque`) is unstable; the eBPF crate
+// builds with nightly anyway (build-std).
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+mod bench;
 mod csum;
 mod decap;
 mod encap;
@@ -39,6 +41,24 @@ pub fn lb_balancer(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
     decap::decap(&ctx)
+}
+
+/// Bench only: restores the template frame, then tail-calls the program under test.
+#[xdp]
+pub fn lb_reset(ctx: XdpContext) -> u32 {
+    bench::reset_then_jump(&ctx)
+}
+
+/// Bench only: restores the template frame (the harness cost).
+#[xdp]
+pub fn lb_reset_only(ctx: XdpContext) -> u32 {
+    bench::reset_only(&ctx)
+}
+
+/// Bench only: the floor every IPIP balancer pays (parse, encapsulate, transmit).
+#[xdp]
+pub fn lb_floor(ctx: XdpContext) -> u32 {
+    bench::floor(&ctx)
 }
 
 #[inline(always)]
@@ -85,7 +105,14 @@ fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceEntry) -> Result<u32, Co
         cfg.src_v6
     };
     let outer_len = (pkt.ip_len + encap::encap_len(pkt.family)) as u32;
-    let hop = route::next_hop(ctx, &cfg, pkt.family, &backend.addr, outer_len)?;
+    let hop = route::next_hop_cached(
+        ctx,
+        &cfg,
+        assigned.choice.id,
+        pkt.family,
+        &backend.addr,
+        outer_len,
+    )?;
     let frame_bytes = (ctx.data_end() - ctx.data()) as u64;
     encap::encapsulate(ctx, pkt, &src, &backend.addr, &hop)?;
     stats::count_n(Counter::Ipv4WithOptions, pkt.with_options);

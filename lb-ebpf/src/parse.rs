@@ -98,7 +98,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 /// Returns `x` unchanged, but hides its computation from the optimizer. Costs one register move
 /// (an empty template would leave BTF line info pointing at no instruction, which the kernel rejects).
 #[inline(always)]
-fn opaque(x: usize) -> usize {
+pub fn opaque(x: usize) -> usize {
     let mut x = x;
     // SAFETY: a move of a register onto itself.
     unsafe {

@@ -1,5 +1,7 @@
 //! Next hop toward a backend: `bpf_fib_lookup` gives the egress interface, both MAC addresses and
-//! the MTU check of the encapsulated packet.
+//! the MTU check of the encapsulated packet. Its results are cached per CPU and backend for a short
+//! time (`NEXTHOP_CACHE_NS`), because the lookup is the most expensive step of an established-flow
+//! packet (IPv6 especially).
 
 use aya_ebpf::{
     EbpfContext,
@@ -12,7 +14,33 @@ use aya_ebpf::{
 };
 use lb_common::{AF_INET, Counter, LbConfig};
 
-use crate::parse::{IPPROTO_IPIP, IPPROTO_IPV6};
+use crate::{
+    maps::LB_NH_CACHE,
+    parse::{IPPROTO_IPIP, IPPROTO_IPV6},
+};
+
+/// How long a cached next hop is used before the route is looked up again. Route and neighbour
+/// changes (userspace keeps next hops resolved) reach the data plane within this time.
+pub const NEXTHOP_CACHE_NS: u64 = 50_000_000;
+
+/// A `bpf_fib_lookup` result for one backend, on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CachedHop {
+    /// The backend address the route was looked up for (a backend id may be reused).
+    pub addr: [u32; 4],
+    /// The interface the packets came in on (the lookup depends on it).
+    pub ingress: u32,
+    pub ifindex: u32,
+    /// The longest outer packet the lookup let through: longer ones are looked up again, so the
+    /// MTU check still happens.
+    pub max_len: u32,
+    pub _pad: u32,
+    pub expires_ns: u64,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad2: [u8; 4],
+}
 
 /// The kernel's address family numbers (not `lb_common`'s tags).
 const KERNEL_AF_INET: u8 = 2;
@@ -73,4 +101,51 @@ pub fn next_hop(
         return Err(Counter::DropNoNeighbour);
     }
     Err(Counter::DropNoRoute)
+}
+
+/// `next_hop`, answered from the per-CPU cache when a fresh entry for this backend, address and
+/// ingress interface covers a packet this long. Failures are never cached.
+#[inline(always)]
+pub fn next_hop_cached(
+    ctx: &XdpContext,
+    cfg: &LbConfig,
+    backend_id: u32,
+    family: u8,
+    dst: &[u32; 4],
+    outer_len: u32,
+) -> Result<NextHop, Counter> {
+    let Some(c) = LB_NH_CACHE.get_ptr_mut(backend_id) else {
+        return next_hop(ctx, cfg, family, dst, outer_len);
+    };
+    // SAFETY: per-CPU map value; nothing else writes it while this program runs on this CPU.
+    let cached = unsafe { &mut *c };
+    // SAFETY: helper without arguments.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    let ingress = ctx.ingress_ifindex() as u32;
+    let same = cached.addr == *dst && cached.ingress == ingress && cached.expires_ns > now;
+    if same && outer_len <= cached.max_len {
+        return Ok(NextHop {
+            ifindex: cached.ifindex,
+            smac: cached.smac,
+            dmac: cached.dmac,
+        });
+    }
+    let hop = next_hop(ctx, cfg, family, dst, outer_len)?;
+    if same {
+        // A longer packet passed the MTU check of the same route.
+        cached.max_len = outer_len;
+    } else {
+        *cached = CachedHop {
+            addr: *dst,
+            ingress,
+            ifindex: hop.ifindex,
+            max_len: outer_len,
+            _pad: 0,
+            expires_ns: now + NEXTHOP_CACHE_NS,
+            smac: hop.smac,
+            dmac: hop.dmac,
+            _pad2: [0; 4],
+        };
+    }
+    Ok(hop)
 }

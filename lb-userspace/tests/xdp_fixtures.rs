@@ -402,6 +402,94 @@ fn ipv4_with_options_is_balanced() {
     });
 }
 
+#[test]
+fn backend_behind_another_interface_is_redirected() {
+    with_lab(|lab| {
+        let mut f = Fixture::new(lab.ifindex);
+        let ids = f.add_backends(SVC4, &[v4(Ipv4Addr::new(198, 18, 5, 11))]);
+        f.put_service(SVC4, v4(VIP4), Scheduler::RoundRobin, &ids);
+        let syn = Tcp::v4(CLIENT4, VIP4, 40009, 80, SYN).frame();
+        let (verdict, out) = f.run(&syn);
+        const XDP_REDIRECT: u32 = 4;
+        assert_eq!(verdict, XDP_REDIRECT, "counters: {}", f.nonzero_counters());
+        assert_eq!(
+            out.len(),
+            syn.len() + 20,
+            "encapsulated before the redirect"
+        );
+        assert_eq!(f.counter(Counter::RedirectPackets), 1);
+        assert_eq!(f.counter(Counter::TxPackets), 0);
+    });
+}
+
+#[test]
+fn client_rst_returns_the_connection_unit() {
+    with_lab(|lab| {
+        let (mut f, ids4, _) = Fixture::standard(lab.ifindex);
+        let syn = Tcp::v4(CLIENT4, VIP4, 40010, 80, SYN).frame();
+        let rst = Tcp::v4(CLIENT4, VIP4, 40010, 80, 0x04).frame();
+        let (_, out) = f.run(&syn);
+        let be = f.backend_id_of(check_ipip(&out, &syn[ETH_HLEN..], lab).dst, &ids4);
+        assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 1);
+        assert_eq!(f.run(&rst).0, XDP_TX, "the RST still reaches the backend");
+        assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 0);
+        assert_eq!(f.counter(Counter::ConnClosed), 1);
+        // A connection whose first packet is a RST never takes a unit.
+        let stray = Tcp::v4(CLIENT4, VIP4, 40011, 80, 0x04).frame();
+        let (_, out) = f.run(&stray);
+        let be = f.backend_id_of(check_ipip(&out, &stray[ETH_HLEN..], lab).dst, &ids4);
+        assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 0);
+        assert_eq!(f.counter(Counter::ConnClosed), 1);
+    });
+}
+
+#[test]
+fn next_hop_changes_reach_the_data_plane() {
+    with_lab(|lab| {
+        let (mut f, _, _) = Fixture::standard(lab.ifindex);
+        let ack = Tcp::v4(CLIENT4, VIP4, 40008, 80, ACK).frame();
+        let (_, out) = f.run(&ack);
+        assert_eq!(out[0..6], lab::NEXT_HOP_MAC);
+        // The router behind 198.18.3.1 is replaced; the cached next hop expires within 50 ms.
+        let new_mac = [0x02, 0, 0, 0, 0x03, 0x99];
+        lab.ip(&[
+            "neigh",
+            "replace",
+            "198.18.3.1",
+            "lladdr",
+            "02:00:00:00:03:99",
+            "dev",
+            "lbt0",
+            "nud",
+            "permanent",
+        ]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let (verdict, out) = f.run(&ack);
+            assert_eq!(verdict, XDP_TX);
+            if out[0..6] == new_mac {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still sending to the old next hop after 2 s"
+            );
+            std::thread::yield_now();
+        }
+        // A route that disappears is a counted drop, not a stale forward, once the cache expires.
+        lab.ip(&["route", "del", "198.18.2.0/24"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while f.run(&ack).0 != XDP_DROP {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still forwarding 2 s after the route went away"
+            );
+            std::thread::yield_now();
+        }
+        assert!(f.counter(Counter::DropNoRoute) >= 1);
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Frames the balancer must leave alone
 
@@ -1021,6 +1109,73 @@ fn helpful_errors_for_missing_pins_and_bpffs() {
         Dataplane::load(&bad),
         Err(lb_userspace::dataplane::DataplaneError::Capacity(_))
     ));
+}
+
+#[test]
+fn kernel_log_forwarding_starts_and_stops() {
+    let opts = LoadOptions {
+        capacity: tiny_capacity(),
+        pin_dir: None,
+        kernel_log: true,
+    };
+    let dp = Dataplane::load(&opts).expect("load with kernel logs");
+    drop(dp);
+}
+
+#[test]
+fn attach_and_detach_on_a_real_interface() {
+    use lb_userspace::dataplane::{AttachMode, AttachedMode};
+    with_lab(|lab| {
+        lab.ip(&["link", "set", "lbt0", "down"]);
+        for path in [
+            "/proc/sys/net/ipv4/conf/lbt0/forwarding",
+            "/proc/sys/net/ipv6/conf/lbt0/forwarding",
+        ] {
+            std::fs::write(path, "0").unwrap();
+        }
+        let opts = LoadOptions {
+            capacity: tiny_capacity(),
+            pin_dir: None,
+            kernel_log: false,
+        };
+        let mut dp = Dataplane::load(&opts).unwrap();
+        assert_eq!(
+            dp.attach_balancer("lbt0", AttachMode::Generic).unwrap(),
+            AttachedMode::Generic
+        );
+        assert!(
+            lab.ip(&["link", "show", "lbt0"]).contains("xdpgeneric"),
+            "attached in generic mode"
+        );
+        for path in [
+            "/proc/sys/net/ipv4/conf/lbt0/forwarding",
+            "/proc/sys/net/ipv6/conf/lbt0/forwarding",
+        ] {
+            assert_eq!(
+                std::fs::read_to_string(path).unwrap().trim(),
+                "1",
+                "{path}: attach turns forwarding on"
+            );
+        }
+        // veth supports native XDP, so Auto takes it.
+        assert_eq!(
+            dp.attach_decap("lbt1", AttachMode::Auto).unwrap(),
+            AttachedMode::Native
+        );
+        assert!(
+            lab.ip(&["link", "show", "lbt1"]).contains("xdp"),
+            "decap attached"
+        );
+        drop(dp);
+        assert!(
+            !lab.ip(&["link", "show", "lbt0"]).contains("xdp"),
+            "detached when the data plane drops"
+        );
+        assert!(
+            !lab.ip(&["link", "show", "lbt1"]).contains("xdp"),
+            "detached when the data plane drops"
+        );
+    });
 }
 
 #[test]

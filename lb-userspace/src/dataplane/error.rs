@@ -117,6 +117,9 @@ pub enum DataplaneError {
     #[error("invalid capacity: {0}")]
     Capacity(&'static str),
 
+    #[error("bench harness: {0}")]
+    Bench(String),
+
     #[error("forwarding kernel logs failed: {0}")]
     KernelLog(String),
 }

@@ -1,6 +1,7 @@
 //! The only module that touches eBPF: loads the XDP object, attaches its programs, and reads and
 //! writes its maps. Everything above it speaks in `lb_common` types.
 
+mod bench;
 mod error;
 mod forwarding;
 mod kernel_log;
@@ -21,6 +22,7 @@ use lb_common::{
     maps::{self, PROG_BALANCER, PROG_DECAP},
 };
 
+pub use bench::{BenchFrame, BenchRun, BenchTarget, XdpBench};
 pub use error::DataplaneError;
 pub use view::MapsView;
 
@@ -98,6 +100,7 @@ impl Dataplane {
             .map_max_entries(maps::CURSORS, cap.max_services)
             .map_max_entries(maps::SERVICE_STATS, cap.max_services)
             .map_max_entries(maps::BACKEND_STATS, cap.max_backends)
+            .map_max_entries(maps::NEXTHOP_CACHE, cap.max_backends)
             .override_global("AYA_LOG_LEVEL", &log_level, false);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
@@ -111,10 +114,7 @@ impl Dataplane {
         if let Some(dir) = &opts.pin_dir {
             for name in pins::PINNED_MAPS {
                 let path = dir.join(name);
-                let map = ebpf.map(name).ok_or(DataplaneError::MissingMap {
-                    map: name,
-                    source: MapError::InvalidName { name: name.into() },
-                })?;
+                let map = ebpf.map(name).ok_or_else(|| missing_map(name))?;
                 map.pin(&path).map_err(|source| DataplaneError::Pin {
                     map: name,
                     path,
@@ -128,12 +128,7 @@ impl Dataplane {
             None
         };
         let maps = MapsView::from_source(
-            |name| {
-                ebpf.take_map(name).ok_or(DataplaneError::MissingMap {
-                    map: name,
-                    source: MapError::InvalidName { name: name.into() },
-                })
-            },
+            |name| ebpf.take_map(name).ok_or_else(|| missing_map(name)),
             true,
         )?;
         Ok(Dataplane {
@@ -328,6 +323,13 @@ fn xdp_program<'a>(
     ebpf.program_mut(program)
         .and_then(|p| <&mut Xdp>::try_from(p).ok())
         .ok_or(DataplaneError::MissingProgram { program })
+}
+
+fn missing_map(map: &'static str) -> DataplaneError {
+    DataplaneError::MissingMap {
+        map,
+        source: MapError::InvalidName { name: map.into() },
+    }
 }
 
 fn if_index(iface: &str) -> Result<u32, DataplaneError> {
