@@ -103,6 +103,10 @@ impl Lab {
             "a lab has 1..={MAX_LBS} load balancers, not {}",
             opts.lbs
         );
+        let server_bin = match &opts.server_bin {
+            Some(p) => p.clone(),
+            None => find_server_bin()?,
+        };
         let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
         let id = format!(
             "{}x{}",
@@ -112,10 +116,6 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("lbt-{id}"));
         std::fs::create_dir(&dir)
             .with_context(|| format!("cannot create the lab directory {}", dir.display()))?;
-        let server_bin = match &opts.server_bin {
-            Some(p) => p.clone(),
-            None => find_server_bin()?,
-        };
         let mut lab = Lab {
             id,
             server_bin,
