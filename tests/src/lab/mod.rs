@@ -85,6 +85,8 @@ pub struct Lab {
     servers: Vec<Option<NsProcess>>,
     decaps: Vec<Option<NsProcess>>,
     lbs: Vec<Option<NsProcess>>,
+    /// XDP_PASS-like programs on the router's ports toward the load balancers (see `start_peer_xdp`).
+    peer_xdp: Vec<NsProcess>,
     /// Dropped last, after the cleanup in `Drop::drop`.
     _serial: MutexGuard<'static, ()>,
 }
@@ -125,6 +127,7 @@ impl Lab {
             servers: (0..opts.backends).map(|_| None).collect(),
             decaps: (0..opts.backends).map(|_| None).collect(),
             lbs: (0..opts.lbs).map(|_| None).collect(),
+            peer_xdp: Vec::new(),
             opts,
             _serial: serial,
         };
@@ -135,6 +138,9 @@ impl Lab {
         if lab.opts.decap {
             for i in 0..lab.opts.backends {
                 lab.start_decap(i)?;
+            }
+            for lb in 0..lab.opts.lbs {
+                lab.start_peer_xdp(lb)?;
             }
         }
         Ok(lab)
@@ -285,8 +291,8 @@ impl Lab {
                 "br-lb",
                 &[&cidr(lb_v4(lb), 24), &cidr(lb_v6(lb), 64)],
             )?;
-            // The LB answers with XDP_TX; a veth delivers XDP_TX frames only to a peer with NAPI,
-            // which GRO turns on.
+            // The LB answers with XDP_TX; a veth delivers XDP_TX frames only to a peer with NAPI
+            // (GRO on; with `decap` an XDP program is attached to this port too, see start_peer_xdp).
             ethtool_features(&router, &port, &["gro", "on"])?;
             default_routes(&ns, ROUTER_LBS_V4, ROUTER_LBS_V6)?;
         }
@@ -425,6 +431,27 @@ impl Lab {
         Ok(())
     }
 
+    /// A veth delivers native XDP_TX frames only to a peer whose own XDP receive path is running
+    /// (on this kernel GRO alone is not enough), so the router's port toward load balancer `lb` gets
+    /// an XDP program too. `lb decap` is used because it passes every packet not addressed to the
+    /// router itself untouched (none is), so it acts as XDP_PASS.
+    fn start_peer_xdp(&mut self, lb: usize) -> anyhow::Result<()> {
+        let ns = self.router_netns();
+        let port = format!("lb{lb}");
+        let pin_dir = self.pin_root()?.join(format!("router-{port}"));
+        let args: Vec<String> =
+            vec!["decap".into(), "--iface".into(), port.clone(), "--pin-dir".into(), path_arg(&pin_dir)?];
+        let log = self.dir.join(format!("router-{port}-xdp.log"));
+        let mut proc = NsProcess::spawn(&format!("router {port} xdp"), &ns, &self.lb_bin()?, &args, &log)?;
+        wait_ready(&mut proc, || {
+            let link = ip(&ns, &["link", "show", "dev", &port])?;
+            ensure!(link.contains("prog/xdp"), "no XDP program on {port} of {ns}");
+            Ok(())
+        })?;
+        self.peer_xdp.push(proc);
+        Ok(())
+    }
+
     /// Starts `lb decap` on backend `i` and waits until its XDP program is attached.
     fn start_decap(&mut self, i: usize) -> anyhow::Result<()> {
         let ns = self.backend_netns(i);
@@ -504,7 +531,14 @@ impl Lab {
             &log,
         )?;
         let lb_bin = self.lb_bin()?;
-        wait_ready(&mut proc, || lb_status(&lb_bin, &pin_dir))?;
+        let ns = self.lb_netns(lb);
+        wait_ready(&mut proc, || {
+            lb_status(&lb_bin, &pin_dir)?;
+            // Maps are pinned before the program is attached; wait for the attachment too.
+            let link = ip(&ns, &["link", "show", "dev", "eth0"])?;
+            ensure!(link.contains("prog/xdp"), "no XDP program on eth0 of {ns} yet");
+            Ok(())
+        })?;
         self.lbs[lb] = Some(proc);
         Ok(())
     }
@@ -649,6 +683,7 @@ impl Drop for Lab {
         {
             drop(proc.take());
         }
+        self.peer_xdp.clear();
         for ns in self.namespaces.drain(..).rev() {
             if let Err(e) = cmd::run("ip", &["netns", "del", &ns]) {
                 eprintln!("lab {}: cannot delete namespace {ns}: {e:#}", self.id);
