@@ -13,3 +13,4 @@ pub mod plan;
 pub mod status;
 pub mod sweeper;
 pub mod tables;
+pub mod zk;

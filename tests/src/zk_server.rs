@@ -78,7 +78,9 @@ impl ZkServer {
         if let Some(mut child) = self.child.take() {
             // The process may already have exited on its own; killing a zombie is harmless.
             let _ = child.kill();
-            child.wait().context("waiting for the ZooKeeper server to exit")?;
+            child
+                .wait()
+                .context("waiting for the ZooKeeper server to exit")?;
         }
         Ok(())
     }
@@ -218,8 +220,8 @@ pub fn four_letter_word(addr: SocketAddr, word: &str) -> std::io::Result<String>
 /// A port the kernel just handed out on 127.0.0.1. Another process could take it before the
 /// server binds it; the server then fails to start and says so.
 fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0 to pick a port")?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("binding 127.0.0.1:0 to pick a port")?;
     Ok(listener.local_addr()?.port())
 }
 
@@ -236,7 +238,10 @@ fn unique_temp_dir() -> anyhow::Result<PathBuf> {
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
     }
-    bail!("no free lb-zk-* directory name in {}", std::env::temp_dir().display())
+    bail!(
+        "no free lb-zk-* directory name in {}",
+        std::env::temp_dir().display()
+    )
 }
 
 fn log_tail(path: &Path) -> String {

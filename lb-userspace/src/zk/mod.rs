@@ -1,0 +1,5 @@
+//! The ZooKeeper control plane: the schema, the pure snapshot builder and mass-removal guard, and
+//! the source that watches ZooKeeper and sends desired states to the daemon.
+
+pub mod schema;
+pub mod snapshot;
