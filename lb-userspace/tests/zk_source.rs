@@ -1,0 +1,183 @@
+//! The ZooKeeper source against a real server (Debian's ZooKeeper, started by the test on 127.0.0.1).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lb_tests::zk_server::ZkServer;
+use lb_userspace::model::DesiredState;
+use lb_userspace::zk::client::ZkTarget;
+use lb_userspace::zk::source::{ZkConnection, ZkSource, ZkSourceConfig, ZkStatus};
+use tokio::sync::watch;
+use zookeeper_client::{Acls, Client, CreateMode};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn writer(server: &ZkServer) -> Client {
+    Client::connect(&server.connect_string())
+        .await
+        .expect("test client connects")
+}
+
+async fn create(client: &Client, path: &str, data: &str) {
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    if let Some((parent, _)) = path.rsplit_once('/')
+        && !parent.is_empty()
+    {
+        client.mkdir(parent, &options).await.expect("mkdir -p");
+    }
+    client
+        .create(path, data.as_bytes(), &options)
+        .await
+        .unwrap_or_else(|e| panic!("create {path}: {e}"));
+}
+
+/// Waits (bounded) until the latest state satisfies `pred`; returns it.
+async fn state_where(
+    states: &mut watch::Receiver<Option<Arc<DesiredState>>>,
+    what: &str,
+    pred: impl Fn(&DesiredState) -> bool,
+) -> Arc<DesiredState> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(state) = states.borrow_and_update().clone()
+            && pred(&state)
+        {
+            return state;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, states.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => panic!("the source stopped while waiting for {what}"),
+            Err(_) => panic!(
+                "no state with {what} within {WAIT:?}; last: {:#?}",
+                states.borrow()
+            ),
+        }
+    }
+}
+
+async fn status_where(
+    status: &mut watch::Receiver<ZkStatus>,
+    what: &str,
+    pred: impl Fn(&ZkStatus) -> bool,
+) -> ZkStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = status.borrow_and_update().clone();
+        if pred(&now) {
+            return now;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, status.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => panic!("the source stopped while waiting for {what}"),
+            Err(_) => panic!("status never showed {what}; last: {now:#?}"),
+        }
+    }
+}
+
+fn backends(state: &DesiredState, service: &str) -> Vec<SocketAddr> {
+    state
+        .services
+        .get(service)
+        .map(|s| s.backends.keys().copied().collect())
+        .unwrap_or_default()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_validates_and_fails_static() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("lb_userspace=debug")
+        .try_init();
+    let mut server = ZkServer::start().expect("ZooKeeper starts");
+    let zk = writer(&server).await;
+    create(&zk, "/lb/services/web", r#"{"vip": "198.18.100.1:80"}"#).await;
+    create(&zk, "/lb/services/web/backends/198.18.2.11:80", "").await;
+    create(
+        &zk,
+        "/lb/services/web/backends/198.18.2.12:80",
+        r#"{"weight": 2}"#,
+    )
+    .await;
+
+    let target = ZkTarget::new(&server.connect_string(), "/lb", None).unwrap();
+    let mut config = ZkSourceConfig::new(target);
+    config.session_timeout = Duration::from_secs(2);
+    config.backoff_max = Duration::from_millis(500);
+    let mut source = ZkSource::spawn(config);
+
+    // Full read on start.
+    let state = state_where(&mut source.states, "web with two backends", |s| {
+        backends(s, "web").len() == 2
+    })
+    .await;
+    assert_eq!(
+        state.services["web"].backends[&addr("198.18.2.12:80")].weight,
+        2
+    );
+
+    // A burst of writes, then malformed nodes: the good ones arrive, the bad ones are rejected and
+    // everything else stays.
+    create(&zk, "/lb/services/web/backends/198.18.2.13:80", "").await;
+    create(&zk, "/lb/services/web/backends/198.18.2.14:8080", "").await;
+    create(&zk, "/lb/services/web/backends/198.18.2.15:80", "{oops").await;
+    create(&zk, "/lb/services/broken", "{not json").await;
+    create(&zk, "/lb/services/api", r#"{"vip": "198.18.100.2:443"}"#).await;
+    create(&zk, "/lb/services/api/backends/198.18.2.21:443", "").await;
+    let state = state_where(&mut source.states, "api and a third web backend", |s| {
+        backends(s, "web").len() == 3 && backends(s, "api").len() == 1
+    })
+    .await;
+    assert_eq!(
+        backends(&state, "web"),
+        vec![
+            addr("198.18.2.11:80"),
+            addr("198.18.2.12:80"),
+            addr("198.18.2.13:80")
+        ]
+    );
+    assert!(!state.services.contains_key("broken"));
+    let status = status_where(&mut source.status, "3 rejections", |s| {
+        s.current_rejections == 3
+    })
+    .await;
+    assert_eq!(status.rejections, 3);
+    assert_eq!(status.connection, ZkConnection::Connected);
+    assert!(status.session_id.is_some());
+    assert!(status.last_sync_unix_ms.is_some());
+
+    // Fail static: with ZooKeeper gone for 5 s nothing new is sent.
+    drop(zk);
+    source.states.borrow_and_update();
+    server.stop().unwrap();
+    status_where(&mut source.status, "a lost connection", |s| {
+        s.connection != ZkConnection::Connected
+    })
+    .await;
+    let quiet = tokio::time::timeout(Duration::from_secs(5), source.states.changed()).await;
+    assert!(quiet.is_err(), "a state was sent while ZooKeeper was down");
+    assert_eq!(
+        backends(source.states.borrow().as_ref().unwrap(), "web").len(),
+        3
+    );
+
+    // Back: a change made after the restart arrives (full resync on the new or resumed session).
+    server.restart().unwrap();
+    let zk = writer(&server).await;
+    create(&zk, "/lb/services/web/backends/198.18.2.16:80", "").await;
+    let state = state_where(&mut source.states, "the backend added after restart", |s| {
+        backends(s, "web").contains(&addr("198.18.2.16:80"))
+    })
+    .await;
+    assert_eq!(backends(&state, "web").len(), 4);
+    status_where(&mut source.status, "connected again", |s| {
+        s.connection == ZkConnection::Connected
+    })
+    .await;
+}
