@@ -14,3 +14,4 @@ pub mod status;
 pub mod sweeper;
 pub mod tables;
 pub mod zk;
+pub mod daemon_status;

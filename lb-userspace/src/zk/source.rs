@@ -461,3 +461,52 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// The ZooKeeper options of `lb run` (`--zk` is optional there: `--config` is the other source).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ZkRunArgs {
+    /// Follow this ZooKeeper ensemble, HOST:PORT[,HOST:PORT...][/chroot] (instead of --config).
+    #[arg(long)]
+    pub zk: Option<String>,
+    /// Root of the balancer's nodes in ZooKeeper.
+    #[arg(long, default_value = super::schema::DEFAULT_ROOT)]
+    pub zk_root: String,
+    /// File holding `user:password` for ZooKeeper digest auth (default: $LB_ZK_AUTH if set). The
+    /// daemon only reads, so read access is enough.
+    #[arg(long)]
+    pub zk_auth_file: Option<std::path::PathBuf>,
+    /// ZooKeeper session timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub zk_session_timeout_ms: u64,
+    /// Mass-removal guard: the share (0 to 1) of a service's backends one update may remove
+    /// without the removal being held.
+    #[arg(long, default_value_t = super::guard::DEFAULT_MAX_REMOVAL_SHARE)]
+    pub zk_guard_share: f64,
+    /// Mass-removal guard: how long backends that vanished in a mass removal keep forwarding (s).
+    #[arg(long, default_value_t = super::guard::DEFAULT_GRACE.as_secs())]
+    pub zk_guard_grace_s: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("--zk-guard-share {0} is outside 0..=1; give the share of backends, e.g. 0.5 for half")]
+pub struct GuardShareError(f64);
+
+impl ZkRunArgs {
+    /// The source configuration, or `None` without `--zk`.
+    pub fn source_config(&self) -> anyhow::Result<Option<ZkSourceConfig>> {
+        let Some(connect) = &self.zk else {
+            return Ok(None);
+        };
+        if !(0.0..=1.0).contains(&self.zk_guard_share) {
+            return Err(GuardShareError(self.zk_guard_share).into());
+        }
+        let auth = super::auth::DigestAuth::load(self.zk_auth_file.as_deref())?;
+        let mut config = ZkSourceConfig::new(ZkTarget::new(connect, &self.zk_root, auth)?);
+        config.session_timeout = Duration::from_millis(self.zk_session_timeout_ms);
+        config.guard = GuardConfig {
+            max_removal_share: self.zk_guard_share,
+            grace: Duration::from_secs(self.zk_guard_grace_s),
+        };
+        Ok(Some(config))
+    }
+}
