@@ -15,3 +15,5 @@ pub mod sweeper;
 pub mod tables;
 pub mod zk;
 pub mod daemon_status;
+pub mod register;
+pub mod admin;

@@ -51,6 +51,14 @@ enum Command {
     Decap(DecapArgs),
     /// Print services, backends, connections and counters from the pinned maps.
     Status(StatusArgs),
+    /// Backend side: keep this backend registered in ZooKeeper while it runs (drains on SIGTERM).
+    Register(lb_userspace::register::RegisterArgs),
+    /// Services in ZooKeeper: put, rm, ls.
+    #[command(subcommand)]
+    Service(lb_userspace::admin::ServiceCommand),
+    /// Backends in ZooKeeper: put, rm, weight, ls.
+    #[command(subcommand)]
+    Backend(lb_userspace::admin::BackendCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -168,6 +176,9 @@ fn main() -> ExitCode {
         })(),
         Command::Decap(a) => decap::run(&a.iface, a.xdp_mode.into(), &a.pin_dir),
         Command::Status(a) => status::run(&a.pin_dir, a.json),
+        Command::Register(a) => lb_userspace::register::run(&a),
+        Command::Service(c) => lb_userspace::admin::run_service(c),
+        Command::Backend(c) => lb_userspace::admin::run_backend(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
