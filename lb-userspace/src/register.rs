@@ -110,7 +110,7 @@ impl LocalCheck {
                     .await
                     .map_err(|e| format!("sending to {addr}: {e}"))?;
                 // The status line is all we need.
-                let mut head = vec![0u8; 64];
+                let mut head = [0u8; 64];
                 let mut len = 0;
                 while len < head.len() && !head[..len].contains(&b'\n') {
                     match stream.read(&mut head[len..]).await {
@@ -210,13 +210,18 @@ pub async fn register(
     let mut keeper = Keeper::new(registration);
     tokio::pin!(shutdown);
     let mut service_checked = false;
+    let mut failures: u32 = 0;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         let client = tokio::select! {
             result = keeper.reg.target.connect(keeper.reg.session_timeout) => match result {
                 Ok(client) => client,
                 Err(e) => {
-                    warn!("{e}; retrying");
+                    failures += 1;
+                    // The first failure and then every tenth, not every retry.
+                    if failures == 1 || failures.is_multiple_of(10) {
+                        warn!(attempt = failures, "{e}; retrying");
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(backoff.next_delay()) => continue,
                         () = &mut shutdown => {
@@ -229,6 +234,7 @@ pub async fn register(
             () = &mut shutdown => return Ok(()),
         };
         backoff.reset();
+        failures = 0;
         // Once: a later bad edit of the service node must not stop a running backend's registration.
         if !service_checked {
             keeper.check_service(&client).await?;
