@@ -110,6 +110,7 @@ async fn follows_validates_and_fails_static() {
     let mut config = ZkSourceConfig::new(target);
     config.session_timeout = Duration::from_secs(2);
     config.backoff_max = Duration::from_millis(500);
+    config.guard.grace = Duration::from_secs(2);
     let mut source = ZkSource::spawn(config);
 
     // Full read on start.
@@ -121,6 +122,45 @@ async fn follows_validates_and_fails_static() {
         state.services["web"].backends[&addr("198.18.2.12:80")].weight,
         2
     );
+
+    // A burst of 40 writes becomes one or two reads (debounce), not forty.
+    let reads_before = source.status.borrow().full_reads;
+    let paths: Vec<String> = (0..40)
+        .map(|i| format!("/lb/services/web/backends/198.18.3.{i}:80"))
+        .collect();
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    // All requests are sent before any answer is awaited: one burst.
+    let writes: Vec<_> = paths.iter().map(|p| zk.create(p, b"", &options)).collect();
+    for w in writes {
+        w.await.expect("burst create");
+    }
+    state_where(&mut source.states, "the burst", |s| {
+        backends(s, "web").len() == 42
+    })
+    .await;
+    let reads = source.status.borrow().full_reads - reads_before;
+    assert!((1..=3).contains(&reads), "{reads} full reads for one burst");
+    let deletes: Vec<_> = paths.iter().map(|p| zk.delete(p, None)).collect();
+    for d in deletes {
+        d.await.expect("burst delete");
+    }
+    // 40 of 42 vanishing at once is a mass removal: the guard holds them for the grace (2 s here).
+    let status = status_where(&mut source.status, "the guard holding 40", |s| {
+        s.held_backends == 40
+    })
+    .await;
+    assert_eq!(status.services, 1);
+    assert_eq!(
+        backends(source.states.borrow().as_ref().unwrap(), "web").len(),
+        42
+    );
+    state_where(
+        &mut source.states,
+        "the held backends gone after the grace",
+        |s| backends(s, "web").len() == 2,
+    )
+    .await;
+    assert_eq!(source.status.borrow().held_backends, 0);
 
     // A burst of writes, then malformed nodes: the good ones arrive, the bad ones are rejected and
     // everything else stays.

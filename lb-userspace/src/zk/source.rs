@@ -85,6 +85,8 @@ pub struct ZkStatus {
     pub current_rejections: usize,
     /// Backends kept by the mass-removal guard.
     pub held_backends: usize,
+    /// Full reads of the tree so far (a burst of writes should cost one).
+    pub full_reads: u64,
     pub services: usize,
 }
 
@@ -110,6 +112,7 @@ impl ZkSource {
             rejections: 0,
             current_rejections: 0,
             held_backends: 0,
+            full_reads: 0,
             services: 0,
         });
         let resync = Arc::new(Notify::new());
@@ -336,6 +339,7 @@ impl Worker {
             s.rejections += new_rejections;
             s.current_rejections = current;
             s.last_sync_unix_ms = Some(unix_ms(SystemTime::now()));
+            s.full_reads += 1;
         });
         self.built = snapshot.state.clone();
         self.publish(snapshot.state);
