@@ -252,3 +252,58 @@ fn the_lb_binary_puts_and_lists() {
     assert!(ok, "{err}");
     assert!(out.contains("removed with 1 backends"), "{out}");
 }
+
+#[tokio::test]
+async fn with_credentials_only_the_writer_may_change_and_everyone_may_read() {
+    use lb_userspace::zk::auth::DigestAuth;
+    use lb_userspace::zk::source::{ZkSource, ZkSourceConfig};
+
+    let server = ZkServer::start().unwrap();
+    let auth = DigestAuth::parse("ops:s3cret", "test").unwrap();
+    let admin_target = ZkTarget::new(&server.connect_string(), "/lb", Some(auth)).unwrap();
+    let admin_zk = admin_target.connect(Duration::from_secs(5)).await.unwrap();
+    put_service(&admin_zk, &admin_target, "web", &fields("198.18.100.1:80"))
+        .await
+        .unwrap();
+    put_backend(
+        &admin_zk,
+        &admin_target,
+        "web",
+        &BackendSpec::new(addr("198.18.2.11:80")),
+    )
+    .await
+    .unwrap();
+
+    // Someone without the credentials can read but not write.
+    let (anon, anon_target) = open(&server).await;
+    assert!(anon.get_data("/lb/services/web").await.is_ok());
+    assert_eq!(
+        anon.set_data("/lb/services/web", b"{}", None)
+            .await
+            .unwrap_err(),
+        zookeeper_client::Error::NoAuth
+    );
+    let err = put_backend(
+        &anon,
+        &anon_target,
+        "web",
+        &BackendSpec::new(addr("198.18.2.12:80")),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("authenticated"), "{err}");
+
+    // The daemon's source only reads, so it needs no credentials.
+    let mut source = ZkSource::spawn(ZkSourceConfig::new(anon_target));
+    let state = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(s) = source.states.borrow_and_update().clone() {
+                return s;
+            }
+            source.states.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the source reads the protected tree");
+    assert_eq!(state.services["web"].backends.len(), 1);
+}

@@ -36,11 +36,12 @@ pub enum ZkError {
         source: zookeeper_client::Error,
         auth_hint: &'static str,
     },
-    #[error("ZooKeeper {op} of {path} failed: {source}")]
+    #[error("ZooKeeper {op} of {path} failed: {source}{hint}")]
     Op {
         op: &'static str,
         path: String,
         source: zookeeper_client::Error,
+        hint: &'static str,
     },
 }
 
@@ -48,7 +49,20 @@ impl ZkError {
     /// Wraps an operation's error with what was done to which node.
     pub fn op(op: &'static str, path: &str) -> impl FnOnce(zookeeper_client::Error) -> ZkError {
         let path = path.to_owned();
-        move |source| ZkError::Op { op, path, source }
+        move |source| ZkError::Op {
+            op,
+            path,
+            hint: match source {
+                zookeeper_client::Error::NoAuth => {
+                    " (the node's ACL refuses this session: give credentials it allows with --zk-auth-file or $LB_ZK_AUTH; \
+                     nodes written with credentials can be changed only by authenticated sessions of that identity)"
+                }
+                zookeeper_client::Error::ConnectionLoss
+                | zookeeper_client::Error::SessionExpired => " (ZooKeeper went away; try again)",
+                _ => "",
+            },
+            source,
+        }
     }
 }
 
