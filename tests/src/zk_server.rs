@@ -4,10 +4,13 @@
 //! The JVM is started directly (`java -cp ... QuorumPeerMain zoo.cfg`) rather than through
 //! `zkServer.sh`, so the fixture owns the process: it knows its pid, kills exactly it, and never
 //! touches a system-wide ZooKeeper.
+//!
+//! [`ZkServer::start_with`] can start it inside a named network namespace (`/run/netns/NAME`, e.g. a
+//! lab's router) listening on an address the lab's other namespaces reach.
 
 use std::fs;
 use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,16 +30,43 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// sessions in a second or two.
 const TICK_MS: u32 = 500;
 
+/// Where named network namespaces live (`ip netns add`).
+const NETNS_DIR: &str = "/run/netns";
+
+/// Where the server runs and listens.
+#[derive(Clone, Debug)]
+pub struct ZkServerOptions {
+    /// A named network namespace to run in; `None`: this process's namespace.
+    pub netns: Option<String>,
+    /// The address it listens on (`0.0.0.0` for every address of the namespace).
+    pub bind: IpAddr,
+}
+
+impl Default for ZkServerOptions {
+    fn default() -> Self {
+        ZkServerOptions {
+            netns: None,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
 /// A running (or stopped) private ZooKeeper server.
 pub struct ZkServer {
     dir: PathBuf,
     port: u16,
+    opts: ZkServerOptions,
     child: Option<Child>,
 }
 
 impl ZkServer {
     /// Starts a server on 127.0.0.1 and a free port; returns once it answers `srvr` as standalone.
     pub fn start() -> anyhow::Result<ZkServer> {
+        ZkServer::start_with(ZkServerOptions::default())
+    }
+
+    /// Starts a server as `opts` say, on a free port of that namespace.
+    pub fn start_with(opts: ZkServerOptions) -> anyhow::Result<ZkServer> {
         if !Path::new(ZOOKEEPER_JAR).exists() {
             bail!(
                 "{ZOOKEEPER_JAR} is missing: install Debian's ZooKeeper server with `apt-get install zookeeper` \
@@ -44,10 +74,12 @@ impl ZkServer {
             );
         }
         let dir = unique_temp_dir()?;
-        let port = free_port()?;
+        let bind = opts.bind;
+        let port = in_netns(opts.netns.as_deref(), move || free_port(bind))??;
         let mut server = ZkServer {
             dir,
             port,
+            opts,
             child: None,
         };
         fs::create_dir_all(server.data_dir())
@@ -58,13 +90,23 @@ impl ZkServer {
         Ok(server)
     }
 
-    /// `127.0.0.1:PORT`, the connect string clients use.
+    /// `IP:PORT`, the connect string clients use (loopback when it listens on every address).
     pub fn connect_string(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.addr().to_string()
     }
 
+    /// The address it answers on (from inside its namespace).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        let ip = if self.opts.bind.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.opts.bind
+        };
+        SocketAddr::new(ip, self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Whether the server process is running.
@@ -94,7 +136,8 @@ impl ZkServer {
     /// Runs one `zkCli.sh` command against this server (e.g. `create /lb ""`) and returns its output.
     /// This is the operator's tool, so tests can check that hand edits behave like the admin CLI's.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = Command::new("java")
+        let output = self
+            .command("java")
             .arg("-cp")
             .arg(classpath())
             .arg(CLI_MAIN)
@@ -132,7 +175,7 @@ impl ZkServer {
             "tickTime={TICK_MS}\n\
              dataDir={data}\n\
              clientPort={port}\n\
-             clientPortAddress=127.0.0.1\n\
+             clientPortAddress={bind}\n\
              maxClientCnxns=0\n\
              4lw.commands.whitelist=srvr,ruok\n\
              admin.enableServer=false\n\
@@ -140,6 +183,7 @@ impl ZkServer {
              maxSessionTimeout=60000\n",
             data = self.data_dir().display(),
             port = self.port,
+            bind = self.opts.bind,
             min = 2 * TICK_MS,
         )
     }
@@ -150,7 +194,8 @@ impl ZkServer {
             .append(true)
             .open(self.log_path())
             .with_context(|| format!("opening {}", self.log_path().display()))?;
-        let child = Command::new("java")
+        let child = self
+            .command("java")
             .arg("-Xmx256m")
             .arg(format!("-Dzookeeper.log.dir={}", self.dir.display()))
             .arg("-cp")
@@ -180,7 +225,11 @@ impl ZkServer {
                     log_tail(&self.log_path())
                 );
             }
-            if four_letter_word(self.addr(), "srvr").is_ok_and(|r| r.contains("Mode: standalone")) {
+            let addr = self.addr();
+            let answer = in_netns(self.opts.netns.as_deref(), move || {
+                four_letter_word(addr, "srvr")
+            })?;
+            if answer.is_ok_and(|r| r.contains("Mode: standalone")) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -194,6 +243,49 @@ impl ZkServer {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+impl ZkServer {
+    /// `program`, run inside the server's namespace (by `nsenter`, which execs it: same pid).
+    fn command(&self, program: &str) -> Command {
+        match &self.opts.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={NETNS_DIR}/{ns}"))
+                    .arg("--")
+                    .arg(program);
+                cmd
+            }
+        }
+    }
+}
+
+/// Runs `f` on a thread that joined the named network namespace (or here, without one).
+fn in_netns<T: Send>(netns: Option<&str>, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    use std::os::fd::AsRawFd as _;
+    let Some(netns) = netns else {
+        return Ok(f());
+    };
+    let path = Path::new(NETNS_DIR).join(netns);
+    let ns = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(move || -> anyhow::Result<T> {
+            // SAFETY: setns changes only this thread's network namespace; the fd is open.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!(
+                    "setns into {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            Ok(f())
+        });
+        match thread.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 impl Drop for ZkServer {
@@ -219,9 +311,9 @@ pub fn four_letter_word(addr: SocketAddr, word: &str) -> std::io::Result<String>
 
 /// A port the kernel just handed out on 127.0.0.1. Another process could take it before the
 /// server binds it; the server then fails to start and says so.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .context("binding 127.0.0.1:0 to pick a port")?;
+fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
+    let listener =
+        TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0 to pick a port"))?;
     Ok(listener.local_addr()?.port())
 }
 
@@ -265,6 +357,38 @@ mod tests {
         assert!(four_letter_word(server.addr(), "srvr")?.contains("Mode: standalone"));
         drop(server);
         assert!(!dir.exists(), "the temp dir must be removed on drop");
+        Ok(())
+    }
+
+    /// A namespace this test creates and removes.
+    struct TestNetns(String);
+
+    impl Drop for TestNetns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    #[test]
+    fn starts_inside_a_network_namespace() -> anyhow::Result<()> {
+        let name = format!("lbzk-{}", std::process::id());
+        let status = Command::new("ip").args(["netns", "add", &name]).status()?;
+        anyhow::ensure!(status.success(), "ip netns add {name} failed (root needed)");
+        let ns = TestNetns(name);
+        let status = Command::new("ip")
+            .args(["-n", &ns.0, "link", "set", "lo", "up"])
+            .status()?;
+        anyhow::ensure!(status.success(), "ip link set lo up in {} failed", ns.0);
+        let server = ZkServer::start_with(ZkServerOptions {
+            netns: Some(ns.0.clone()),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        })?;
+        let addr = server.addr();
+        let inside = in_netns(Some(&ns.0), move || four_letter_word(addr, "ruok"))??;
+        assert!(inside.contains("imok"));
+        let out = server.cli(&["create", "/x", "y"])?;
+        assert!(out.contains("Created /x"), "{out}");
+        drop(server);
         Ok(())
     }
 }
