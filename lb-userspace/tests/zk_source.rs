@@ -221,3 +221,49 @@ async fn follows_validates_and_fails_static() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_outage_resumes_the_session_and_the_watch() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("lb_userspace=debug")
+        .try_init();
+    let mut server = ZkServer::start().expect("ZooKeeper starts");
+    let zk = writer(&server).await;
+    create(&zk, "/lb/services/web", r#"{"vip": "198.18.100.1:80"}"#).await;
+    drop(zk);
+    let target = ZkTarget::new(&server.connect_string(), "/lb", None).unwrap();
+    let mut config = ZkSourceConfig::new(target);
+    config.session_timeout = Duration::from_secs(20);
+    let mut source = ZkSource::spawn(config);
+    state_where(&mut source.states, "web", |s| {
+        s.services.contains_key("web")
+    })
+    .await;
+    let session = source.status.borrow().session_id.clone();
+    assert!(session.is_some());
+
+    server.restart().unwrap();
+    let zk = writer(&server).await;
+    create(&zk, "/lb/services/web/backends/198.18.2.11:80", "").await;
+    state_where(
+        &mut source.states,
+        "the backend added after the restart",
+        |s| backends(s, "web") == vec![addr("198.18.2.11:80")],
+    )
+    .await;
+    let status = status_where(&mut source.status, "connected", |s| {
+        s.connection == ZkConnection::Connected
+    })
+    .await;
+    assert_eq!(
+        status.session_id, session,
+        "the session was resumed, not replaced"
+    );
+    // A later change still arrives: the persistent watch came back with the session.
+    create(&zk, "/lb/services/web/backends/198.18.2.12:80", "").await;
+    state_where(&mut source.states, "a second backend", |s| {
+        backends(s, "web").len() == 2
+    })
+    .await;
+}

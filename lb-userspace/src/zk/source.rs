@@ -263,6 +263,13 @@ impl Worker {
                             }
                             SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                                 info!("ZooKeeper connection back; resyncing");
+                                // The client restores watches on reconnect with SetWatches, which
+                                // does not carry persistent watches (seen with 3.8): add ours again,
+                                // before the read, so no later change goes unnoticed.
+                                match client.watch(&root, AddWatchMode::PersistentRecursive).await {
+                                    Ok(w) => watcher = w,
+                                    Err(e) => return SessionEnd::Lost(format!("adding the watch on {root} again failed: {e}")),
+                                }
                                 self.set_connection(ZkConnection::Connected, Some(client.session_id().to_string()));
                                 // Events during the disconnection may be lost: read everything.
                                 dirty = Some(Dirty { first: now, last: now });
