@@ -263,9 +263,10 @@ impl Worker {
                             }
                             SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                                 info!("ZooKeeper connection back; resyncing");
-                                // The client restores watches on reconnect with SetWatches, which
-                                // does not carry persistent watches (seen with 3.8): add ours again,
-                                // before the read, so no later change goes unnoticed.
+                                // zookeeper-client 0.11.2 restores watches after a reconnect with SetWatches
+                                // only (`resend_watches` never picks SetWatches2), which cannot carry
+                                // persistent watches: add ours again, before the read, so no later change
+                                // goes unnoticed.
                                 match client.watch(&root, AddWatchMode::PersistentRecursive).await {
                                     Ok(w) => watcher = w,
                                     Err(e) => return SessionEnd::Lost(format!("adding the watch on {root} again failed: {e}")),
