@@ -110,7 +110,7 @@ pub async fn put_service(
     let schema = &target.schema;
     let bytes = serde_json::to_vec(data).map_err(|e| AdminError::Refused(e.to_string()))?;
     let (spec, _warnings) = service_from_json(name, &bytes)?;
-    let tree = read_tree(client, schema).await?;
+    let tree = read_tree(client, schema).await?.unwrap_or_default();
     let path = schema.service_path(name);
 
     for (other, raw) in &tree {
@@ -255,7 +255,7 @@ pub async fn list_services(
     target: &ZkTarget,
 ) -> Result<Vec<ServiceRow>, AdminError> {
     let schema = &target.schema;
-    let tree: RawTree = read_tree(client, schema).await?;
+    let tree: RawTree = read_tree(client, schema).await?.unwrap_or_default();
     let snapshot = build_snapshot(schema, &tree, &Default::default());
     let mut rows = Vec::new();
     for name in tree.keys() {

@@ -223,7 +223,7 @@ async fn follows_validates_and_fails_static() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_outage_resumes_the_session_and_the_watch() {
+async fn a_short_outage_resumes_the_watch_and_a_missing_services_node_keeps_the_state() {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter("lb_userspace=debug")
@@ -266,4 +266,31 @@ async fn a_short_outage_resumes_the_session_and_the_watch() {
         backends(s, "web").len() == 2
     })
     .await;
+
+    // The whole services node vanishes in one transaction: kept, not read as "no services".
+    let reads = source.status.borrow().full_reads;
+    let mut multi = zk.new_multi_writer();
+    for path in [
+        "/lb/services/web/backends/198.18.2.11:80",
+        "/lb/services/web/backends/198.18.2.12:80",
+        "/lb/services/web/backends",
+        "/lb/services/web",
+        "/lb/services",
+    ] {
+        multi.add_delete(path, None).unwrap();
+    }
+    multi.commit().await.expect("delete everything");
+    status_where(&mut source.status, "a read after the deletion", |s| {
+        s.full_reads > reads
+    })
+    .await;
+    assert!(!source.states.has_changed().unwrap(), "no state was sent");
+    assert_eq!(
+        backends(source.states.borrow().as_ref().unwrap(), "web").len(),
+        2
+    );
+    // An empty services node does remove every service.
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    zk.create("/lb/services", b"", &options).await.unwrap();
+    state_where(&mut source.states, "no services", |s| s.services.is_empty()).await;
 }

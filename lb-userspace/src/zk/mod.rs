@@ -33,6 +33,10 @@
 //! A VIP claimed by a second service is rejected for the newcomer. Each rejection is per znode: a
 //! bad backend is skipped, a bad service keeps its last good version (see [`snapshot`]).
 //!
+//! A missing `<root>/services` node is not read as "no services" once services are applied (that is
+//! more likely a wrong `--zk-root` or an accident): the daemon keeps its state and logs an error. An
+//! existing `services` node with no children removes every service.
+//!
 //! Credentials: `--zk-auth-file FILE` (one line `user:password`) or `$LB_ZK_AUTH`, ZooKeeper's
 //! `digest` scheme. Nodes `lb` creates with credentials get the ACL "creator: all, anyone: read", so
 //! daemons read without credentials and only that identity writes; without credentials nodes are

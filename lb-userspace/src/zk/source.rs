@@ -245,6 +245,7 @@ impl Worker {
             last: now,
         });
         let mut read_failures: u32 = 0;
+        let mut missing_logged = false;
         loop {
             let read_at = dirty.map(|d| {
                 (d.last + self.config.debounce_quiet).min(d.first + self.config.debounce_max)
@@ -299,10 +300,16 @@ impl Worker {
                             continue;
                         }
                         match read_tree(client, &self.config.target.schema).await {
-                            Ok(raw) => {
+                            Ok(Some(raw)) => {
                                 dirty = None;
                                 read_failures = 0;
+                                missing_logged = false;
                                 self.publish_tree(&raw);
+                            }
+                            Ok(None) => {
+                                dirty = None;
+                                read_failures = 0;
+                                self.services_dir_missing(&mut missing_logged);
                             }
                             Err(ZkError::Op { source: zookeeper_client::Error::SessionExpired, .. }) => {
                                 return SessionEnd::Expired;
@@ -324,6 +331,34 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// `<root>/services` is missing: with services applied that looks like a wrong `--zk-root` or an
+    /// accident, not "remove everything", so the last state stays (an empty `services` node removes
+    /// all services). Without services applied it is simply an empty state.
+    fn services_dir_missing(&mut self, logged: &mut bool) {
+        let dir = self.config.target.schema.services_dir();
+        if self.built.services.is_empty() {
+            if !*logged {
+                warn!(znode = %dir, "no services: the node does not exist yet");
+                *logged = true;
+            }
+            self.publish_tree(&RawTree::new());
+            return;
+        }
+        if !*logged {
+            error!(
+                znode = %dir,
+                "the services node is missing; keeping the last state ({} services). Check --zk-root; \
+                 to remove every service, leave {dir} in place with no children",
+                self.built.services.len()
+            );
+            *logged = true;
+        }
+        self.status_tx.send_modify(|s| {
+            s.last_sync_unix_ms = Some(unix_ms(SystemTime::now()));
+            s.full_reads += 1;
+        });
     }
 
     fn publish_tree(&mut self, raw: &RawTree) {
@@ -398,19 +433,19 @@ impl Worker {
     }
 }
 
-/// Reads every service and backend node. Requests are all sent before any answer is awaited (the
-/// client pipelines them), so a large tree costs a few round trips, not one per node. Nodes that
-/// vanish during the read are left out; the watch event of their deletion triggers another read.
+/// Reads every service and backend node; `None` when `<root>/services` does not exist. Requests are
+/// all sent before any answer is awaited (the client pipelines them), so a large tree costs a few
+/// round trips, not one per node. Nodes that vanish during the read are left out; the watch event
+/// of their deletion triggers another read.
 pub async fn read_tree(
     client: &Client,
     schema: &super::schema::Schema,
-) -> Result<RawTree, ZkError> {
+) -> Result<Option<RawTree>, ZkError> {
     use zookeeper_client::Error as E;
     let dir = schema.services_dir();
     let names = match client.list_children(&dir).await {
         Ok(names) => names,
-        // No services yet (or a wrong --zk-root): an empty tree.
-        Err(E::NoNode) => return Ok(RawTree::new()),
+        Err(E::NoNode) => return Ok(None),
         Err(e) => return Err(ZkError::op("list", &dir)(e)),
     };
     let data: Vec<_> = names
@@ -466,7 +501,7 @@ pub async fn read_tree(
         }
         tree.insert(name, raw);
     }
-    Ok(tree)
+    Ok(Some(tree))
 }
 
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
