@@ -294,3 +294,63 @@ async fn a_short_outage_resumes_the_watch_and_a_missing_services_node_keeps_the_
     zk.create("/lb/services", b"", &options).await.unwrap();
     state_where(&mut source.states, "no services", |s| s.services.is_empty()).await;
 }
+
+/// Figures, not pass/fail: how long a cold full read and build of 1,000 services × 100 backends
+/// takes. `cargo test -p lb-userspace --test zk_source -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: loads 100,000 znodes"]
+async fn cold_read_of_a_large_tree() {
+    use lb_userspace::zk::schema::Schema;
+    use lb_userspace::zk::snapshot::build_snapshot;
+    use lb_userspace::zk::source::read_tree;
+
+    const SERVICES: u32 = 1000;
+    const BACKENDS: u32 = 100;
+    let server = ZkServer::start().expect("ZooKeeper starts");
+    let zk = writer(&server).await;
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    zk.mkdir("/lb/services", &options).await.unwrap();
+    let started = Instant::now();
+    for s in 0..SERVICES {
+        let name = format!("svc{s}");
+        let vip = format!(
+            r#"{{"vip": "198.18.{}.{}:80"}}"#,
+            100 + s / 250,
+            1 + s % 250
+        );
+        let mut paths = vec![(format!("/lb/services/{name}"), vip)];
+        paths.push((format!("/lb/services/{name}/backends"), String::new()));
+        for b in 0..BACKENDS {
+            paths.push((
+                format!(
+                    "/lb/services/{name}/backends/198.19.{}.{}:80",
+                    b / 250,
+                    1 + b % 250
+                ),
+                String::new(),
+            ));
+        }
+        let creates: Vec<_> = paths
+            .iter()
+            .map(|(p, d)| zk.create(p, d.as_bytes(), &options))
+            .collect();
+        for c in creates {
+            c.await.unwrap();
+        }
+    }
+    eprintln!(
+        "created {} znodes in {:?}",
+        SERVICES * (BACKENDS + 2),
+        started.elapsed()
+    );
+    let schema = Schema::new("/lb").unwrap();
+    let started = Instant::now();
+    let tree = read_tree(&zk, &schema).await.unwrap().unwrap();
+    let read = started.elapsed();
+    let started = Instant::now();
+    let snapshot = build_snapshot(&schema, &tree, &DesiredState::default());
+    let built = started.elapsed();
+    assert_eq!(snapshot.state.services.len(), SERVICES as usize);
+    assert!(snapshot.rejections.is_empty());
+    eprintln!("cold full read {read:?}, snapshot build {built:?}");
+}

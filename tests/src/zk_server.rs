@@ -177,6 +177,7 @@ impl ZkServer {
              clientPort={port}\n\
              clientPortAddress={bind}\n\
              maxClientCnxns=0\n\
+             forceSync=no\n\
              4lw.commands.whitelist=srvr,ruok\n\
              admin.enableServer=false\n\
              minSessionTimeout={min}\n\

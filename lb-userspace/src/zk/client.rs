@@ -47,7 +47,10 @@ pub enum ZkError {
 
 impl ZkError {
     /// Wraps an operation's error with what was done to which node.
-    pub fn op(op: &'static str, path: &str) -> impl FnOnce(zookeeper_client::Error) -> ZkError {
+    pub fn op(
+        op: &'static str,
+        path: &str,
+    ) -> impl FnOnce(zookeeper_client::Error) -> ZkError + use<> {
         let path = path.to_owned();
         move |source| ZkError::Op {
             op,

@@ -433,73 +433,133 @@ impl Worker {
     }
 }
 
-/// Reads every service and backend node; `None` when `<root>/services` does not exist. Requests are
-/// all sent before any answer is awaited (the client pipelines them), so a large tree costs a few
-/// round trips, not one per node. Nodes that vanish during the read are left out; the watch event
-/// of their deletion triggers another read.
+/// Services per multi-read of service data and backend lists (a list of 4,096 backends is ~100 KB;
+/// ZooKeeper's default `jute.maxbuffer` is 1 MB).
+const SERVICES_PER_READ: usize = 8;
+/// Backend nodes per multi-read of backend data.
+const BACKENDS_PER_READ: usize = 512;
+
+/// Reads every service and backend node; `None` when `<root>/services` does not exist. Reads go in
+/// multi-read batches that are all sent before any answer is awaited (the client pipelines them),
+/// so a large tree costs a few hundred requests and round trips overlap. Nodes that vanish during
+/// the read are left out; the watch event of their deletion triggers another read.
 pub async fn read_tree(
     client: &Client,
     schema: &super::schema::Schema,
 ) -> Result<Option<RawTree>, ZkError> {
-    use zookeeper_client::Error as E;
+    use zookeeper_client::{Error as E, MultiReadResult as R};
     let dir = schema.services_dir();
     let names = match client.list_children(&dir).await {
         Ok(names) => names,
         Err(E::NoNode) => return Ok(None),
         Err(e) => return Err(ZkError::op("list", &dir)(e)),
     };
-    let data: Vec<_> = names
-        .iter()
-        .map(|n| client.get_data(&schema.service_path(n)))
-        .collect();
-    let children: Vec<_> = names
-        .iter()
-        .map(|n| client.list_children(&schema.backends_dir(n)))
-        .collect();
-    let mut services: Vec<(String, Vec<u8>, Vec<String>)> = Vec::with_capacity(names.len());
-    for ((name, data), children) in names.iter().zip(data).zip(children) {
-        let data = match data.await {
-            Ok((data, _stat)) => data,
-            Err(E::NoNode) => continue,
-            Err(e) => return Err(ZkError::op("read", &schema.service_path(name))(e)),
-        };
-        let children = match children.await {
-            Ok(children) => children,
-            Err(E::NoNode) => Vec::new(),
-            Err(e) => return Err(ZkError::op("list", &schema.backends_dir(name))(e)),
-        };
-        services.push((name.clone(), data, children));
+    let batch_error = |path: &str| ZkError::op("multi-read", path);
+
+    // Service data and backend lists.
+    let mut pending = Vec::new();
+    for chunk in names.chunks(SERVICES_PER_READ) {
+        let mut reader = client.new_multi_reader();
+        for name in chunk {
+            reader
+                .add_get_data(&schema.service_path(name))
+                .map_err(batch_error(&schema.service_path(name)))?;
+            reader
+                .add_get_children(&schema.backends_dir(name))
+                .map_err(batch_error(&schema.backends_dir(name)))?;
+        }
+        pending.push((chunk, reader.commit()));
     }
-    let backend_data: Vec<Vec<_>> = services
+    let mut services: Vec<(String, Vec<u8>, Vec<String>)> = Vec::with_capacity(names.len());
+    for (chunk, read) in pending {
+        let results = read.await.map_err(batch_error(&dir))?;
+        let mut results = results.into_iter();
+        for name in chunk {
+            let (data, children) = (results.next(), results.next());
+            let data = match data {
+                Some(R::Data { data, .. }) => data,
+                // Deleted since it was listed.
+                Some(R::Error { err: E::NoNode }) => continue,
+                Some(R::Error { err }) => {
+                    return Err(ZkError::op("read", &schema.service_path(name))(err));
+                }
+                _ => {
+                    return Err(batch_error(&dir)(E::UnexpectedError(
+                        "short multi-read".into(),
+                    )));
+                }
+            };
+            let children = match children {
+                Some(R::Children { children }) => children,
+                Some(R::Error { err: E::NoNode }) => Vec::new(),
+                Some(R::Error { err }) => {
+                    return Err(ZkError::op("list", &schema.backends_dir(name))(err));
+                }
+                _ => {
+                    return Err(batch_error(&dir)(E::UnexpectedError(
+                        "short multi-read".into(),
+                    )));
+                }
+            };
+            services.push((name.clone(), data, children));
+        }
+    }
+
+    // Backend data, in batches across services.
+    let backend_paths: Vec<(usize, &str)> = services
         .iter()
-        .map(|(name, _, children)| {
-            children
-                .iter()
-                .map(|c| client.get_data(&schema.backend_node_path(name, c)))
-                .collect()
+        .enumerate()
+        .flat_map(|(i, (_, _, children))| children.iter().map(move |c| (i, c.as_str())))
+        .collect();
+    let mut pending = Vec::new();
+    for chunk in backend_paths.chunks(BACKENDS_PER_READ) {
+        let mut reader = client.new_multi_reader();
+        for (i, child) in chunk {
+            let path = schema.backend_node_path(&services[*i].0, child);
+            reader.add_get_data(&path).map_err(batch_error(&path))?;
+        }
+        pending.push((chunk, reader.commit()));
+    }
+    let mut tree: RawTree = services
+        .iter()
+        .map(|(name, data, _)| {
+            (
+                name.clone(),
+                RawService {
+                    data: Some(data.clone()),
+                    backends: Default::default(),
+                },
+            )
         })
         .collect();
-    let mut tree = RawTree::new();
-    for ((name, data, children), futures) in services.into_iter().zip(backend_data) {
-        let mut raw = RawService {
-            data: Some(data),
-            backends: Default::default(),
-        };
-        for (child, fut) in children.into_iter().zip(futures) {
-            match fut.await {
-                Ok((data, _stat)) => {
-                    raw.backends.insert(child, data);
+    for (chunk, read) in pending {
+        let results = read.await.map_err(batch_error(&dir))?;
+        if results.len() != chunk.len() {
+            return Err(batch_error(&dir)(E::UnexpectedError(
+                "short multi-read".into(),
+            )));
+        }
+        for ((i, child), result) in chunk.iter().zip(results) {
+            let name = &services[*i].0;
+            match result {
+                R::Data { data, .. } => {
+                    if let Some(raw) = tree.get_mut(name) {
+                        raw.backends.insert((*child).to_owned(), data);
+                    }
                 }
-                Err(E::NoNode) => {}
-                Err(e) => {
-                    return Err(ZkError::op(
-                        "read",
-                        &schema.backend_node_path(&name, &child),
-                    )(e));
+                R::Error { err: E::NoNode } => {}
+                R::Error { err } => {
+                    return Err(ZkError::op("read", &schema.backend_node_path(name, child))(
+                        err,
+                    ));
+                }
+                _ => {
+                    return Err(batch_error(&dir)(E::UnexpectedError(
+                        "unexpected multi-read result".into(),
+                    )));
                 }
             }
         }
-        tree.insert(name, raw);
     }
     Ok(Some(tree))
 }
