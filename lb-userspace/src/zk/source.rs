@@ -585,6 +585,12 @@ pub struct ZkRunArgs {
     /// ZooKeeper session timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub zk_session_timeout_ms: u64,
+    /// Debounce: a full read happens once no change came for this long (ms)...
+    #[arg(long, default_value_t = 100)]
+    pub zk_debounce_ms: u64,
+    /// ...or this long after the first change of a burst (ms), whichever comes first.
+    #[arg(long, default_value_t = 1000)]
+    pub zk_debounce_max_ms: u64,
     /// Mass-removal guard: the share (0 to 1) of a service's backends one update may remove
     /// without the removal being held.
     #[arg(long, default_value_t = super::guard::DEFAULT_MAX_REMOVAL_SHARE)]
@@ -610,6 +616,9 @@ impl ZkRunArgs {
         let auth = super::auth::DigestAuth::load(self.zk_auth_file.as_deref())?;
         let mut config = ZkSourceConfig::new(ZkTarget::new(connect, &self.zk_root, auth)?);
         config.session_timeout = Duration::from_millis(self.zk_session_timeout_ms);
+        config.debounce_quiet = Duration::from_millis(self.zk_debounce_ms);
+        config.debounce_max =
+            Duration::from_millis(self.zk_debounce_max_ms.max(self.zk_debounce_ms));
         config.guard = GuardConfig {
             max_removal_share: self.zk_guard_share,
             grace: Duration::from_secs(self.zk_guard_grace_s),
