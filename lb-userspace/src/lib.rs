@@ -13,3 +13,7 @@ pub mod plan;
 pub mod status;
 pub mod sweeper;
 pub mod tables;
+pub mod zk;
+pub mod daemon_status;
+pub mod register;
+pub mod admin;

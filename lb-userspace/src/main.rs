@@ -45,12 +45,20 @@ impl From<XdpMode> for AttachMode {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the balancer on an interface with a static TOML configuration.
+    /// Run the balancer on an interface, with a static TOML configuration or following ZooKeeper.
     Run(RunArgs),
     /// Backend side: strip IPIP / ip6ip6 from packets addressed to this host (for kernels without ipip).
     Decap(DecapArgs),
     /// Print services, backends, connections and counters from the pinned maps.
     Status(StatusArgs),
+    /// Backend side: keep this backend registered in ZooKeeper while it runs (drains on SIGTERM).
+    Register(lb_userspace::register::RegisterArgs),
+    /// Services in ZooKeeper: put, rm, ls.
+    #[command(subcommand)]
+    Service(lb_userspace::admin::ServiceCommand),
+    /// Backends in ZooKeeper: put, rm, weight, ls.
+    #[command(subcommand)]
+    Backend(lb_userspace::admin::BackendCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -58,9 +66,11 @@ struct RunArgs {
     /// Interface that receives VIP traffic (and sends encapsulated packets back out: one-arm).
     #[arg(long)]
     iface: String,
-    /// Static configuration (TOML). Reloaded on SIGHUP and when the file changes.
+    /// Static configuration (TOML). Reloaded on SIGHUP and when the file changes. Or use --zk.
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    zk: lb_userspace::zk::source::ZkRunArgs,
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: XdpMode,
     /// Where the maps are pinned (on bpffs).
@@ -137,7 +147,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run(a) => {
+        Command::Run(a) => (|| {
+            let source = daemon::choose_source(a.config, a.zk.source_config()?)?;
             let capacity = lb_common::limits::Capacity {
                 max_services: a.max_services,
                 max_backends: a.max_backends,
@@ -147,7 +158,7 @@ fn main() -> ExitCode {
             };
             daemon::run(RunOptions {
                 iface: a.iface,
-                config: a.config,
+                source,
                 attach_mode: a.xdp_mode.into(),
                 pin_dir: a.pin_dir,
                 capacity,
@@ -162,9 +173,12 @@ fn main() -> ExitCode {
                 },
                 sweep_interval: std::time::Duration::from_secs(a.sweep_interval_s.max(1)),
             })
-        }
+        })(),
         Command::Decap(a) => decap::run(&a.iface, a.xdp_mode.into(), &a.pin_dir),
         Command::Status(a) => status::run(&a.pin_dir, a.json),
+        Command::Register(a) => lb_userspace::register::run(&a),
+        Command::Service(c) => lb_userspace::admin::run_service(c),
+        Command::Backend(c) => lb_userspace::admin::run_backend(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,9 @@ pub struct Status {
     pub counters: serde_json::Map<String, serde_json::Value>,
     /// Entries in the flow table (established, half-open and closing).
     pub flows: usize,
+    /// What the running daemon reports about its source (see `daemon_status`); absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,12 +116,13 @@ pub fn collect(maps: &MapsView) -> anyhow::Result<Status> {
         .into_iter()
         .map(|(c, n)| (c.name().to_string(), serde_json::Value::from(n)))
         .collect();
-    Ok(Status { services: out, counters, flows: maps.flows()?.len() })
+    Ok(Status { services: out, counters, flows: maps.flows()?.len(), daemon: None })
 }
 
 pub fn run(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     let maps = MapsView::open_pinned(pin_dir)?;
-    let status = collect(&maps).with_context(|| format!("reading the maps pinned under {}", pin_dir.display()))?;
+    let mut status = collect(&maps).with_context(|| format!("reading the maps pinned under {}", pin_dir.display()))?;
+    status.daemon = crate::daemon_status::read_for_status(pin_dir);
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -131,6 +135,9 @@ pub fn run(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
 pub fn render(s: &Status) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
+    if let Some(daemon) = &s.daemon {
+        o.push_str(&crate::daemon_status::render(daemon));
+    }
     let _ = writeln!(o, "{:<24} {:<28} {:<10} {:>5} {:>12} {:>14} {:>10} {:>8}", "SERVICE", "VIP", "SCHEDULER", "GEN", "PACKETS", "BYTES", "NEW FLOWS", "DROPS");
     for svc in &s.services {
         let _ = writeln!(
