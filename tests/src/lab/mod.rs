@@ -17,6 +17,7 @@ mod cmd;
 mod netns;
 mod process;
 pub mod topology;
+mod xdp_pass;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -57,6 +58,9 @@ pub struct LabOptions {
     pub lb_bin: Option<PathBuf>,
     /// The `lab-server` binary; default `$LAB_SERVER_BIN`, else beside the running executable.
     pub server_bin: Option<PathBuf>,
+    /// A daemon counts as started only once an XDP program is on its interface (off for stand-ins
+    /// of `lb` that load no program).
+    pub wait_for_xdp: bool,
 }
 
 impl Default for LabOptions {
@@ -67,6 +71,7 @@ impl Default for LabOptions {
             decap: true,
             lb_bin: None,
             server_bin: None,
+            wait_for_xdp: true,
         }
     }
 }
@@ -440,9 +445,13 @@ impl Lab {
         let log = self.dir.join(format!("{name}-decap.log"));
         let mut proc =
             NsProcess::spawn(&format!("{name} decap"), &ns, &self.lb_bin()?, &args, &log)?;
+        let wait_for_xdp = self.opts.wait_for_xdp;
         wait_ready(&mut proc, || {
             let link = ip(&ns, &["link", "show", "dev", "eth0"])?;
-            ensure!(link.contains("prog/xdp"), "no XDP program on eth0 of {ns}");
+            ensure!(
+                !wait_for_xdp || link.contains("prog/xdp"),
+                "no XDP program on eth0 of {ns}"
+            );
             Ok(())
         })?;
         self.decaps[i] = Some(proc);
@@ -470,7 +479,7 @@ impl Lab {
         let config = self.lb_config_path(lb);
         std::fs::write(&config, config_toml)
             .with_context(|| format!("cannot write {}", config.display()))?;
-        self.pin_root()?;
+        self.attach_pass_to_router_port(lb)?;
         let pin_dir = self.lb_pin_dir(lb);
         let mut args: Vec<String> = [
             "run",
@@ -504,8 +513,38 @@ impl Lab {
             &log,
         )?;
         let lb_bin = self.lb_bin()?;
-        wait_ready(&mut proc, || lb_status(&lb_bin, &pin_dir))?;
+        // Ready = its maps answer `lb status` and its program is on the interface (the daemon pins
+        // the maps before it attaches).
+        let ns = self.lb_netns(lb);
+        let wait_for_xdp = self.opts.wait_for_xdp;
+        wait_ready(&mut proc, || {
+            lb_status(&lb_bin, &pin_dir)?;
+            if !wait_for_xdp {
+                return Ok(());
+            }
+            let link = ip(&ns, &["link", "show", "dev", "eth0"])?;
+            ensure!(link.contains("prog/xdp"), "no XDP program on eth0 of {ns}");
+            Ok(())
+        })?;
         self.lbs[lb] = Some(proc);
+        Ok(())
+    }
+
+    /// Gives the router's port toward load balancer `lb` an XDP program (pass everything), so the
+    /// frames the LB sends back with `XDP_TX` are read at once (see [`xdp_pass`]).
+    fn attach_pass_to_router_port(&mut self, lb: usize) -> anyhow::Result<()> {
+        let prog = self.pin_root()?.join("router_xdp_pass");
+        if !prog.exists() {
+            xdp_pass::load_and_pin(&prog)?;
+        }
+        let port = format!("lb{lb}");
+        let link = ip(&self.router_netns(), &["link", "show", "dev", &port])?;
+        if !link.contains("prog/xdp") {
+            // `ip -n` remounts /sys, which hides bpffs; nsenter does not.
+            let prog = path_arg(&prog)?;
+            let args = ["link", "set", "dev", &port, "xdpdrv", "pinned", &prog];
+            cmd::in_netns(&self.router_netns(), "ip", &args)?;
+        }
         Ok(())
     }
 
