@@ -2,6 +2,9 @@
 //! closes, printing the namespace names: for poking at it by hand (`ip netns exec`, tcpdump).
 //!
 //! `LB_BIN=target/release/lb cargo run --release -p lb-tests --example lab-up -- 300 [scheduler]`
+//!
+//! Stop it with Ctrl-D (the lab is torn down); after Ctrl-C or a kill, `cargo xtask clean-labs`
+//! removes the namespaces it leaves.
 
 use std::io::Read as _;
 use std::time::Duration;

@@ -77,6 +77,9 @@ impl Default for LabOptions {
 }
 
 /// A running lab. Dropping it stops its processes and deletes its namespaces, pins and files.
+///
+/// Keep a lab on the thread that started it: its processes get SIGTERM when that thread ends (so a
+/// killed test leaves no daemon running).
 pub struct Lab {
     id: String,
     opts: LabOptions,
@@ -290,8 +293,8 @@ impl Lab {
                 "br-lb",
                 &[&cidr(lb_v4(lb), 24), &cidr(lb_v6(lb), 64)],
             )?;
-            // The LB answers with XDP_TX; a veth delivers XDP_TX frames only to a peer with NAPI,
-            // which GRO turns on.
+            // The LB answers with XDP_TX, which a veth delivers only to a peer with NAPI (GRO turns
+            // it on) and flushes only to a peer with an XDP program (`start_lb` attaches one).
             ethtool_features(&router, &port, &["gro", "on"])?;
             default_routes(&ns, ROUTER_LBS_V4, ROUTER_LBS_V6)?;
         }
