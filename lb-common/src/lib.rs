@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod decap;
 pub mod flow;
@@ -44,5 +45,6 @@ mod user_pod {
         crate::TrafficStats,
         crate::LbConfig,
         crate::DecapKey,
+        crate::bench::BenchTemplate,
     );
 }

@@ -15,6 +15,10 @@ pub const SPARE_TABLE_SLOTS: u32 = 8;
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 /// Clients the persistence table tracks (LRU).
 pub const DEFAULT_PERSIST_TABLE_SIZE: u32 = 1 << 16;
+/// Backend ids per `LB_SCHEDULE` element. The kernel stores array values at an 8-byte stride, so
+/// a `u32` per element would waste half the pool; two ids per element make the pool (and its mmap)
+/// one dense `u32` array: id `i` lives in element `i / 2`, half `i % 2`.
+pub const SCHEDULE_IDS_PER_ENTRY: u32 = 2;
 /// Local addresses the decap program accepts.
 pub const MAX_DECAP_ADDRS: u32 = 64;
 
@@ -53,9 +57,14 @@ impl Capacity {
         self.max_services + SPARE_TABLE_SLOTS
     }
 
-    /// Entries of `LB_SCHEDULE`.
+    /// Backend ids the schedule pool holds (table slots × table size).
     pub const fn schedule_entries(&self) -> u32 {
         self.table_slots() * self.table_size
+    }
+
+    /// `max_entries` of the `LB_SCHEDULE` map ([`SCHEDULE_IDS_PER_ENTRY`] ids per element).
+    pub const fn schedule_map_entries(&self) -> u32 {
+        self.schedule_entries().div_ceil(SCHEDULE_IDS_PER_ENTRY)
     }
 
     /// Checks the combination; returns what is wrong.

@@ -15,6 +15,9 @@ pub const BACKEND_STATS: &str = "LB_BE_STATS";
 pub const CONFIG: &str = "LB_CONFIG";
 pub const DECAP_ADDRS: &str = "LB_DECAP_ADDRS";
 pub const DECAP_STATS: &str = "LB_DECAP_STATS";
+/// Per-CPU cache of `bpf_fib_lookup` results by backend id (kernel-internal; sized like
+/// `LB_BACKENDS`, never pinned).
+pub const NEXTHOP_CACHE: &str = "LB_NH_CACHE";
 
 /// The balancer XDP program.
 pub const PROG_BALANCER: &str = "lb_balancer";

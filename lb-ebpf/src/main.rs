@@ -1,5 +1,150 @@
+//! The XDP programs of the load balancer: `lb_balancer` (Katran-style DSR: parse → VIP → flow →
+//! schedule → IPIP / ip6ip6 → TX) and `lb_decap` (the backend side). Each step is a module; this
+//! file only wires them and turns every outcome into a counter and a verdict.
 #![no_std]
 #![no_main]
+// Inline BPF assembly (the atomic add on a map value, `parse::opaque`) is unstable; the eBPF crate
+// builds with nightly anyway (build-std).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+
+mod bench;
+mod csum;
+mod decap;
+mod encap;
+mod flow;
+mod lookup;
+mod maps;
+mod parse;
+mod route;
+mod select;
+mod stats;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    helpers::bpf_redirect,
+    macros::xdp,
+    programs::XdpContext,
+};
+use aya_log_ebpf::debug;
+use lb_common::{Counter, ServiceEntry};
+
+use crate::{
+    parse::Packet,
+    stats::{Traffic, count},
+};
+
+#[xdp]
+pub fn lb_balancer(ctx: XdpContext) -> u32 {
+    balance(&ctx)
+}
+
+#[xdp]
+pub fn lb_decap(ctx: XdpContext) -> u32 {
+    decap::decap(&ctx)
+}
+
+/// Bench only: restores the template frame, then tail-calls the program under test.
+#[xdp]
+pub fn lb_reset(ctx: XdpContext) -> u32 {
+    bench::reset_then_jump(&ctx)
+}
+
+/// Bench only: restores the template frame (the harness cost).
+#[xdp]
+pub fn lb_reset_only(ctx: XdpContext) -> u32 {
+    bench::reset_only(&ctx)
+}
+
+/// Bench only: the floor every IPIP balancer pays (parse, encapsulate, transmit).
+#[xdp]
+pub fn lb_floor(ctx: XdpContext) -> u32 {
+    bench::floor(&ctx)
+}
+
+#[inline(always)]
+fn balance(ctx: &XdpContext) -> u32 {
+    count(Counter::RxPackets);
+    let pkt = match parse::parse_packet(ctx) {
+        Ok(p) => p,
+        Err(reason) => {
+            count(reason);
+            return XDP_PASS;
+        }
+    };
+    let Some(svc) = lookup::service_of(&pkt) else {
+        count(Counter::PassNotVip);
+        return XDP_PASS;
+    };
+    match forward(ctx, &pkt, &svc) {
+        Ok(verdict) => verdict,
+        Err(reason) => {
+            count(reason);
+            stats::service_traffic(svc.id, Traffic::Dropped);
+            debug!(
+                ctx,
+                "lb_balancer: drop {} for service {}", reason as u32, svc.id
+            );
+            XDP_DROP
+        }
+    }
+}
+
+/// A packet to a VIP: assign a backend, route, encapsulate, send. `Err` is the drop counter.
+#[inline(always)]
+fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceEntry) -> Result<u32, Counter> {
+    let cfg = lookup::config();
+    let key = lookup::flow_key_of(pkt);
+    let assigned = flow::assign(svc, &key, pkt.tcp_flags, cfg.hash_seed)?;
+    let backend = assigned.choice.entry;
+    if backend.family != pkt.family {
+        return Err(Counter::DropNoRoute);
+    }
+    let src = if pkt.family == lb_common::AF_INET {
+        [cfg.src_v4, 0, 0, 0]
+    } else {
+        cfg.src_v6
+    };
+    let outer_len = (pkt.ip_len + encap::encap_len(pkt.family)) as u32;
+    let hop = route::next_hop_cached(
+        ctx,
+        &cfg,
+        assigned.choice.id,
+        pkt.family,
+        &backend.addr,
+        outer_len,
+    )?;
+    let frame_bytes = (ctx.data_end() - ctx.data()) as u64;
+    encap::encapsulate(ctx, pkt, &src, &backend.addr, &hop)?;
+    stats::count_n(Counter::Ipv4WithOptions, pkt.with_options);
+    let traffic = Traffic::Forwarded {
+        bytes: frame_bytes,
+        new_flows: assigned.new_flow,
+    };
+    stats::service_traffic(svc.id, traffic);
+    stats::backend_traffic(assigned.choice.id, traffic);
+    Ok(egress(ctx, hop.ifindex))
+}
+
+/// Back out of the receiving interface, or redirected to the one the route says.
+#[inline(always)]
+fn egress(ctx: &XdpContext, ifindex: u32) -> u32 {
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        count(Counter::TxPackets);
+        return XDP_TX;
+    }
+    // SAFETY: plain helper call; an invalid ifindex makes it return XDP_ABORTED.
+    let verdict = unsafe { bpf_redirect(ifindex, 0) } as u32;
+    if verdict == XDP_REDIRECT {
+        count(Counter::RedirectPackets);
+    } else {
+        count(Counter::DropNoRoute);
+    }
+    verdict
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -3,7 +3,17 @@
 
 pub mod apply;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
+pub mod decap;
 pub mod model;
+pub mod netif;
+pub mod nexthop;
 pub mod plan;
+pub mod status;
+pub mod sweeper;
 pub mod tables;
+pub mod zk;
+pub mod daemon_status;
+pub mod register;
+pub mod admin;

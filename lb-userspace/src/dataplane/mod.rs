@@ -1,1 +1,365 @@
-//! TODO: being written
+//! The only module that touches eBPF: loads the XDP object, attaches its programs, and reads and
+//! writes its maps. Everything above it speaks in `lb_common` types.
+
+mod bench;
+mod error;
+mod forwarding;
+mod kernel_log;
+mod pins;
+mod schedule;
+mod view;
+
+use std::{ffi::CString, io, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::MapError,
+    programs::{Xdp, XdpMode},
+};
+use lb_common::{
+    BackendEntry, DecapKey, FlowKey, LbConfig, ServiceEntry, ServiceMeta, VipKey,
+    limits::Capacity,
+    maps::{self, PROG_BALANCER, PROG_DECAP},
+};
+
+pub use bench::{BenchFrame, BenchRun, BenchTarget, XdpBench};
+pub use error::DataplaneError;
+pub use view::MapsView;
+
+use error::map_op;
+use kernel_log::KernelLog;
+
+/// The XDP object built from `lb-ebpf` by the build script.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// How to load the data plane.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Map sizes.
+    pub capacity: Capacity,
+    /// Pin every map here (on bpffs) so `lb status` can read them; `None` pins nothing (tests).
+    pub pin_dir: Option<PathBuf>,
+    /// Forward the programs' debug logs into `log`/tracing (costs a ring buffer write per record).
+    pub kernel_log: bool,
+}
+
+/// How to attach an XDP program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic mode with a warning.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// The mode an attachment ended up in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+/// The loaded data plane. Dropping it detaches the programs; pinned maps stay until
+/// [`Dataplane::remove_pins`].
+pub struct Dataplane {
+    // Held for its `Drop` (stops the reader thread); dropped first, before the programs go.
+    _kernel_log: Option<KernelLog>,
+    maps: MapsView,
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+}
+
+impl Dataplane {
+    /// Creates the maps with `opts.capacity`, loads both programs into the kernel and pins the maps.
+    pub fn load(opts: &LoadOptions) -> Result<Self, DataplaneError> {
+        let cap = opts.capacity;
+        cap.validate().map_err(DataplaneError::Capacity)?;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(DataplaneError::NotRoot);
+        }
+        if let Some(dir) = &opts.pin_dir {
+            pins::prepare(dir)?;
+        }
+
+        let log_level = if opts.kernel_log {
+            kernel_log::LEVEL_DEBUG
+        } else {
+            kernel_log::LEVEL_OFF
+        };
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(maps::SERVICES, cap.max_services)
+            .map_max_entries(maps::SERVICE_META, cap.max_services)
+            .map_max_entries(maps::BACKENDS, cap.max_backends)
+            .map_max_entries(maps::SCHEDULE, cap.schedule_map_entries())
+            .map_max_entries(maps::FLOWS, cap.flow_table_size)
+            .map_max_entries(maps::PERSIST, cap.persist_table_size)
+            .map_max_entries(maps::BACKEND_CONNS, cap.max_backends)
+            .map_max_entries(maps::CURSORS, cap.max_services)
+            .map_max_entries(maps::SERVICE_STATS, cap.max_services)
+            .map_max_entries(maps::BACKEND_STATS, cap.max_backends)
+            .map_max_entries(maps::NEXTHOP_CACHE, cap.max_backends)
+            .override_global("AYA_LOG_LEVEL", &log_level, false);
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| DataplaneError::Object { source })?;
+
+        for program in [PROG_BALANCER, PROG_DECAP] {
+            xdp_program(&mut ebpf, program)?
+                .load()
+                .map_err(|source| DataplaneError::Load { program, source })?;
+        }
+        if let Some(dir) = &opts.pin_dir {
+            for name in pins::PINNED_MAPS {
+                let path = dir.join(name);
+                let map = ebpf.map(name).ok_or_else(|| missing_map(name))?;
+                map.pin(&path).map_err(|source| DataplaneError::Pin {
+                    map: name,
+                    path,
+                    source,
+                })?;
+            }
+        }
+        let kernel_log = if opts.kernel_log {
+            Some(KernelLog::start(&mut ebpf)?)
+        } else {
+            None
+        };
+        let maps = MapsView::from_source(
+            |name| ebpf.take_map(name).ok_or_else(|| missing_map(name)),
+            true,
+        )?;
+        Ok(Dataplane {
+            _kernel_log: kernel_log,
+            maps,
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+        })
+    }
+
+    /// Attaches the balancer to `iface`, and turns on IPv4/IPv6 forwarding there (without it
+    /// `bpf_fib_lookup` finds no route and every balanced packet is a `drop_no_route`).
+    pub fn attach_balancer(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<AttachedMode, DataplaneError> {
+        if_index(iface)?;
+        forwarding::enable(iface)?;
+        self.attach(PROG_BALANCER, iface, mode)
+    }
+
+    /// Attaches the decapsulator to `iface` (on a backend).
+    pub fn attach_decap(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<AttachedMode, DataplaneError> {
+        self.attach(PROG_DECAP, iface, mode)
+    }
+
+    fn attach(
+        &mut self,
+        program: &'static str,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<AttachedMode, DataplaneError> {
+        let if_index = if_index(iface)?;
+        let xdp = xdp_program(&mut self.ebpf, program)?;
+        let attach = |xdp: &mut Xdp, m: XdpMode| {
+            xdp.attach_to_if_index(if_index, m)
+                .map(|_link| ())
+                .map_err(|source| DataplaneError::Attach {
+                    iface: iface.to_string(),
+                    source,
+                })
+        };
+        match mode {
+            AttachMode::Native => attach(xdp, XdpMode::Driver).map(|()| AttachedMode::Native),
+            AttachMode::Generic => attach(xdp, XdpMode::Skb).map(|()| AttachedMode::Generic),
+            AttachMode::Auto => match attach(xdp, XdpMode::Driver) {
+                Ok(()) => Ok(AttachedMode::Native),
+                Err(e) => {
+                    tracing::warn!(
+                        iface,
+                        program,
+                        error = %e,
+                        "native XDP is not available on this interface; using generic XDP (slower)"
+                    );
+                    attach(xdp, XdpMode::Skb).map(|()| AttachedMode::Generic)
+                }
+            },
+        }
+    }
+
+    /// Writes the program configuration (outer source addresses, hash seed).
+    pub fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError> {
+        self.maps
+            .config
+            .set(0, cfg, 0)
+            .map_err(map_op(maps::CONFIG, "update"))
+    }
+
+    /// Adds or replaces a service in one atomic map update. Its table must already be written.
+    pub fn put_service(
+        &mut self,
+        key: &VipKey,
+        entry: &ServiceEntry,
+    ) -> Result<(), DataplaneError> {
+        let cap = self.maps.capacity();
+        if entry.id >= cap.max_services {
+            return Err(DataplaneError::OutOfRange {
+                map: maps::SERVICES,
+                index: u64::from(entry.id),
+                len: 1,
+                capacity: u64::from(cap.max_services),
+            });
+        }
+        let end = u64::from(entry.table_offset) + u64::from(entry.table_len);
+        if end > u64::from(self.maps.schedule.entries()) {
+            return Err(DataplaneError::OutOfRange {
+                map: maps::SCHEDULE,
+                index: u64::from(entry.table_offset),
+                len: u64::from(entry.table_len),
+                capacity: u64::from(self.maps.schedule.entries()),
+            });
+        }
+        self.maps
+            .services
+            .insert(key, entry, 0)
+            .map_err(map_op(maps::SERVICES, "update"))
+    }
+
+    pub fn delete_service(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        self.maps
+            .services
+            .remove(key)
+            .map_err(map_op(maps::SERVICES, "delete"))
+    }
+
+    pub fn put_service_meta(&mut self, id: u32, meta: &ServiceMeta) -> Result<(), DataplaneError> {
+        self.maps
+            .service_meta
+            .set(id, meta, 0)
+            .map_err(map_op(maps::SERVICE_META, "update"))
+    }
+
+    pub fn put_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<(), DataplaneError> {
+        self.maps
+            .backends
+            .set(id, entry, 0)
+            .map_err(map_op(maps::BACKENDS, "update"))
+    }
+
+    /// Writes backend ids into the schedule pool at `offset` (one memory copy).
+    pub fn write_table(&mut self, offset: u32, ids: &[u32]) -> Result<(), DataplaneError> {
+        self.maps.schedule.write(offset, ids)
+    }
+
+    /// Overwrites a backend's active-connection count (the sweeper's correction). A packet counted
+    /// by the XDP program at the same instant may be lost; the next sweep corrects it.
+    pub fn set_backend_conns(&mut self, id: u32, conns: u64) -> Result<(), DataplaneError> {
+        self.maps
+            .backend_conns
+            .set(id, conns, 0)
+            .map_err(map_op(maps::BACKEND_CONNS, "update"))
+    }
+
+    /// Accepts tunnel packets to this local address in `lb_decap`.
+    pub fn add_decap_addr(&mut self, key: &DecapKey) -> Result<(), DataplaneError> {
+        self.maps
+            .decap_addrs
+            .insert(key, 1, 0)
+            .map_err(map_op(maps::DECAP_ADDRS, "update"))
+    }
+
+    /// Forgets a flow. A flow that is already gone (evicted or deleted) is not an error.
+    pub fn delete_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
+        match self.maps.flows.remove(key) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_op(maps::FLOWS, "delete")(e)),
+        }
+    }
+
+    /// Read access to every map.
+    pub fn maps(&self) -> &MapsView {
+        &self.maps
+    }
+
+    /// The balancer program, e.g. for `BPF_PROG_TEST_RUN` (`aya::programs::TestRun`).
+    pub fn balancer_program(&mut self) -> &mut Xdp {
+        self.program(PROG_BALANCER)
+    }
+
+    /// The decap program.
+    pub fn decap_program(&mut self) -> &mut Xdp {
+        self.program(PROG_DECAP)
+    }
+
+    fn program(&mut self, name: &'static str) -> &mut Xdp {
+        #[allow(clippy::expect_used)]
+        xdp_program(&mut self.ebpf, name)
+            .expect("both programs were found and loaded by Dataplane::load")
+    }
+
+    /// Removes our pinned maps (and the pin directory if it is then empty).
+    pub fn remove_pins(&self) {
+        if let Some(dir) = &self.pin_dir {
+            pins::remove(dir);
+        }
+    }
+}
+
+fn xdp_program<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut Xdp, DataplaneError> {
+    ebpf.program_mut(program)
+        .and_then(|p| <&mut Xdp>::try_from(p).ok())
+        .ok_or(DataplaneError::MissingProgram { program })
+}
+
+fn missing_map(map: &'static str) -> DataplaneError {
+    DataplaneError::MissingMap {
+        map,
+        source: MapError::InvalidName { name: map.into() },
+    }
+}
+
+fn if_index(iface: &str) -> Result<u32, DataplaneError> {
+    let missing = || DataplaneError::NoSuchInterface {
+        iface: iface.to_string(),
+    };
+    let c = CString::new(iface).map_err(|_| missing())?;
+    // SAFETY: `c` is a valid C string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        Err(missing())
+    } else {
+        Ok(index)
+    }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in ns: the clock of `bpf_ktime_get_coarse_ns`, so userspace can age
+/// flows and persistence entries written by the XDP program.
+pub fn now_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer; this clock always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    if rc != 0 {
+        tracing::error!(error = %io::Error::last_os_error(), "clock_gettime(CLOCK_MONOTONIC_COARSE) failed");
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}

@@ -1,0 +1,55 @@
+//! Map reads: the service of a packet, a backend by id, the configuration.
+
+use lb_common::{
+    BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry, FlowKey, IPPROTO_TCP,
+    LbConfig, ServiceEntry, VipKey,
+};
+
+use crate::{
+    maps::{LB_BACKENDS, LB_CONFIG, LB_SERVICES},
+    parse::Packet,
+};
+
+/// The service whose VIP the packet is addressed to.
+#[inline(always)]
+pub fn service_of(pkt: &Packet) -> Option<ServiceEntry> {
+    let key = VipKey {
+        addr: pkt.dst,
+        port_be: pkt.dport_be,
+        proto: IPPROTO_TCP,
+        family: pkt.family,
+    };
+    // SAFETY: the value is copied out at once; userspace replaces entries whole.
+    unsafe { LB_SERVICES.get(key).copied() }
+}
+
+#[inline(always)]
+pub fn flow_key_of(pkt: &Packet) -> FlowKey {
+    FlowKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport_be: pkt.sport_be,
+        dport_be: pkt.dport_be,
+        proto: IPPROTO_TCP,
+        family: pkt.family,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+pub fn backend(id: u32) -> Option<BackendEntry> {
+    LB_BACKENDS.get(id).copied()
+}
+
+/// The configuration, or all zeroes before userspace wrote it.
+#[inline(always)]
+pub fn config() -> LbConfig {
+    LB_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// May this backend take new flows?
+#[inline(always)]
+pub fn takes_new_flows(be: &BackendEntry) -> bool {
+    be.flags & (BACKEND_F_VALID | BACKEND_F_DOWN | BACKEND_F_DRAINING) == BACKEND_F_VALID
+        && be.weight > 0
+}

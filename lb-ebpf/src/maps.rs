@@ -1,0 +1,78 @@
+//! Every map of the data plane. Names are `lb_common::maps::*` (the statics carry the same names);
+//! sizes are the `lb_common::limits` defaults, which userspace overrides at load time.
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    BackendEntry, Counter, DecapCounter, DecapKey, FlowEntry, FlowKey, LbConfig, PersistEntry,
+    PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipKey,
+    limits::{
+        DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
+        DEFAULT_PERSIST_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_DECAP_ADDRS, SCHEDULE_IDS_PER_ENTRY,
+        SPARE_TABLE_SLOTS,
+    },
+};
+
+#[map]
+pub static LB_SERVICES: HashMap<VipKey, ServiceEntry> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Read by userspace only; defined here so one object carries every map.
+#[map]
+pub static LB_SVC_META: Array<ServiceMeta> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
+pub static LB_BACKENDS: Array<BackendEntry> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// The pool of service tables: backend ids, `SCHEDULE_IDS_PER_ENTRY` (2) per element so the pool is
+/// one dense `u32` array. Userspace writes tables through an mmap of it, hence `BPF_F_MMAPABLE`.
+#[map]
+pub static LB_SCHEDULE: Array<[u32; 2]> = Array::with_max_entries(
+    ((DEFAULT_MAX_SERVICES + SPARE_TABLE_SLOTS) * DEFAULT_TABLE_SIZE)
+        .div_ceil(SCHEDULE_IDS_PER_ENTRY),
+    BPF_F_MMAPABLE,
+);
+
+#[map]
+pub static LB_FLOWS: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+#[map]
+pub static LB_PERSIST: LruHashMap<PersistKey, PersistEntry> =
+    LruHashMap::with_max_entries(DEFAULT_PERSIST_TABLE_SIZE, 0);
+
+/// Shared across CPUs (least-conn must see every CPU's connections), so updated atomically.
+#[map]
+pub static LB_BE_CONNS: Array<u64> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map]
+pub static LB_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
+pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[map]
+pub static LB_SVC_STATS: PerCpuArray<TrafficStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
+pub static LB_BE_STATS: PerCpuArray<TrafficStats> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map]
+pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static LB_DECAP_ADDRS: HashMap<DecapKey, u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+
+#[map]
+pub static LB_DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DecapCounter::COUNT, 0);
+
+/// Next hops by backend id, per CPU: `bpf_fib_lookup` costs ~45 ns for IPv4 and ~160 ns for IPv6
+/// per packet; see `route::next_hop_cached`.
+#[map]
+pub static LB_NH_CACHE: PerCpuArray<crate::route::CachedHop> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);

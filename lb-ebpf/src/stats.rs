@@ -1,0 +1,65 @@
+//! Counters. Per-CPU maps, so plain increments are race free.
+
+use lb_common::{Counter, DecapCounter, TrafficStats};
+
+use crate::maps::{LB_BE_STATS, LB_DECAP_STATS, LB_STATS, LB_SVC_STATS};
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(p) = LB_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, XDP does not migrate or nest on one CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Adds `n` (0 or 1 for a flag: an add instead of a branch keeps verification small).
+#[inline(always)]
+pub fn count_n(counter: Counter, n: u64) {
+    if let Some(p) = LB_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: as in `count`.
+        unsafe { *p += n };
+    }
+}
+
+#[inline(always)]
+pub fn count_decap(counter: DecapCounter) {
+    if let Some(p) = LB_DECAP_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: as in `count`.
+        unsafe { *p += 1 };
+    }
+}
+
+/// What happened to one packet of a service or backend.
+#[derive(Clone, Copy)]
+pub enum Traffic {
+    Forwarded { bytes: u64, new_flows: u64 },
+    Dropped,
+}
+
+#[inline(always)]
+fn apply(stats: *mut TrafficStats, traffic: Traffic) {
+    // SAFETY: `stats` is a per-CPU map value returned by the kernel.
+    let s = unsafe { &mut *stats };
+    match traffic {
+        Traffic::Forwarded { bytes, new_flows } => {
+            s.packets += 1;
+            s.bytes += bytes;
+            s.new_flows += new_flows;
+        }
+        Traffic::Dropped => s.drops += 1,
+    }
+}
+
+#[inline(always)]
+pub fn service_traffic(service_id: u32, traffic: Traffic) {
+    if let Some(p) = LB_SVC_STATS.get_ptr_mut(service_id) {
+        apply(p, traffic);
+    }
+}
+
+#[inline(always)]
+pub fn backend_traffic(backend_id: u32, traffic: Traffic) {
+    if let Some(p) = LB_BE_STATS.get_ptr_mut(backend_id) {
+        apply(p, traffic);
+    }
+}

@@ -1,0 +1,430 @@
+//! `lb run`: load the data plane, apply the configuration, attach, then follow the configuration
+//! source (the TOML file: SIGHUP and file changes; or ZooKeeper), sweep idle flows, and detach
+//! cleanly on SIGINT/SIGTERM.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use lb_common::LbConfig;
+use lb_common::limits::Capacity;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::apply::Applier;
+use crate::config;
+use crate::daemon_status::{self, DaemonStatus};
+use crate::dataplane::{AttachMode, Dataplane, LoadOptions};
+use crate::model::DesiredState;
+use crate::netif;
+use crate::nexthop::NextHopKeeper;
+use crate::sweeper::{self, FlowTimeouts};
+use crate::zk::source::{ZkSource, ZkSourceConfig};
+
+/// How often the configuration file is checked for changes.
+const FILE_POLL: Duration = Duration::from_secs(1);
+/// A backend that left the configuration keeps its id at least this long after its last flow.
+const RETIRED_GRACE: Duration = Duration::from_secs(10);
+/// How often next hops are re-resolved (routes may change under us).
+const NEXTHOP_REFRESH: Duration = Duration::from_secs(30);
+/// How often the status file for `lb status` is rewritten (it is also written after each apply).
+const STATUS_WRITE: Duration = Duration::from_secs(5);
+/// How long start-up waits for ZooKeeper's first state before attaching with none (it is applied
+/// whenever it arrives).
+const FIRST_ZK_STATE_WAIT: Duration = Duration::from_secs(15);
+
+/// Where desired states come from: exactly one of `--config` and `--zk`.
+pub enum SourceSpec {
+    File(PathBuf),
+    ZooKeeper(ZkSourceConfig),
+}
+
+/// Picks the source from `--config` and `--zk`, refusing both or neither.
+pub fn choose_source(
+    config: Option<PathBuf>,
+    zk: Option<ZkSourceConfig>,
+) -> anyhow::Result<SourceSpec> {
+    match (config, zk) {
+        (Some(file), None) => Ok(SourceSpec::File(file)),
+        (None, Some(zk)) => Ok(SourceSpec::ZooKeeper(zk)),
+        (Some(file), Some(zk)) => bail!(
+            "both --config {} and --zk {} were given: the services come either from a static TOML file \
+             or from ZooKeeper, so give only one",
+            file.display(),
+            zk.target.connect
+        ),
+        (None, None) => bail!(
+            "no configuration source: give --config FILE (a static TOML file) or \
+             --zk HOST:PORT[,HOST:PORT...][/chroot] (follow ZooKeeper)"
+        ),
+    }
+}
+
+pub struct RunOptions {
+    pub iface: String,
+    pub source: SourceSpec,
+    pub attach_mode: AttachMode,
+    pub pin_dir: PathBuf,
+    pub capacity: Capacity,
+    pub src_v4: Option<Ipv4Addr>,
+    pub src_v6: Option<Ipv6Addr>,
+    pub hash_seed: u32,
+    pub kernel_log: bool,
+    pub timeouts: FlowTimeouts,
+    pub sweep_interval: Duration,
+}
+
+/// Checks we run as root (loading XDP programs needs CAP_BPF + CAP_NET_ADMIN; we do not try to be clever).
+pub fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} must run as root (it loads XDP programs and pins maps); try `sudo`");
+    }
+    Ok(())
+}
+
+/// A fingerprint of the configuration file, to notice edits (including atomic rename-over).
+fn fingerprint(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    require_root("lb run")?;
+    opts.capacity.validate().map_err(|e| anyhow::anyhow!("invalid capacity: {e}"))?;
+    netif::ifindex(&opts.iface)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut source = Source::open(&opts.source, &runtime);
+    let outer = outer_sources(&opts)?;
+    let desired = match &mut source {
+        Source::File { path, .. } => {
+            let desired = config::load_config_file(path)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("the configuration is invalid; nothing was loaded")?;
+            check_families(&desired, &outer)?;
+            desired
+        }
+        Source::Zk(zk) => {
+            let first = runtime.block_on(first_zk_state(zk));
+            forwardable(first.as_deref().cloned().unwrap_or_default(), &outer)
+        }
+    };
+    let mut applied = AppliedTimes::default();
+
+    let mut dp = Dataplane::load(&LoadOptions {
+        capacity: opts.capacity,
+        pin_dir: Some(opts.pin_dir.clone()),
+        kernel_log: opts.kernel_log,
+    })?;
+    dp.set_config(&outer)?;
+    let mut applier = Applier::new(opts.capacity, opts.hash_seed);
+    let report = applier.apply(&mut dp, &desired).context("applying the configuration")?;
+    info!(services = desired.services.len(), generation = report.generation, "configuration applied");
+    applied.synced(true);
+    let mut nexthops = NextHopKeeper::default();
+    nexthops.refresh(applier.backend_addrs().iter().map(|a| a.ip()));
+
+    let mode = dp.attach_balancer(&opts.iface, opts.attach_mode)?;
+    info!(iface = %opts.iface, mode = ?mode, pin_dir = %opts.pin_dir.display(), "forwarding");
+
+    let mut ctx = Ctx { opts: &opts, dp: &mut dp, applier: &mut applier, nexthops: &mut nexthops, outer: &outer, applied };
+    let result = runtime.block_on(follow(&mut ctx, &mut source));
+    let _ = std::fs::remove_file(daemon_status::status_file_path(&opts.pin_dir));
+    drop(source);
+    nexthops.release();
+    dp.remove_pins();
+    drop(dp);
+    info!("detached and unpinned; bye");
+    result
+}
+
+fn outer_sources(opts: &RunOptions) -> anyhow::Result<LbConfig> {
+    let (dv4, dv6) = netif::default_sources(&opts.iface)?;
+    let v4 = opts.src_v4.or(dv4);
+    let v6 = opts.src_v6.or(dv6);
+    let mut cfg = LbConfig { hash_seed: opts.hash_seed, ..Default::default() };
+    if let Some(v4) = v4 {
+        cfg.src_v4 = lb_common::addr::to_words(IpAddr::V4(v4)).0[0];
+    }
+    if let Some(v6) = v6 {
+        cfg.src_v6 = lb_common::addr::to_words(IpAddr::V6(v6)).0;
+    }
+    info!(src_v4 = ?v4, src_v6 = ?v6, "outer source addresses");
+    Ok(cfg)
+}
+
+/// IPv4 services need an IPv4 outer source, IPv6 services an IPv6 one.
+fn check_families(desired: &DesiredState, outer: &LbConfig) -> anyhow::Result<()> {
+    for s in desired.services.values() {
+        if s.vip.is_ipv4() && outer.src_v4 == 0 {
+            bail!("service {} has an IPv4 VIP but the interface has no IPv4 address: pass --src-v4", s.name);
+        }
+        if s.vip.is_ipv6() && outer.src_v6 == [0; 4] {
+            bail!("service {} has an IPv6 VIP but the interface has no global IPv6 address: pass --src-v6", s.name);
+        }
+    }
+    Ok(())
+}
+
+/// What the follow loop works on.
+struct Ctx<'a> {
+    opts: &'a RunOptions,
+    dp: &'a mut Dataplane,
+    applier: &'a mut Applier,
+    nexthops: &'a mut NextHopKeeper,
+    outer: &'a LbConfig,
+    applied: AppliedTimes,
+}
+
+/// When the source last delivered a state, and when the data plane last changed (for `lb status`).
+#[derive(Clone, Copy, Debug, Default)]
+struct AppliedTimes {
+    last_sync: Option<SystemTime>,
+    last_change: Option<SystemTime>,
+}
+
+impl AppliedTimes {
+    fn synced(&mut self, changed: bool) {
+        let now = SystemTime::now();
+        self.last_sync = Some(now);
+        if changed {
+            self.last_change = Some(now);
+        }
+    }
+}
+
+/// The configuration source being followed.
+enum Source {
+    File { path: PathBuf, poll: tokio::time::Interval, last_seen: Option<(SystemTime, u64, u64)> },
+    Zk(ZkSource),
+}
+
+impl Source {
+    fn open(spec: &SourceSpec, runtime: &tokio::runtime::Runtime) -> Source {
+        match spec {
+            SourceSpec::File(path) => {
+                let _enter = runtime.enter();
+                Source::File { path: path.clone(), poll: tokio::time::interval(FILE_POLL), last_seen: fingerprint(path) }
+            }
+            SourceSpec::ZooKeeper(config) => {
+                let _enter = runtime.enter();
+                info!(zk = %config.target.connect, root = %config.target.schema.root(), "following ZooKeeper");
+                Source::Zk(ZkSource::spawn(config.clone()))
+            }
+        }
+    }
+
+    /// Waits for the next desired state. File errors are logged here (the last good configuration
+    /// keeps forwarding) and waited past.
+    async fn next(&mut self) -> DesiredState {
+        match self {
+            Source::File { path, poll, last_seen } => loop {
+                poll.tick().await;
+                let now = fingerprint(path);
+                if now != *last_seen {
+                    *last_seen = now;
+                    info!(file = %path.display(), "configuration file changed: reloading");
+                    if let Some(desired) = load_file(path) {
+                        return desired;
+                    }
+                }
+            },
+            Source::Zk(zk) => loop {
+                if zk.states.changed().await.is_err() {
+                    // The source task ended (it never does on its own): forward the last state.
+                    error!("the ZooKeeper source stopped; forwarding continues with the last state");
+                    std::future::pending::<()>().await;
+                }
+                let latest: Option<Arc<DesiredState>> = zk.states.borrow_and_update().clone();
+                if let Some(state) = latest {
+                    return (*state).clone();
+                }
+            },
+        }
+    }
+
+    /// SIGHUP: re-read the file now, or ask ZooKeeper for a full resync.
+    fn hangup(&mut self) -> Option<DesiredState> {
+        match self {
+            Source::File { path, last_seen, .. } => {
+                info!(file = %path.display(), "SIGHUP: reloading");
+                *last_seen = fingerprint(path);
+                load_file(path)
+            }
+            Source::Zk(zk) => {
+                info!("SIGHUP: full ZooKeeper resync");
+                zk.resync();
+                None
+            }
+        }
+    }
+}
+
+/// Waits (bounded) for the first state from ZooKeeper, so a (re)started daemon attaches with it.
+async fn first_zk_state(zk: &mut ZkSource) -> Option<Arc<DesiredState>> {
+    let wait = async {
+        loop {
+            if let Some(state) = zk.states.borrow_and_update().clone() {
+                return Some(state);
+            }
+            if zk.states.changed().await.is_err() {
+                return None;
+            }
+        }
+    };
+    match tokio::time::timeout(FIRST_ZK_STATE_WAIT, wait).await {
+        Ok(state) => state,
+        Err(_) => {
+            warn!(
+                "no state from ZooKeeper within {FIRST_ZK_STATE_WAIT:?}; attaching with no services, \
+                 they are applied as soon as ZooKeeper answers"
+            );
+            None
+        }
+    }
+}
+
+/// ZooKeeper states are validated per znode, so a service this host cannot tunnel (no outer address
+/// of its family) is left out with an error instead of refusing the whole state.
+fn forwardable(mut desired: DesiredState, outer: &LbConfig) -> DesiredState {
+    desired.services.retain(|name, s| {
+        let single = DesiredState { services: [(name.clone(), s.clone())].into() };
+        match check_families(&single, outer) {
+            Ok(()) => true,
+            Err(e) => {
+                error!("service not applied: {e:#}");
+                false
+            }
+        }
+    });
+    desired
+}
+
+async fn follow(ctx: &mut Ctx<'_>, source: &mut Source) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sweep = tokio::time::interval(ctx.opts.sweep_interval);
+    let mut status_tick = tokio::time::interval(STATUS_WRITE);
+    let mut last_nexthop = Instant::now();
+    let mut status_warned = false;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                if let Some(desired) = source.hangup() {
+                    apply_desired(ctx, source, desired);
+                    write_status(ctx, source, &mut status_warned);
+                }
+            }
+            desired = source.next() => {
+                apply_desired(ctx, source, desired);
+                write_status(ctx, source, &mut status_warned);
+            }
+            _ = sweep.tick() => {
+                sweep_once(ctx.opts, ctx.dp, ctx.applier);
+                if last_nexthop.elapsed() >= NEXTHOP_REFRESH {
+                    last_nexthop = Instant::now();
+                    ctx.nexthops.refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
+                }
+            }
+            _ = status_tick.tick() => write_status(ctx, source, &mut status_warned),
+            _ = int.recv() => { info!("SIGINT: detaching"); return Ok(()); }
+            _ = term.recv() => { info!("SIGTERM: detaching"); return Ok(()); }
+        }
+    }
+}
+
+/// Reads the file; an invalid file is rejected with its line and field (the last good
+/// configuration keeps forwarding).
+fn load_file(path: &Path) -> Option<DesiredState> {
+    match config::load_config_file(path) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            error!("configuration rejected, the last good configuration keeps forwarding: {e}");
+            None
+        }
+    }
+}
+
+fn apply_desired(ctx: &mut Ctx<'_>, source: &Source, desired: DesiredState) {
+    let desired = match source {
+        Source::File { .. } => {
+            if let Err(e) = check_families(&desired, ctx.outer) {
+                error!("configuration rejected, the last good configuration keeps forwarding: {e:#}");
+                return;
+            }
+            desired
+        }
+        Source::Zk(_) => forwardable(desired, ctx.outer),
+    };
+    match ctx.applier.apply(ctx.dp, &desired) {
+        Ok(r) if r.added.is_empty() && r.changed.is_empty() && r.removed.is_empty() => {
+            ctx.applied.synced(false);
+            info!("configuration unchanged");
+        }
+        Ok(r) => {
+            ctx.applied.synced(true);
+            info!(generation = r.generation, added = ?r.added, changed = ?r.changed, removed = ?r.removed, "configuration applied");
+            ctx.nexthops.refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
+        }
+        Err(e) => error!("applying the configuration failed part-way (services before the failing one are applied, the failing one keeps its last version): {e}"),
+    }
+}
+
+/// Writes the status file `lb status` shows; a failure is logged once.
+fn write_status(ctx: &Ctx<'_>, source: &Source, warned: &mut bool) {
+    let ms = |t: Option<SystemTime>| t.map(crate::zk::source::unix_ms);
+    let (kind, config_file, zookeeper) = match source {
+        Source::File { path, .. } => ("file", Some(path.clone()), None),
+        Source::Zk(zk) => {
+            let status = zk.status.borrow().clone();
+            ("zookeeper", None, Some(status))
+        }
+    };
+    // With ZooKeeper the state is current as of the last full read, even when nothing changed.
+    let last_sync = match &zookeeper {
+        Some(z) => z.last_sync_unix_ms.or(ms(ctx.applied.last_sync)),
+        None => ms(ctx.applied.last_sync),
+    };
+    let status = DaemonStatus {
+        pid: std::process::id(),
+        iface: ctx.opts.iface.clone(),
+        source: kind,
+        config_file,
+        generation: ctx.applier.generation(),
+        services: ctx.applier.applied_state().services.len(),
+        last_sync_unix_ms: last_sync,
+        last_change_unix_ms: ms(ctx.applied.last_change),
+        written_unix_ms: crate::zk::source::unix_ms(SystemTime::now()),
+        zookeeper,
+    };
+    let path = daemon_status::status_file_path(&ctx.opts.pin_dir);
+    match daemon_status::write(&path, &status) {
+        Ok(()) => *warned = false,
+        Err(e) if !*warned => {
+            *warned = true;
+            warn!("writing the status file {} failed: {e}; `lb status` will not show the daemon's state", path.display());
+        }
+        Err(_) => {}
+    }
+}
+
+fn sweep_once(opts: &RunOptions, dp: &mut Dataplane, applier: &mut Applier) {
+    let ids = applier.all_backend_ids();
+    match sweeper::sweep(dp, &opts.timeouts, &ids) {
+        Ok(report) => {
+            if report.expired > 0 || report.counters_corrected > 0 {
+                info!(flows = report.flows, expired = report.expired, corrected = report.counters_corrected, "swept flows");
+            }
+            match applier.release_retired(dp, &report.in_use, RETIRED_GRACE) {
+                Ok(n) if n > 0 => info!(released = n, "retired backends released"),
+                Ok(_) => {}
+                Err(e) => warn!("releasing retired backends failed: {e}"),
+            }
+        }
+        Err(e) => warn!("sweeping flows failed: {e}"),
+    }
+}

@@ -1,0 +1,133 @@
+//! What can go wrong between the control plane and the eBPF side.
+
+use std::{io, path::PathBuf};
+
+use aya::{EbpfError, maps::MapError, pin::PinError, programs::ProgramError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading XDP programs needs root: run `lb` as root (or with sudo)")]
+    NotRoot,
+
+    #[error(
+        "{path} is not on a BPF filesystem, so maps cannot be pinned there; mount one with `mount -t bpf bpf /sys/fs/bpf`"
+    )]
+    BpffsNotMounted { path: PathBuf },
+
+    #[error("pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("pinning map {map} at {path} failed: {source}")]
+    Pin {
+        map: &'static str,
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
+
+    #[error(
+        "map {map} is not pinned at {path} (is `lb run` running, with the same --pin-dir?): {source}"
+    )]
+    NotPinned {
+        map: &'static str,
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+
+    #[error(
+        "creating the maps of the eBPF object failed (too large a capacity for this host's memory?): {source}"
+    )]
+    Object {
+        #[source]
+        source: EbpfError,
+    },
+
+    /// The kernel rejected a program; the message carries the verifier log in full.
+    #[error("the kernel rejected XDP program {program}: {source}")]
+    Load {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+
+    #[error(
+        "the eBPF object has no XDP program named {program}; the embedded object is out of date, rebuild `lb`"
+    )]
+    MissingProgram { program: &'static str },
+
+    #[error(
+        "map {map} is missing or has the wrong type in the eBPF object; rebuild `lb`: {source}"
+    )]
+    MissingMap {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+
+    #[error("no network interface named {iface:?} (see `ip link`)")]
+    NoSuchInterface { iface: String },
+
+    #[error("attaching XDP to {iface} failed: {source}")]
+    Attach {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+
+    #[error(
+        "enabling forwarding on {iface} ({path}) failed: {source}; the balancer cannot route without it"
+    )]
+    Forwarding {
+        iface: String,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{op} on map {map} failed: {source}")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
+
+    #[error(
+        "{map}: index {index} + {len} entries is past its end ({capacity} entries); raise the capacity or fix the caller"
+    )]
+    OutOfRange {
+        map: &'static str,
+        index: u64,
+        len: u64,
+        capacity: u64,
+    },
+
+    #[error("mapping {map} into memory failed: {source}")]
+    Mmap {
+        map: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("invalid capacity: {0}")]
+    Capacity(&'static str),
+
+    #[error("bench harness: {0}")]
+    Bench(String),
+
+    #[error("forwarding kernel logs failed: {0}")]
+    KernelLog(String),
+}
+
+/// Builds the `map_err` closure of a map operation.
+pub(crate) fn map_op(
+    map: &'static str,
+    op: &'static str,
+) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, op, source }
+}

@@ -1,0 +1,228 @@
+//! `MapsView`: typed handles of every map. The daemon owns one through `Dataplane` (and writes
+//! through it); `lb status` opens one from the pins without the daemon and only reads.
+
+use std::{os::fd::AsFd as _, path::Path};
+
+use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
+use lb_common::{
+    BackendEntry, Counter, DecapCounter, DecapKey, FlowEntry, FlowKey, LbConfig, PersistEntry,
+    PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipKey,
+    limits::{Capacity, SCHEDULE_IDS_PER_ENTRY, SPARE_TABLE_SLOTS},
+    maps,
+};
+
+use super::{DataplaneError, error::map_op, schedule::ScheduleMmap};
+
+/// Typed handles of every map of the data plane.
+pub struct MapsView {
+    pub(crate) services: HashMap<MapData, VipKey, ServiceEntry>,
+    pub(crate) service_meta: Array<MapData, ServiceMeta>,
+    pub(crate) backends: Array<MapData, BackendEntry>,
+    pub(crate) schedule: ScheduleMmap,
+    pub(crate) flows: HashMap<MapData, FlowKey, FlowEntry>,
+    // Written by the XDP program only; kept so the view owns every map.
+    #[allow(dead_code)]
+    pub(crate) persist: HashMap<MapData, PersistKey, PersistEntry>,
+    pub(crate) backend_conns: Array<MapData, u64>,
+    #[allow(dead_code)]
+    pub(crate) cursors: PerCpuArray<MapData, u32>,
+    pub(crate) stats: PerCpuArray<MapData, u64>,
+    pub(crate) service_stats: PerCpuArray<MapData, TrafficStats>,
+    pub(crate) backend_stats: PerCpuArray<MapData, TrafficStats>,
+    pub(crate) config: Array<MapData, LbConfig>,
+    pub(crate) decap_addrs: HashMap<MapData, DecapKey, u32>,
+    pub(crate) decap_stats: PerCpuArray<MapData, u64>,
+    capacity: Capacity,
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(
+    name: &'static str,
+    map: Map,
+) -> Result<T, DataplaneError> {
+    T::try_from(map).map_err(|source| DataplaneError::MissingMap { map: name, source })
+}
+
+fn max_entries<K: aya::Pod, V, M: IterableMap<K, V>>(
+    name: &'static str,
+    m: &M,
+) -> Result<u32, DataplaneError> {
+    Ok(m.map()
+        .info()
+        .map_err(map_op(name, "reading map info"))?
+        .max_entries())
+}
+
+impl MapsView {
+    /// Builds the view from a source of maps by name (the loaded object, or the pins).
+    pub(crate) fn from_source(
+        mut source: impl FnMut(&'static str) -> Result<Map, DataplaneError>,
+        writable: bool,
+    ) -> Result<Self, DataplaneError> {
+        let services: HashMap<_, VipKey, ServiceEntry> =
+            typed(maps::SERVICES, source(maps::SERVICES)?)?;
+        let backends: Array<_, BackendEntry> = typed(maps::BACKENDS, source(maps::BACKENDS)?)?;
+        let schedule_map: Array<_, [u32; 2]> = typed(maps::SCHEDULE, source(maps::SCHEDULE)?)?;
+        let flows: HashMap<_, FlowKey, FlowEntry> = typed(maps::FLOWS, source(maps::FLOWS)?)?;
+        let persist: HashMap<_, PersistKey, PersistEntry> =
+            typed(maps::PERSIST, source(maps::PERSIST)?)?;
+
+        let max_services = max_entries(maps::SERVICES, &services)?;
+        // Ids the pool holds: `SCHEDULE_IDS_PER_ENTRY` per map element.
+        let schedule_entries = max_entries(maps::SCHEDULE, &schedule_map)? * SCHEDULE_IDS_PER_ENTRY;
+        let capacity = Capacity {
+            max_services,
+            max_backends: max_entries(maps::BACKENDS, &backends)?,
+            table_size: schedule_entries / (max_services + SPARE_TABLE_SLOTS),
+            flow_table_size: max_entries(maps::FLOWS, &flows)?,
+            persist_table_size: max_entries(maps::PERSIST, &persist)?,
+        };
+        let schedule =
+            ScheduleMmap::new(schedule_map.map().fd().as_fd(), schedule_entries, writable)?;
+
+        Ok(MapsView {
+            services,
+            service_meta: typed(maps::SERVICE_META, source(maps::SERVICE_META)?)?,
+            backends,
+            schedule,
+            flows,
+            persist,
+            backend_conns: typed(maps::BACKEND_CONNS, source(maps::BACKEND_CONNS)?)?,
+            cursors: typed(maps::CURSORS, source(maps::CURSORS)?)?,
+            stats: typed(maps::STATS, source(maps::STATS)?)?,
+            service_stats: typed(maps::SERVICE_STATS, source(maps::SERVICE_STATS)?)?,
+            backend_stats: typed(maps::BACKEND_STATS, source(maps::BACKEND_STATS)?)?,
+            config: typed(maps::CONFIG, source(maps::CONFIG)?)?,
+            decap_addrs: typed(maps::DECAP_ADDRS, source(maps::DECAP_ADDRS)?)?,
+            decap_stats: typed(maps::DECAP_STATS, source(maps::DECAP_STATS)?)?,
+            capacity,
+        })
+    }
+
+    /// Opens the maps a running `lb run` pinned under `pin_dir`, read-only.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self, DataplaneError> {
+        Self::from_source(
+            |name| {
+                let path = pin_dir.join(name);
+                let data =
+                    MapData::from_pin(&path).map_err(|source| DataplaneError::NotPinned {
+                        map: name,
+                        path: path.clone(),
+                        source,
+                    })?;
+                Map::from_map_data(data)
+                    .map_err(|source| DataplaneError::MissingMap { map: name, source })
+            },
+            false,
+        )
+    }
+
+    /// Every global counter of the balancer, summed over CPUs, in `Counter::ALL` order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
+        Counter::ALL
+            .iter()
+            .map(|c| Ok((*c, sum_u64(&self.stats, *c as u32, maps::STATS)?)))
+            .collect()
+    }
+
+    /// Every counter of the decap program, summed over CPUs.
+    pub fn decap_counters(&self) -> Result<Vec<(DecapCounter, u64)>, DataplaneError> {
+        DecapCounter::ALL
+            .iter()
+            .map(|c| {
+                Ok((
+                    *c,
+                    sum_u64(&self.decap_stats, *c as u32, maps::DECAP_STATS)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Every service (VIP) entry.
+    pub fn services(&self) -> Result<Vec<(VipKey, ServiceEntry)>, DataplaneError> {
+        bounded_entries(&self.services, self.capacity.max_services, maps::SERVICES)
+    }
+
+    pub fn service_meta(&self, id: u32) -> Result<ServiceMeta, DataplaneError> {
+        self.service_meta
+            .get(&id, 0)
+            .map_err(map_op(maps::SERVICE_META, "lookup"))
+    }
+
+    pub fn backend(&self, id: u32) -> Result<BackendEntry, DataplaneError> {
+        self.backends
+            .get(&id, 0)
+            .map_err(map_op(maps::BACKENDS, "lookup"))
+    }
+
+    /// Active connections of a backend as the XDP program counts them.
+    pub fn backend_conns(&self, id: u32) -> Result<u64, DataplaneError> {
+        self.backend_conns
+            .get(&id, 0)
+            .map_err(map_op(maps::BACKEND_CONNS, "lookup"))
+    }
+
+    /// Traffic of a service, summed over CPUs.
+    pub fn service_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError> {
+        sum_traffic(&self.service_stats, id, maps::SERVICE_STATS)
+    }
+
+    /// Traffic of a backend, summed over CPUs.
+    pub fn backend_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError> {
+        sum_traffic(&self.backend_stats, id, maps::BACKEND_STATS)
+    }
+
+    /// The table a service entry points at.
+    pub fn table(&self, entry: &ServiceEntry) -> Result<Vec<u32>, DataplaneError> {
+        self.schedule.read(entry.table_offset, entry.table_len)
+    }
+
+    /// Every tracked flow (at most the flow table's size; flows evicted while listing are skipped).
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>, DataplaneError> {
+        bounded_entries(&self.flows, self.capacity.flow_table_size, maps::FLOWS)
+    }
+
+    /// The sizes the maps were created with.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+}
+
+fn sum_u64(
+    map: &PerCpuArray<MapData, u64>,
+    index: u32,
+    name: &'static str,
+) -> Result<u64, DataplaneError> {
+    let values = map.get(&index, 0).map_err(map_op(name, "lookup"))?;
+    Ok(values.iter().fold(0u64, |acc, v| acc.wrapping_add(*v)))
+}
+
+fn sum_traffic(
+    map: &PerCpuArray<MapData, TrafficStats>,
+    index: u32,
+    name: &'static str,
+) -> Result<TrafficStats, DataplaneError> {
+    let values = map.get(&index, 0).map_err(map_op(name, "lookup"))?;
+    let mut total = TrafficStats::default();
+    for v in values.iter() {
+        total.add(v);
+    }
+    Ok(total)
+}
+
+/// All entries of a hash map, iterating at most `limit` keys (a concurrent writer cannot make the
+/// walk endless). Keys deleted between listing and lookup are skipped.
+fn bounded_entries<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    limit: u32,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, DataplaneError> {
+    let mut out = Vec::new();
+    for item in map.iter().take(limit as usize) {
+        match item {
+            Ok(kv) => out.push(kv),
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(map_op(name, "iterate")(e)),
+        }
+    }
+    Ok(out)
+}

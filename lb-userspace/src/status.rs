@@ -1,0 +1,164 @@
+//! `lb status`: what the data plane is doing, read from the pinned maps (no daemon needed).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context as _;
+use lb_common::{BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, Scheduler, ServiceEntry, VipKey};
+use serde::Serialize;
+
+use crate::dataplane::MapsView;
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub services: Vec<ServiceStatus>,
+    pub counters: serde_json::Map<String, serde_json::Value>,
+    /// Entries in the flow table (established, half-open and closing).
+    pub flows: usize,
+    /// What the running daemon reports about its source (see `daemon_status`); absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub id: u32,
+    pub vip: String,
+    pub scheduler: String,
+    pub generation: u32,
+    pub table_len: u32,
+    pub persistence_timeout_s: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub drops: u64,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    pub id: u32,
+    pub addr: String,
+    pub weight: u32,
+    /// `active`, `draining` (no new flows) or `down` (failed health check).
+    pub state: &'static str,
+    pub active_conns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+fn socket_addr(words: [u32; 4], family: u8, port_be: u16) -> String {
+    match lb_common::addr::from_words(words, family) {
+        Some(ip) => SocketAddr::new(ip, u16::from_be(port_be)).to_string(),
+        None => format!("<family {family}>"),
+    }
+}
+
+fn vip_string(k: &VipKey) -> String {
+    socket_addr(k.addr, k.family, k.port_be)
+}
+
+/// Reads everything `lb status` shows.
+pub fn collect(maps: &MapsView) -> anyhow::Result<Status> {
+    let capacity = maps.capacity();
+    let mut services: Vec<(VipKey, ServiceEntry)> = maps.services()?;
+    services.sort_by_key(|(_, e)| e.id);
+    // One pass over the backend array, grouped by service.
+    let mut backends_by_service: std::collections::BTreeMap<u32, Vec<BackendStatus>> = Default::default();
+    for id in 0..capacity.max_backends {
+        let b = maps.backend(id)?;
+        if b.flags & BACKEND_F_VALID == 0 {
+            continue;
+        }
+        let stats = maps.backend_stats(id)?;
+        let state = if b.flags & BACKEND_F_DOWN != 0 {
+            "down"
+        } else if b.flags & BACKEND_F_DRAINING != 0 || b.weight == 0 {
+            "draining"
+        } else {
+            "active"
+        };
+        backends_by_service.entry(b.service_id).or_default().push(BackendStatus {
+            id,
+            addr: socket_addr(b.addr, b.family, b.port_be),
+            weight: b.weight,
+            state,
+            active_conns: maps.backend_conns(id)?,
+            packets: stats.packets,
+            bytes: stats.bytes,
+            new_flows: stats.new_flows,
+        });
+    }
+    let mut out = Vec::new();
+    for (key, e) in services {
+        let meta = maps.service_meta(e.id)?;
+        let name_len = meta.name.iter().position(|b| *b == 0).unwrap_or(meta.name.len());
+        let stats = maps.service_stats(e.id)?;
+        out.push(ServiceStatus {
+            name: String::from_utf8_lossy(&meta.name[..name_len]).into_owned(),
+            id: e.id,
+            vip: vip_string(&key),
+            scheduler: Scheduler::from_u32(e.scheduler).map(|s| s.name().to_string()).unwrap_or_else(|| format!("<{}>", e.scheduler)),
+            generation: e.generation,
+            table_len: e.table_len,
+            persistence_timeout_s: e.persist_timeout_s,
+            packets: stats.packets,
+            bytes: stats.bytes,
+            new_flows: stats.new_flows,
+            drops: stats.drops,
+            backends: backends_by_service.remove(&e.id).unwrap_or_default(),
+        });
+    }
+    let counters = maps
+        .counters()?
+        .into_iter()
+        .map(|(c, n)| (c.name().to_string(), serde_json::Value::from(n)))
+        .collect();
+    Ok(Status { services: out, counters, flows: maps.flows()?.len(), daemon: None })
+}
+
+pub fn run(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let maps = MapsView::open_pinned(pin_dir)?;
+    let mut status = collect(&maps).with_context(|| format!("reading the maps pinned under {}", pin_dir.display()))?;
+    status.daemon = crate::daemon_status::read_for_status(pin_dir);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(())
+}
+
+/// The human-readable table (like `ipvsadm -L -n --stats`).
+pub fn render(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    if let Some(daemon) = &s.daemon {
+        o.push_str(&crate::daemon_status::render(daemon));
+    }
+    let _ = writeln!(o, "{:<24} {:<28} {:<10} {:>5} {:>12} {:>14} {:>10} {:>8}", "SERVICE", "VIP", "SCHEDULER", "GEN", "PACKETS", "BYTES", "NEW FLOWS", "DROPS");
+    for svc in &s.services {
+        let _ = writeln!(
+            o,
+            "{:<24} {:<28} {:<10} {:>5} {:>12} {:>14} {:>10} {:>8}",
+            svc.name, svc.vip, svc.scheduler, svc.generation, svc.packets, svc.bytes, svc.new_flows, svc.drops
+        );
+        for b in &svc.backends {
+            let _ = writeln!(
+                o,
+                "  -> {:<40} weight {:>5} {:<9} conns {:>7} packets {:>10} new flows {:>8}",
+                b.addr, b.weight, b.state, b.active_conns, b.packets, b.new_flows
+            );
+        }
+    }
+    let _ = writeln!(o, "\nflows in table: {}", s.flows);
+    let _ = writeln!(o, "counters:");
+    for (name, v) in &s.counters {
+        if v.as_u64().unwrap_or(0) > 0 {
+            let _ = writeln!(o, "  {name:<24} {v}");
+        }
+    }
+    o
+}

@@ -1,0 +1,136 @@
+//! Expires idle flows and keeps the per-backend active-connection counters exact.
+//!
+//! The XDP program counts a connection up on its first packet and down on the client's FIN/RST. Flows
+//! that vanish without either (a client that disappeared, an LRU eviction) would leave the counter
+//! inflated, so every sweep deletes flows idle longer than their timeout and then sets each backend's
+//! counter to the number of counted flows the table really holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use lb_common::{FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FlowEntry, FlowKey};
+
+use crate::dataplane::{Dataplane, DataplaneError, now_coarse_ns};
+
+/// Idle timeouts by flow state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    /// Flows past the handshake (IPVS: 900 s).
+    pub established: Duration,
+    /// Flows that only ever sent a SYN (a SYN flood's residue).
+    pub half_open: Duration,
+    /// Flows whose client sent FIN/RST, kept for the last ACKs.
+    pub closed: Duration,
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        FlowTimeouts {
+            established: Duration::from_secs(900),
+            half_open: Duration::from_secs(30),
+            closed: Duration::from_secs(10),
+        }
+    }
+}
+
+impl FlowTimeouts {
+    fn for_flags(&self, flags: u32) -> Duration {
+        if flags & FLOW_F_CLOSED != 0 {
+            self.closed
+        } else if flags & FLOW_F_ESTABLISHED != 0 {
+            self.established
+        } else {
+            self.half_open
+        }
+    }
+}
+
+/// What one sweep saw and did.
+#[derive(Debug, Default, Clone)]
+pub struct SweepReport {
+    pub flows: usize,
+    pub expired: usize,
+    /// Counted flows per backend id after the sweep.
+    pub active: BTreeMap<u32, u64>,
+    /// Backend ids any remaining flow refers to.
+    pub in_use: BTreeSet<u32>,
+    pub counters_corrected: usize,
+}
+
+/// Decides which flows are expired at `now_ns` (pure; unit-tested).
+pub fn expired_flows(flows: &[(FlowKey, FlowEntry)], now_ns: u64, timeouts: &FlowTimeouts) -> Vec<usize> {
+    flows
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, e))| {
+            let idle = now_ns.saturating_sub(e.last_seen_ns);
+            idle > timeouts.for_flags(e.flags).as_nanos() as u64
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// One sweep: expire idle flows, then reconcile the connection counters of `backend_ids`.
+pub fn sweep(
+    dp: &mut Dataplane,
+    timeouts: &FlowTimeouts,
+    backend_ids: &BTreeSet<u32>,
+) -> Result<SweepReport, DataplaneError> {
+    let flows = dp.maps().flows()?;
+    let now = now_coarse_ns();
+    let expired = expired_flows(&flows, now, timeouts);
+    let expired_set: BTreeSet<usize> = expired.iter().copied().collect();
+    for i in &expired {
+        // A flow may have been evicted or closed meanwhile; a missing key is not an error worth failing on.
+        let _ = dp.delete_flow(&flows[*i].0);
+    }
+    let mut report = SweepReport { flows: flows.len() - expired.len(), expired: expired.len(), ..Default::default() };
+    for (i, (_, e)) in flows.iter().enumerate() {
+        if expired_set.contains(&i) {
+            continue;
+        }
+        report.in_use.insert(e.backend_id);
+        if e.flags & FLOW_F_COUNTED != 0 {
+            *report.active.entry(e.backend_id).or_default() += 1;
+        }
+    }
+    for id in backend_ids {
+        let want = report.active.get(id).copied().unwrap_or(0);
+        let have = dp.maps().backend_conns(*id)?;
+        if have != want {
+            // A flow inserted between the scan and this write is corrected by the next sweep.
+            dp.set_backend_conns(*id, want)?;
+            report.counters_corrected += 1;
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(flags: u32, last_seen_ns: u64) -> (FlowKey, FlowEntry) {
+        (FlowKey::default(), FlowEntry { backend_id: 1, flags, last_seen_ns })
+    }
+
+    #[test]
+    fn each_state_has_its_own_timeout() {
+        let t = FlowTimeouts {
+            established: Duration::from_secs(100),
+            half_open: Duration::from_secs(10),
+            closed: Duration::from_secs(1),
+        };
+        let s = 1_000_000_000u64;
+        let now = 1000 * s;
+        let flows = vec![
+            flow(FLOW_F_COUNTED | FLOW_F_ESTABLISHED, now - 50 * s), // established, fresh
+            flow(FLOW_F_COUNTED | FLOW_F_ESTABLISHED, now - 150 * s), // established, idle
+            flow(FLOW_F_COUNTED, now - 5 * s),                        // half-open, fresh
+            flow(FLOW_F_COUNTED, now - 20 * s),                       // half-open, idle
+            flow(FLOW_F_ESTABLISHED | FLOW_F_CLOSED, now - 2 * s),    // closed, idle
+            flow(FLOW_F_ESTABLISHED, now + s),                        // touched after `now` was read
+        ];
+        assert_eq!(expired_flows(&flows, now, &t), vec![1, 3, 4]);
+    }
+}

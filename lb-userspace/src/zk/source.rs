@@ -1,0 +1,628 @@
+//! The ZooKeeper source: follows `<root>` and sends validated desired states to the daemon.
+//!
+//! - One persistent recursive watch on the root; every event only marks the tree dirty.
+//! - A full read on start, after every reconnect and after a session expiry (persistent watches can
+//!   miss events across a reconnect, ZOOKEEPER-4698), and after a debounce when the tree is dirty
+//!   (`debounce_quiet` without events, or `debounce_max` after the first one), so a burst of writes
+//!   becomes one state.
+//! - Fail static: while ZooKeeper is unreachable or the session is gone nothing is sent, so the
+//!   daemon keeps forwarding with the last state, indefinitely. Reconnects back off exponentially
+//!   with jitter.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::sleep_until;
+use tracing::{error, info, warn};
+use zookeeper_client::{AddWatchMode, Client, EventType, SessionState};
+
+use super::backoff::Backoff;
+use super::client::{ZkError, ZkTarget};
+use super::guard::{GuardConfig, GuardEvent, MassRemovalGuard};
+use super::snapshot::{RawService, RawTree, Rejection, Warning, build_snapshot};
+use crate::model::DesiredState;
+
+/// How the source behaves; [`ZkSourceConfig::new`] has the defaults.
+#[derive(Clone, Debug)]
+pub struct ZkSourceConfig {
+    pub target: ZkTarget,
+    pub session_timeout: Duration,
+    /// Rebuild once no event came for this long...
+    pub debounce_quiet: Duration,
+    /// ...or this long after the first event of a burst, whichever is first.
+    pub debounce_max: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub guard: GuardConfig,
+}
+
+impl ZkSourceConfig {
+    pub fn new(target: ZkTarget) -> ZkSourceConfig {
+        ZkSourceConfig {
+            target,
+            session_timeout: Duration::from_secs(10),
+            debounce_quiet: Duration::from_millis(100),
+            debounce_max: Duration::from_secs(1),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            guard: GuardConfig::default(),
+        }
+    }
+}
+
+/// The session as the daemon last saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZkConnection {
+    /// No session yet (starting, or reconnecting after a failure).
+    Connecting,
+    Connected,
+    /// The session exists but the connection is lost; the client is reconnecting.
+    Disconnected,
+    /// The session expired; a new one is being opened.
+    Expired,
+    /// The server refused the credentials; retrying (the operator must fix them).
+    AuthFailed,
+}
+
+/// What `lb status` shows about ZooKeeper.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ZkStatus {
+    pub connect: String,
+    pub root: String,
+    pub connection: ZkConnection,
+    /// `0x...` while a session exists.
+    pub session_id: Option<String>,
+    /// When the last full read succeeded (milliseconds since the Unix epoch).
+    pub last_sync_unix_ms: Option<u64>,
+    /// Distinct rejected znodes seen so far (each counted when first seen).
+    pub rejections: u64,
+    /// Rejected znodes in the current tree.
+    pub current_rejections: usize,
+    /// Backends kept by the mass-removal guard.
+    pub held_backends: usize,
+    /// Full reads of the tree so far (a burst of writes should cost one).
+    pub full_reads: u64,
+    pub services: usize,
+}
+
+/// A running source. Dropping it stops the task (and closes the session).
+pub struct ZkSource {
+    /// `None` until the first full read; then every state built (after the guard).
+    pub states: watch::Receiver<Option<Arc<DesiredState>>>,
+    pub status: watch::Receiver<ZkStatus>,
+    resync: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl ZkSource {
+    /// Starts following ZooKeeper on the current tokio runtime.
+    pub fn spawn(config: ZkSourceConfig) -> ZkSource {
+        let (states_tx, states) = watch::channel(None);
+        let (status_tx, status) = watch::channel(ZkStatus {
+            connect: config.target.connect.clone(),
+            root: config.target.schema.root().to_owned(),
+            connection: ZkConnection::Connecting,
+            session_id: None,
+            last_sync_unix_ms: None,
+            rejections: 0,
+            current_rejections: 0,
+            held_backends: 0,
+            full_reads: 0,
+            services: 0,
+        });
+        let resync = Arc::new(Notify::new());
+        let worker = Worker {
+            guard: MassRemovalGuard::new(config.guard),
+            config,
+            states_tx,
+            status_tx,
+            built: DesiredState::default(),
+            logged_rejections: BTreeSet::new(),
+            logged_warnings: BTreeSet::new(),
+        };
+        let task = tokio::spawn(worker.run(resync.clone()));
+        ZkSource {
+            states,
+            status,
+            resync,
+            task,
+        }
+    }
+
+    /// Asks for a full read now (SIGHUP).
+    pub fn resync(&self) {
+        self.resync.notify_one();
+    }
+}
+
+impl Drop for ZkSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Why a session's follow loop ended.
+enum SessionEnd {
+    Expired,
+    AuthFailed,
+    /// Closed, or an error that leaves the session unusable.
+    Lost(String),
+}
+
+struct Worker {
+    config: ZkSourceConfig,
+    states_tx: watch::Sender<Option<Arc<DesiredState>>>,
+    status_tx: watch::Sender<ZkStatus>,
+    /// The last state built from the tree (before the guard): the "last good" of each service.
+    built: DesiredState,
+    guard: MassRemovalGuard,
+    logged_rejections: BTreeSet<Rejection>,
+    logged_warnings: BTreeSet<Warning>,
+}
+
+/// A burst of events not yet read.
+#[derive(Clone, Copy)]
+struct Dirty {
+    first: Instant,
+    last: Instant,
+}
+
+impl Worker {
+    async fn run(mut self, resync: Arc<Notify>) {
+        let target = self.config.target.clone();
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        let mut failures: u32 = 0;
+        loop {
+            let client = match target.connect(self.config.session_timeout).await {
+                Ok(client) => client,
+                Err(e) => {
+                    failures += 1;
+                    // Log the first failure and then every tenth, not every retry.
+                    if failures == 1 || failures.is_multiple_of(10) {
+                        warn!(
+                            attempt = failures,
+                            "{e}; forwarding continues with the last state, retrying"
+                        );
+                    }
+                    if matches!(
+                        e,
+                        ZkError::Connect {
+                            source: zookeeper_client::Error::AuthFailed,
+                            ..
+                        }
+                    ) {
+                        self.set_connection(ZkConnection::AuthFailed, None);
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            if failures > 0 {
+                info!(after_attempts = failures, "reconnected to ZooKeeper");
+            }
+            failures = 0;
+            backoff.reset();
+            let session = client.session_id();
+            info!(connect = %target.connect, root = %target.schema.root(), session = %session, "ZooKeeper session open");
+            self.set_connection(ZkConnection::Connected, Some(session.to_string()));
+            match self.follow_session(&client, &resync).await {
+                SessionEnd::Expired => {
+                    warn!(session = %session, "ZooKeeper session expired; forwarding continues with the last state while a new session is opened");
+                    self.set_connection(ZkConnection::Expired, None);
+                }
+                SessionEnd::AuthFailed => {
+                    error!(
+                        "ZooKeeper refused the credentials; forwarding continues with the last state"
+                    );
+                    self.set_connection(ZkConnection::AuthFailed, None);
+                }
+                SessionEnd::Lost(why) => {
+                    warn!(session = %session, "ZooKeeper session lost: {why}; reconnecting");
+                    self.set_connection(ZkConnection::Connecting, None);
+                }
+            }
+            drop(client);
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    /// Follows one session until it ends.
+    async fn follow_session(&mut self, client: &Client, resync: &Notify) -> SessionEnd {
+        let root = self.config.target.schema.root().to_owned();
+        let mut watcher = match client.watch(&root, AddWatchMode::PersistentRecursive).await {
+            Ok(w) => w,
+            Err(e) => return SessionEnd::Lost(format!("adding the watch on {root} failed: {e}")),
+        };
+        // The watch is in place before the read, so no change can fall between them.
+        let now = Instant::now();
+        let mut dirty = Some(Dirty {
+            first: now,
+            last: now,
+        });
+        let mut read_failures: u32 = 0;
+        let mut missing_logged = false;
+        loop {
+            let read_at = dirty.map(|d| {
+                (d.last + self.config.debounce_quiet).min(d.first + self.config.debounce_max)
+            });
+            let guard_at = self.guard.next_deadline();
+            let wake = [read_at, guard_at].into_iter().flatten().min();
+            let wake = wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                event = watcher.changed() => {
+                    let now = Instant::now();
+                    if event.event_type == EventType::Session {
+                        match event.session_state {
+                            SessionState::Disconnected => {
+                                warn!("ZooKeeper connection lost; forwarding continues with the last state");
+                                self.set_connection(ZkConnection::Disconnected, Some(client.session_id().to_string()));
+                            }
+                            SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                                info!("ZooKeeper connection back; resyncing");
+                                // zookeeper-client 0.11.2 restores watches after a reconnect with SetWatches
+                                // only (`resend_watches` never picks SetWatches2), which cannot carry
+                                // persistent watches: add ours again, before the read, so no later change
+                                // goes unnoticed.
+                                match client.watch(&root, AddWatchMode::PersistentRecursive).await {
+                                    Ok(w) => watcher = w,
+                                    Err(e) => return SessionEnd::Lost(format!("adding the watch on {root} again failed: {e}")),
+                                }
+                                self.set_connection(ZkConnection::Connected, Some(client.session_id().to_string()));
+                                // Events during the disconnection may be lost: read everything.
+                                dirty = Some(Dirty { first: now, last: now });
+                            }
+                            SessionState::Expired => return SessionEnd::Expired,
+                            SessionState::AuthFailed => return SessionEnd::AuthFailed,
+                            SessionState::Closed => return SessionEnd::Lost("session closed".into()),
+                        }
+                    } else {
+                        dirty = Some(match dirty {
+                            Some(d) => Dirty { first: d.first, last: now },
+                            None => Dirty { first: now, last: now },
+                        });
+                    }
+                }
+                () = resync.notified() => {
+                    info!("full resync requested");
+                    let now = Instant::now();
+                    dirty = Some(Dirty { first: now, last: now });
+                }
+                () = sleep_until(wake.into()) => {
+                    if read_at.is_some_and(|at| at <= Instant::now()) {
+                        if !matches!(client.state(), SessionState::SyncConnected | SessionState::ConnectedReadOnly) {
+                            // The SyncConnected event will mark the tree dirty again.
+                            dirty = None;
+                            continue;
+                        }
+                        match read_tree(client, &self.config.target.schema).await {
+                            Ok(Some(raw)) => {
+                                dirty = None;
+                                read_failures = 0;
+                                missing_logged = false;
+                                self.publish_tree(&raw);
+                            }
+                            Ok(None) => {
+                                dirty = None;
+                                read_failures = 0;
+                                self.services_dir_missing(&mut missing_logged);
+                            }
+                            Err(ZkError::Op { source: zookeeper_client::Error::SessionExpired, .. }) => {
+                                return SessionEnd::Expired;
+                            }
+                            Err(e) => {
+                                read_failures += 1;
+                                warn!("reading the tree failed: {e}; forwarding continues with the last state, retrying");
+                                if read_failures >= 10 {
+                                    return SessionEnd::Lost(format!("{read_failures} reads in a row failed"));
+                                }
+                                let retry = Instant::now() + Duration::from_millis(500) * read_failures;
+                                dirty = Some(Dirty { first: retry, last: retry });
+                            }
+                        }
+                    } else {
+                        // A guard hold ended: filter the last built state again.
+                        self.publish(self.built.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// `<root>/services` is missing: with services applied that looks like a wrong `--zk-root` or an
+    /// accident, not "remove everything", so the last state stays (an empty `services` node removes
+    /// all services). Without services applied it is simply an empty state.
+    fn services_dir_missing(&mut self, logged: &mut bool) {
+        let dir = self.config.target.schema.services_dir();
+        if self.built.services.is_empty() {
+            if !*logged {
+                warn!(znode = %dir, "no services: the node does not exist yet");
+                *logged = true;
+            }
+            self.publish_tree(&RawTree::new());
+            return;
+        }
+        if !*logged {
+            error!(
+                znode = %dir,
+                "the services node is missing; keeping the last state ({} services). Check --zk-root; \
+                 to remove every service, leave {dir} in place with no children",
+                self.built.services.len()
+            );
+            *logged = true;
+        }
+        self.status_tx.send_modify(|s| {
+            s.last_sync_unix_ms = Some(unix_ms(SystemTime::now()));
+            s.full_reads += 1;
+        });
+    }
+
+    fn publish_tree(&mut self, raw: &RawTree) {
+        let snapshot = build_snapshot(&self.config.target.schema, raw, &self.built);
+        let mut new_rejections = 0;
+        for r in &snapshot.rejections {
+            if !self.logged_rejections.contains(r) {
+                warn!(znode = %r.path, outcome = r.outcome, "znode rejected: {}", r.reason);
+                new_rejections += 1;
+            }
+        }
+        self.logged_rejections = snapshot.rejections.iter().cloned().collect();
+        for w in &snapshot.warnings {
+            if !self.logged_warnings.contains(w) {
+                warn!(znode = %w.path, "{}", w.message);
+            }
+        }
+        self.logged_warnings = snapshot.warnings.iter().cloned().collect();
+        let current = snapshot.rejections.len();
+        self.status_tx.send_modify(|s| {
+            s.rejections += new_rejections;
+            s.current_rejections = current;
+            s.last_sync_unix_ms = Some(unix_ms(SystemTime::now()));
+            s.full_reads += 1;
+        });
+        self.built = snapshot.state.clone();
+        self.publish(snapshot.state);
+    }
+
+    /// Runs the guard and sends the result if it differs from what was sent last.
+    fn publish(&mut self, built: DesiredState) {
+        let (state, events) = self.guard.filter(built, Instant::now());
+        for event in events {
+            match event {
+                GuardEvent::Held {
+                    service,
+                    backends,
+                    total,
+                } => warn!(
+                    service = %service,
+                    held = ?backends,
+                    "{} of {total} backends vanished at once (more than {:.0}%): keeping them for {:?} in case ZooKeeper, not the backends, is failing",
+                    backends.len(),
+                    self.config.guard.max_removal_share * 100.0,
+                    self.config.guard.grace,
+                ),
+                GuardEvent::Released { service, backends } => {
+                    info!(service = %service, removed = ?backends, "mass-removal grace ended: removing the held backends")
+                }
+            }
+        }
+        let held = self.guard.held_count();
+        let services = state.services.len();
+        self.status_tx.send_modify(|s| {
+            s.held_backends = held;
+            s.services = services;
+        });
+        self.states_tx.send_if_modified(|current| {
+            if current.as_deref() == Some(&state) {
+                return false;
+            }
+            *current = Some(Arc::new(state));
+            true
+        });
+    }
+
+    fn set_connection(&self, connection: ZkConnection, session_id: Option<String>) {
+        self.status_tx.send_modify(|s| {
+            s.connection = connection;
+            s.session_id = session_id;
+        });
+    }
+}
+
+/// Services per multi-read of service data and backend lists (a list of 4,096 backends is ~100 KB;
+/// ZooKeeper's default `jute.maxbuffer` is 1 MB).
+const SERVICES_PER_READ: usize = 8;
+/// Backend nodes per multi-read of backend data.
+const BACKENDS_PER_READ: usize = 512;
+
+/// Reads every service and backend node; `None` when `<root>/services` does not exist. Reads go in
+/// multi-read batches that are all sent before any answer is awaited (the client pipelines them),
+/// so a large tree costs a few hundred requests and round trips overlap. Nodes that vanish during
+/// the read are left out; the watch event of their deletion triggers another read.
+pub async fn read_tree(
+    client: &Client,
+    schema: &super::schema::Schema,
+) -> Result<Option<RawTree>, ZkError> {
+    use zookeeper_client::{Error as E, MultiReadResult as R};
+    let dir = schema.services_dir();
+    let names = match client.list_children(&dir).await {
+        Ok(names) => names,
+        Err(E::NoNode) => return Ok(None),
+        Err(e) => return Err(ZkError::op("list", &dir)(e)),
+    };
+    let batch_error = |path: &str| ZkError::op("multi-read", path);
+
+    // Service data and backend lists.
+    let mut pending = Vec::new();
+    for chunk in names.chunks(SERVICES_PER_READ) {
+        let mut reader = client.new_multi_reader();
+        for name in chunk {
+            reader
+                .add_get_data(&schema.service_path(name))
+                .map_err(batch_error(&schema.service_path(name)))?;
+            reader
+                .add_get_children(&schema.backends_dir(name))
+                .map_err(batch_error(&schema.backends_dir(name)))?;
+        }
+        pending.push((chunk, reader.commit()));
+    }
+    let mut services: Vec<(String, Vec<u8>, Vec<String>)> = Vec::with_capacity(names.len());
+    for (chunk, read) in pending {
+        let results = read.await.map_err(batch_error(&dir))?;
+        let mut results = results.into_iter();
+        for name in chunk {
+            let (data, children) = (results.next(), results.next());
+            let data = match data {
+                Some(R::Data { data, .. }) => data,
+                // Deleted since it was listed.
+                Some(R::Error { err: E::NoNode }) => continue,
+                Some(R::Error { err }) => {
+                    return Err(ZkError::op("read", &schema.service_path(name))(err));
+                }
+                _ => {
+                    return Err(batch_error(&dir)(E::UnexpectedError(
+                        "short multi-read".into(),
+                    )));
+                }
+            };
+            let children = match children {
+                Some(R::Children { children }) => children,
+                Some(R::Error { err: E::NoNode }) => Vec::new(),
+                Some(R::Error { err }) => {
+                    return Err(ZkError::op("list", &schema.backends_dir(name))(err));
+                }
+                _ => {
+                    return Err(batch_error(&dir)(E::UnexpectedError(
+                        "short multi-read".into(),
+                    )));
+                }
+            };
+            services.push((name.clone(), data, children));
+        }
+    }
+
+    // Backend data, in batches across services.
+    let backend_paths: Vec<(usize, &str)> = services
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, _, children))| children.iter().map(move |c| (i, c.as_str())))
+        .collect();
+    let mut pending = Vec::new();
+    for chunk in backend_paths.chunks(BACKENDS_PER_READ) {
+        let mut reader = client.new_multi_reader();
+        for (i, child) in chunk {
+            let path = schema.backend_node_path(&services[*i].0, child);
+            reader.add_get_data(&path).map_err(batch_error(&path))?;
+        }
+        pending.push((chunk, reader.commit()));
+    }
+    let mut tree: RawTree = services
+        .iter()
+        .map(|(name, data, _)| {
+            (
+                name.clone(),
+                RawService {
+                    data: Some(data.clone()),
+                    backends: Default::default(),
+                },
+            )
+        })
+        .collect();
+    for (chunk, read) in pending {
+        let results = read.await.map_err(batch_error(&dir))?;
+        if results.len() != chunk.len() {
+            return Err(batch_error(&dir)(E::UnexpectedError(
+                "short multi-read".into(),
+            )));
+        }
+        for ((i, child), result) in chunk.iter().zip(results) {
+            let name = &services[*i].0;
+            match result {
+                R::Data { data, .. } => {
+                    if let Some(raw) = tree.get_mut(name) {
+                        raw.backends.insert((*child).to_owned(), data);
+                    }
+                }
+                R::Error { err: E::NoNode } => {}
+                R::Error { err } => {
+                    return Err(ZkError::op("read", &schema.backend_node_path(name, child))(
+                        err,
+                    ));
+                }
+                _ => {
+                    return Err(batch_error(&dir)(E::UnexpectedError(
+                        "unexpected multi-read result".into(),
+                    )));
+                }
+            }
+        }
+    }
+    Ok(Some(tree))
+}
+
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The ZooKeeper options of `lb run` (`--zk` is optional there: `--config` is the other source).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ZkRunArgs {
+    /// Follow this ZooKeeper ensemble, HOST:PORT[,HOST:PORT...][/chroot] (instead of --config).
+    #[arg(long)]
+    pub zk: Option<String>,
+    /// Root of the balancer's nodes in ZooKeeper.
+    #[arg(long, default_value = super::schema::DEFAULT_ROOT)]
+    pub zk_root: String,
+    /// File holding `user:password` for ZooKeeper digest auth (default: $LB_ZK_AUTH if set). The
+    /// daemon only reads, so read access is enough.
+    #[arg(long)]
+    pub zk_auth_file: Option<std::path::PathBuf>,
+    /// ZooKeeper session timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub zk_session_timeout_ms: u64,
+    /// Debounce: a full read happens once no change came for this long (ms)...
+    #[arg(long, default_value_t = 100)]
+    pub zk_debounce_ms: u64,
+    /// ...or this long after the first change of a burst (ms), whichever comes first.
+    #[arg(long, default_value_t = 1000)]
+    pub zk_debounce_max_ms: u64,
+    /// Mass-removal guard: the share (0 to 1) of a service's backends one update may remove
+    /// without the removal being held.
+    #[arg(long, default_value_t = super::guard::DEFAULT_MAX_REMOVAL_SHARE)]
+    pub zk_guard_share: f64,
+    /// Mass-removal guard: how long backends that vanished in a mass removal keep forwarding (s).
+    #[arg(long, default_value_t = super::guard::DEFAULT_GRACE.as_secs())]
+    pub zk_guard_grace_s: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("--zk-guard-share {0} is outside 0..=1; give the share of backends, e.g. 0.5 for half")]
+pub struct GuardShareError(f64);
+
+impl ZkRunArgs {
+    /// The source configuration, or `None` without `--zk`.
+    pub fn source_config(&self) -> anyhow::Result<Option<ZkSourceConfig>> {
+        let Some(connect) = &self.zk else {
+            return Ok(None);
+        };
+        if !(0.0..=1.0).contains(&self.zk_guard_share) {
+            return Err(GuardShareError(self.zk_guard_share).into());
+        }
+        let auth = super::auth::DigestAuth::load(self.zk_auth_file.as_deref())?;
+        let mut config = ZkSourceConfig::new(ZkTarget::new(connect, &self.zk_root, auth)?);
+        config.session_timeout = Duration::from_millis(self.zk_session_timeout_ms);
+        config.debounce_quiet = Duration::from_millis(self.zk_debounce_ms);
+        config.debounce_max =
+            Duration::from_millis(self.zk_debounce_max_ms.max(self.zk_debounce_ms));
+        config.guard = GuardConfig {
+            max_removal_share: self.zk_guard_share,
+            grace: Duration::from_secs(self.zk_guard_grace_s),
+        };
+        Ok(Some(config))
+    }
+}

@@ -1,0 +1,59 @@
+//! `lb run` takes its services from exactly one of `--config` and `--zk`; both or neither is a clear
+//! error before anything is loaded (so these run without root).
+
+use std::process::Command;
+
+fn lb_run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["run", "--iface", "lo"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn both_sources_are_refused() {
+    let (ok, err) = lb_run(&["--config", "/etc/lb.toml", "--zk", "127.0.0.1:2181"]);
+    assert!(!ok);
+    assert!(
+        err.contains("both --config /etc/lb.toml and --zk 127.0.0.1:2181"),
+        "{err}"
+    );
+    assert!(err.contains("give only one"), "{err}");
+}
+
+#[test]
+fn no_source_is_refused() {
+    let (ok, err) = lb_run(&[]);
+    assert!(!ok);
+    assert!(err.contains("no configuration source"), "{err}");
+    assert!(
+        err.contains("--config FILE") && err.contains("--zk HOST:PORT"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_zookeeper_options_are_refused() {
+    let (ok, err) = lb_run(&["--zk", "127.0.0.1:2181", "--zk-root", "lb"]);
+    assert!(!ok);
+    assert!(err.contains("ZooKeeper root \"lb\" is invalid"), "{err}");
+    let (ok, err) = lb_run(&["--zk", "127.0.0.1:2181", "--zk-guard-share", "1.5"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--zk-guard-share 1.5 is outside 0..=1"),
+        "{err}"
+    );
+    let (ok, err) = lb_run(&[
+        "--zk",
+        "127.0.0.1:2181",
+        "--zk-auth-file",
+        "/nonexistent/auth",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/auth"), "{err}");
+}

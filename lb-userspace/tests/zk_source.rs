@@ -1,0 +1,356 @@
+//! The ZooKeeper source against a real server (Debian's ZooKeeper, started by the test on 127.0.0.1).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lb_tests::zk_server::ZkServer;
+use lb_userspace::model::DesiredState;
+use lb_userspace::zk::client::ZkTarget;
+use lb_userspace::zk::source::{ZkConnection, ZkSource, ZkSourceConfig, ZkStatus};
+use tokio::sync::watch;
+use zookeeper_client::{Acls, Client, CreateMode};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn writer(server: &ZkServer) -> Client {
+    Client::connect(&server.connect_string())
+        .await
+        .expect("test client connects")
+}
+
+async fn create(client: &Client, path: &str, data: &str) {
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    if let Some((parent, _)) = path.rsplit_once('/')
+        && !parent.is_empty()
+    {
+        client.mkdir(parent, &options).await.expect("mkdir -p");
+    }
+    client
+        .create(path, data.as_bytes(), &options)
+        .await
+        .unwrap_or_else(|e| panic!("create {path}: {e}"));
+}
+
+/// Waits (bounded) until the latest state satisfies `pred`; returns it.
+async fn state_where(
+    states: &mut watch::Receiver<Option<Arc<DesiredState>>>,
+    what: &str,
+    pred: impl Fn(&DesiredState) -> bool,
+) -> Arc<DesiredState> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(state) = states.borrow_and_update().clone()
+            && pred(&state)
+        {
+            return state;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, states.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => panic!("the source stopped while waiting for {what}"),
+            Err(_) => panic!(
+                "no state with {what} within {WAIT:?}; last: {:#?}",
+                states.borrow()
+            ),
+        }
+    }
+}
+
+async fn status_where(
+    status: &mut watch::Receiver<ZkStatus>,
+    what: &str,
+    pred: impl Fn(&ZkStatus) -> bool,
+) -> ZkStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = status.borrow_and_update().clone();
+        if pred(&now) {
+            return now;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, status.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => panic!("the source stopped while waiting for {what}"),
+            Err(_) => panic!("status never showed {what}; last: {now:#?}"),
+        }
+    }
+}
+
+fn backends(state: &DesiredState, service: &str) -> Vec<SocketAddr> {
+    state
+        .services
+        .get(service)
+        .map(|s| s.backends.keys().copied().collect())
+        .unwrap_or_default()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_validates_and_fails_static() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("lb_userspace=debug")
+        .try_init();
+    let mut server = ZkServer::start().expect("ZooKeeper starts");
+    let zk = writer(&server).await;
+    create(&zk, "/lb/services/web", r#"{"vip": "198.18.100.1:80"}"#).await;
+    create(&zk, "/lb/services/web/backends/198.18.2.11:80", "").await;
+    create(
+        &zk,
+        "/lb/services/web/backends/198.18.2.12:80",
+        r#"{"weight": 2}"#,
+    )
+    .await;
+
+    let target = ZkTarget::new(&server.connect_string(), "/lb", None).unwrap();
+    let mut config = ZkSourceConfig::new(target);
+    config.session_timeout = Duration::from_secs(2);
+    config.backoff_max = Duration::from_millis(500);
+    config.guard.grace = Duration::from_secs(2);
+    let mut source = ZkSource::spawn(config);
+
+    // Full read on start.
+    let state = state_where(&mut source.states, "web with two backends", |s| {
+        backends(s, "web").len() == 2
+    })
+    .await;
+    assert_eq!(
+        state.services["web"].backends[&addr("198.18.2.12:80")].weight,
+        2
+    );
+
+    // A burst of 40 writes becomes one or two reads (debounce), not forty.
+    let reads_before = source.status.borrow().full_reads;
+    let paths: Vec<String> = (0..40)
+        .map(|i| format!("/lb/services/web/backends/198.18.3.{i}:80"))
+        .collect();
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    // All requests are sent before any answer is awaited: one burst.
+    let writes: Vec<_> = paths.iter().map(|p| zk.create(p, b"", &options)).collect();
+    for w in writes {
+        w.await.expect("burst create");
+    }
+    state_where(&mut source.states, "the burst", |s| {
+        backends(s, "web").len() == 42
+    })
+    .await;
+    let reads = source.status.borrow().full_reads - reads_before;
+    assert!((1..=3).contains(&reads), "{reads} full reads for one burst");
+    let deletes: Vec<_> = paths.iter().map(|p| zk.delete(p, None)).collect();
+    for d in deletes {
+        d.await.expect("burst delete");
+    }
+    // 40 of 42 vanishing at once is a mass removal: the guard holds them for the grace (2 s here).
+    let status = status_where(&mut source.status, "the guard holding 40", |s| {
+        s.held_backends == 40
+    })
+    .await;
+    assert_eq!(status.services, 1);
+    assert_eq!(
+        backends(source.states.borrow().as_ref().unwrap(), "web").len(),
+        42
+    );
+    state_where(
+        &mut source.states,
+        "the held backends gone after the grace",
+        |s| backends(s, "web").len() == 2,
+    )
+    .await;
+    assert_eq!(source.status.borrow().held_backends, 0);
+
+    // A burst of writes, then malformed nodes: the good ones arrive, the bad ones are rejected and
+    // everything else stays.
+    create(&zk, "/lb/services/web/backends/198.18.2.13:80", "").await;
+    create(&zk, "/lb/services/web/backends/198.18.2.14:8080", "").await;
+    create(&zk, "/lb/services/web/backends/198.18.2.15:80", "{oops").await;
+    create(&zk, "/lb/services/broken", "{not json").await;
+    create(&zk, "/lb/services/api", r#"{"vip": "198.18.100.2:443"}"#).await;
+    create(&zk, "/lb/services/api/backends/198.18.2.21:443", "").await;
+    let state = state_where(&mut source.states, "api and a third web backend", |s| {
+        backends(s, "web").len() == 3 && backends(s, "api").len() == 1
+    })
+    .await;
+    assert_eq!(
+        backends(&state, "web"),
+        vec![
+            addr("198.18.2.11:80"),
+            addr("198.18.2.12:80"),
+            addr("198.18.2.13:80")
+        ]
+    );
+    assert!(!state.services.contains_key("broken"));
+    let status = status_where(&mut source.status, "3 rejections", |s| {
+        s.current_rejections == 3
+    })
+    .await;
+    assert_eq!(status.rejections, 3);
+    assert_eq!(status.connection, ZkConnection::Connected);
+    assert!(status.session_id.is_some());
+    assert!(status.last_sync_unix_ms.is_some());
+
+    // Fail static: with ZooKeeper gone for 5 s nothing new is sent.
+    drop(zk);
+    source.states.borrow_and_update();
+    server.stop().unwrap();
+    status_where(&mut source.status, "a lost connection", |s| {
+        s.connection != ZkConnection::Connected
+    })
+    .await;
+    let quiet = tokio::time::timeout(Duration::from_secs(5), source.states.changed()).await;
+    assert!(quiet.is_err(), "a state was sent while ZooKeeper was down");
+    assert_eq!(
+        backends(source.states.borrow().as_ref().unwrap(), "web").len(),
+        3
+    );
+
+    // Back: a change made after the restart arrives (full resync on the new or resumed session).
+    server.restart().unwrap();
+    let zk = writer(&server).await;
+    create(&zk, "/lb/services/web/backends/198.18.2.16:80", "").await;
+    let state = state_where(&mut source.states, "the backend added after restart", |s| {
+        backends(s, "web").contains(&addr("198.18.2.16:80"))
+    })
+    .await;
+    assert_eq!(backends(&state, "web").len(), 4);
+    status_where(&mut source.status, "connected again", |s| {
+        s.connection == ZkConnection::Connected
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_outage_resumes_the_watch_and_a_missing_services_node_keeps_the_state() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("lb_userspace=debug")
+        .try_init();
+    let mut server = ZkServer::start().expect("ZooKeeper starts");
+    let zk = writer(&server).await;
+    create(&zk, "/lb/services/web", r#"{"vip": "198.18.100.1:80"}"#).await;
+    drop(zk);
+    let target = ZkTarget::new(&server.connect_string(), "/lb", None).unwrap();
+    let mut config = ZkSourceConfig::new(target);
+    config.session_timeout = Duration::from_secs(20);
+    let mut source = ZkSource::spawn(config);
+    state_where(&mut source.states, "web", |s| {
+        s.services.contains_key("web")
+    })
+    .await;
+    let session = source.status.borrow().session_id.clone();
+    assert!(session.is_some());
+
+    server.restart().unwrap();
+    let zk = writer(&server).await;
+    create(&zk, "/lb/services/web/backends/198.18.2.11:80", "").await;
+    state_where(
+        &mut source.states,
+        "the backend added after the restart",
+        |s| backends(s, "web") == vec![addr("198.18.2.11:80")],
+    )
+    .await;
+    let status = status_where(&mut source.status, "connected", |s| {
+        s.connection == ZkConnection::Connected
+    })
+    .await;
+    assert_eq!(
+        status.session_id, session,
+        "the session was resumed, not replaced"
+    );
+    // A later change still arrives: the persistent watch came back with the session.
+    create(&zk, "/lb/services/web/backends/198.18.2.12:80", "").await;
+    state_where(&mut source.states, "a second backend", |s| {
+        backends(s, "web").len() == 2
+    })
+    .await;
+
+    // The whole services node vanishes in one transaction: kept, not read as "no services".
+    let reads = source.status.borrow().full_reads;
+    let mut multi = zk.new_multi_writer();
+    for path in [
+        "/lb/services/web/backends/198.18.2.11:80",
+        "/lb/services/web/backends/198.18.2.12:80",
+        "/lb/services/web/backends",
+        "/lb/services/web",
+        "/lb/services",
+    ] {
+        multi.add_delete(path, None).unwrap();
+    }
+    multi.commit().await.expect("delete everything");
+    status_where(&mut source.status, "a read after the deletion", |s| {
+        s.full_reads > reads
+    })
+    .await;
+    assert!(!source.states.has_changed().unwrap(), "no state was sent");
+    assert_eq!(
+        backends(source.states.borrow().as_ref().unwrap(), "web").len(),
+        2
+    );
+    // An empty services node does remove every service.
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    zk.create("/lb/services", b"", &options).await.unwrap();
+    state_where(&mut source.states, "no services", |s| s.services.is_empty()).await;
+}
+
+/// Figures, not pass/fail: how long a cold full read and build of 1,000 services × 100 backends
+/// takes. `cargo test -p lb-userspace --test zk_source -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: loads 100,000 znodes"]
+async fn cold_read_of_a_large_tree() {
+    use lb_userspace::zk::schema::Schema;
+    use lb_userspace::zk::snapshot::build_snapshot;
+    use lb_userspace::zk::source::read_tree;
+
+    const SERVICES: u32 = 1000;
+    const BACKENDS: u32 = 100;
+    let server = ZkServer::start().expect("ZooKeeper starts");
+    let zk = writer(&server).await;
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    zk.mkdir("/lb/services", &options).await.unwrap();
+    let started = Instant::now();
+    for s in 0..SERVICES {
+        let name = format!("svc{s}");
+        let vip = format!(
+            r#"{{"vip": "198.18.{}.{}:80"}}"#,
+            100 + s / 250,
+            1 + s % 250
+        );
+        let mut paths = vec![(format!("/lb/services/{name}"), vip)];
+        paths.push((format!("/lb/services/{name}/backends"), String::new()));
+        for b in 0..BACKENDS {
+            paths.push((
+                format!(
+                    "/lb/services/{name}/backends/198.19.{}.{}:80",
+                    b / 250,
+                    1 + b % 250
+                ),
+                String::new(),
+            ));
+        }
+        let creates: Vec<_> = paths
+            .iter()
+            .map(|(p, d)| zk.create(p, d.as_bytes(), &options))
+            .collect();
+        for c in creates {
+            c.await.unwrap();
+        }
+    }
+    eprintln!(
+        "created {} znodes in {:?}",
+        SERVICES * (BACKENDS + 2),
+        started.elapsed()
+    );
+    let schema = Schema::new("/lb").unwrap();
+    let started = Instant::now();
+    let tree = read_tree(&zk, &schema).await.unwrap().unwrap();
+    let read = started.elapsed();
+    let started = Instant::now();
+    let snapshot = build_snapshot(&schema, &tree, &DesiredState::default());
+    let built = started.elapsed();
+    assert_eq!(snapshot.state.services.len(), SERVICES as usize);
+    assert!(snapshot.rejections.is_empty());
+    eprintln!("cold full read {read:?}, snapshot build {built:?}");
+}
