@@ -134,17 +134,23 @@ impl Lab {
             &log,
         )?;
         let lb_bin = self.lb_bin()?;
-        // Ready = its maps answer `lb status` and its program is on the interface (the daemon pins
-        // the maps before it attaches).
+        // Ready = its maps answer `lb status`, its program is on the interface (the daemon pins the
+        // maps before it attaches) and it reports itself in the status (it does so from its main
+        // loop, after installing its signal handlers: a SIGHUP before that would end it).
         let ns = self.lb_netns(lb);
         let wait_for_xdp = self.opts.wait_for_xdp;
+        let pid = u64::from(proc.pid());
         wait_ready(&mut proc, || {
-            lb_status(&lb_bin, &pin_dir)?;
+            let status = lb_status(&lb_bin, &pin_dir)?;
             if !wait_for_xdp {
                 return Ok(());
             }
             let link = ip(&ns, &["link", "show", "dev", "eth0"])?;
             ensure!(link.contains("prog/xdp"), "no XDP program on eth0 of {ns}");
+            ensure!(
+                status["daemon"]["pid"].as_u64() == Some(pid),
+                "`lb status` does not show the daemon (pid {pid}) running yet"
+            );
             Ok(())
         })?;
         self.lbs[lb] = Some(proc);
@@ -206,17 +212,7 @@ impl Lab {
 
     /// `lb status --json` of load balancer `lb`.
     pub fn lb_status_json(&self, lb: usize) -> anyhow::Result<serde_json::Value> {
-        let out = cmd::run(
-            &path_arg(&self.lb_bin()?)?,
-            &[
-                "status",
-                "--pin-dir",
-                &path_arg(&self.lb_pin_dir(lb))?,
-                "--json",
-            ],
-        )?;
-        serde_json::from_str(&out)
-            .with_context(|| format!("lb{lb}: `lb status --json` printed no JSON: {out}"))
+        lb_status(&self.lb_bin()?, &self.lb_pin_dir(lb)).with_context(|| format!("lb{lb}"))
     }
 
     /// `lb status` of load balancer `lb`, as the operator sees it.
@@ -325,12 +321,17 @@ fn path_arg(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("path {} is not UTF-8", path.display()))
 }
 
-fn lb_status(lb_bin: &Path, pin_dir: &Path) -> anyhow::Result<()> {
-    cmd::run(
+fn lb_status(lb_bin: &Path, pin_dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = cmd::run(
         &path_arg(lb_bin)?,
         &["status", "--pin-dir", &path_arg(pin_dir)?, "--json"],
-    )
-    .map(drop)
+    )?;
+    serde_json::from_str(&out).with_context(|| {
+        format!(
+            "`lb status --json` for {} printed no JSON: {out}",
+            pin_dir.display()
+        )
+    })
 }
 
 fn bpffs_mounted() -> anyhow::Result<bool> {

@@ -130,6 +130,10 @@ impl NsProcess {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The last lines of the process's log, for error messages.
     pub fn log_tail(&self) -> String {
         log_tail(&self.what, &self.log, 40)
