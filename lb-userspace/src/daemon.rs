@@ -17,6 +17,7 @@ use crate::apply::Applier;
 use crate::config;
 use crate::daemon_status::{self, DaemonStatus};
 use crate::dataplane::{AttachMode, Dataplane, LoadOptions};
+use crate::health::HealthChecker;
 use crate::model::DesiredState;
 use crate::netif;
 use crate::nexthop::NextHopKeeper;
@@ -130,7 +131,16 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mode = dp.attach_balancer(&opts.iface, opts.attach_mode)?;
     info!(iface = %opts.iface, mode = ?mode, pin_dir = %opts.pin_dir.display(), "forwarding");
 
-    let mut ctx = Ctx { opts: &opts, dp: &mut dp, applier: &mut applier, nexthops: &mut nexthops, outer: &outer, applied };
+    let mut ctx = Ctx {
+        opts: &opts,
+        dp: &mut dp,
+        applier: &mut applier,
+        nexthops: &mut nexthops,
+        outer: &outer,
+        applied,
+        desired,
+        checker: None,
+    };
     let result = runtime.block_on(follow(&mut ctx, &mut source));
     let _ = std::fs::remove_file(daemon_status::status_file_path(&opts.pin_dir));
     drop(source);
@@ -177,6 +187,10 @@ struct Ctx<'a> {
     nexthops: &'a mut NextHopKeeper,
     outer: &'a LbConfig,
     applied: AppliedTimes,
+    /// The last state the source delivered (and this host can forward); health changes re-apply it.
+    desired: DesiredState,
+    /// The health checks (started inside the runtime by `follow`).
+    checker: Option<HealthChecker>,
 }
 
 /// When the source last delivered a state, and when the data plane last changed (for `lb status`).
@@ -311,8 +325,17 @@ async fn follow(ctx: &mut Ctx<'_>, source: &mut Source) -> anyhow::Result<()> {
     let mut status_tick = tokio::time::interval(STATUS_WRITE);
     let mut last_nexthop = Instant::now();
     let mut status_warned = false;
+    let mut checker = HealthChecker::default();
+    checker.sync(&ctx.desired);
+    ctx.checker = Some(checker);
     loop {
         tokio::select! {
+            changed = health_changed(&mut ctx.checker) => {
+                if changed {
+                    apply_health(ctx);
+                    write_status(ctx, source, &mut status_warned);
+                }
+            }
             _ = hup.recv() => {
                 if let Some(desired) = source.hangup() {
                     apply_desired(ctx, source, desired);
@@ -360,8 +383,13 @@ fn apply_desired(ctx: &mut Ctx<'_>, source: &Source, desired: DesiredState) {
         }
         Source::Zk(_) => forwardable(desired, ctx.outer),
     };
-    match ctx.applier.apply(ctx.dp, &desired) {
-        Ok(r) if r.added.is_empty() && r.changed.is_empty() && r.removed.is_empty() => {
+    if let Some(checker) = &mut ctx.checker {
+        checker.sync(&desired);
+    }
+    ctx.desired = desired;
+    let health = ctx.checker.as_ref().map(|c| c.view().clone()).unwrap_or_default();
+    match ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health) {
+        Ok(r) if r.is_empty() => {
             ctx.applied.synced(false);
             info!("configuration unchanged");
         }
@@ -371,6 +399,27 @@ fn apply_desired(ctx: &mut Ctx<'_>, source: &Source, desired: DesiredState) {
             ctx.nexthops.refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
         }
         Err(e) => error!("applying the configuration failed part-way (services before the failing one are applied, the failing one keeps its last version): {e}"),
+    }
+}
+
+/// Waits for a health transition (forever without a checker).
+async fn health_changed(checker: &mut Option<HealthChecker>) -> bool {
+    match checker {
+        Some(c) => c.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A backend's health changed: re-apply the last desired state with the new health.
+fn apply_health(ctx: &mut Ctx<'_>) {
+    let health = ctx.checker.as_ref().map(|c| c.view().clone()).unwrap_or_default();
+    match ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health) {
+        Ok(r) if r.is_empty() => {}
+        Ok(r) => {
+            ctx.applied.synced(true);
+            info!(generation = r.generation, services = ?r.health_changed, "backend health applied");
+        }
+        Err(e) => error!("applying a health change failed (the services keep their last tables; retried on the next change): {e}"),
     }
 }
 

@@ -6,6 +6,8 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;
+pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod netif;
 pub mod nexthop;
