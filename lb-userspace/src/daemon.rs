@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use lb_common::LbConfig;
 use lb_common::limits::Capacity;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::apply::Applier;
@@ -18,6 +19,7 @@ use crate::config;
 use crate::daemon_status::{self, DaemonStatus};
 use crate::dataplane::{AttachMode, Dataplane, LoadOptions};
 use crate::health::HealthChecker;
+use crate::metrics::{self, DaemonMetrics};
 use crate::model::DesiredState;
 use crate::netif;
 use crate::nexthop::NextHopKeeper;
@@ -75,6 +77,8 @@ pub struct RunOptions {
     pub kernel_log: bool,
     pub timeouts: FlowTimeouts,
     pub sweep_interval: Duration,
+    /// Where `/metrics` is served; `None`: not at all.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Checks we run as root (loading XDP programs needs CAP_BPF + CAP_NET_ADMIN; we do not try to be clever).
@@ -114,6 +118,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     };
     let mut applied = AppliedTimes::default();
+    let apply_started = Instant::now();
 
     let mut dp = Dataplane::load(&LoadOptions {
         capacity: opts.capacity,
@@ -125,6 +130,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let report = applier.apply(&mut dp, &desired).context("applying the configuration")?;
     info!(services = desired.services.len(), generation = report.generation, "configuration applied");
     applied.synced(true);
+    applied.last_apply = Some(apply_started.elapsed());
     let mut nexthops = NextHopKeeper::default();
     nexthops.refresh(applier.backend_addrs().iter().map(|a| a.ip()));
 
@@ -140,6 +146,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         applied,
         desired,
         checker: None,
+        metrics: watch::channel(DaemonMetrics::default()).0,
+        flows: 0,
     };
     let result = runtime.block_on(follow(&mut ctx, &mut source));
     let _ = std::fs::remove_file(daemon_status::status_file_path(&opts.pin_dir));
@@ -191,6 +199,10 @@ struct Ctx<'a> {
     desired: DesiredState,
     /// The health checks (started inside the runtime by `follow`).
     checker: Option<HealthChecker>,
+    /// What the metrics server shows besides the maps.
+    metrics: watch::Sender<DaemonMetrics>,
+    /// Flows in the table at the last sweep.
+    flows: usize,
 }
 
 /// When the source last delivered a state, and when the data plane last changed (for `lb status`).
@@ -198,6 +210,8 @@ struct Ctx<'a> {
 struct AppliedTimes {
     last_sync: Option<SystemTime>,
     last_change: Option<SystemTime>,
+    /// How long the last change to the data plane took.
+    last_apply: Option<Duration>,
 }
 
 impl AppliedTimes {
@@ -328,6 +342,18 @@ async fn follow(ctx: &mut Ctx<'_>, source: &mut Source) -> anyhow::Result<()> {
     let mut checker = HealthChecker::default();
     checker.sync(&ctx.desired);
     ctx.checker = Some(checker);
+    let _metrics_server = match ctx.opts.metrics {
+        Some(addr) => match metrics::bind(addr).await {
+            Some(listener) => {
+                info!(%addr, "serving metrics on /metrics");
+                let server = metrics::serve(listener, ctx.opts.pin_dir.clone(), ctx.metrics.subscribe());
+                Some(AbortOnDrop(tokio::spawn(server)))
+            }
+            None => None,
+        },
+        None => None,
+    };
+    publish_metrics(ctx, source);
     loop {
         tokio::select! {
             changed = health_changed(&mut ctx.checker) => {
@@ -347,7 +373,10 @@ async fn follow(ctx: &mut Ctx<'_>, source: &mut Source) -> anyhow::Result<()> {
                 write_status(ctx, source, &mut status_warned);
             }
             _ = sweep.tick() => {
-                sweep_once(ctx.opts, ctx.dp, ctx.applier);
+                if let Some(flows) = sweep_once(ctx.opts, ctx.dp, ctx.applier) {
+                    ctx.flows = flows;
+                }
+                publish_metrics(ctx, source);
                 if last_nexthop.elapsed() >= NEXTHOP_REFRESH {
                     last_nexthop = Instant::now();
                     ctx.nexthops.refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
@@ -388,6 +417,7 @@ fn apply_desired(ctx: &mut Ctx<'_>, source: &Source, desired: DesiredState) {
     }
     ctx.desired = desired;
     let health = ctx.checker.as_ref().map(|c| c.view().clone()).unwrap_or_default();
+    let started = Instant::now();
     match ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health) {
         Ok(r) if r.is_empty() => {
             ctx.applied.synced(false);
@@ -395,6 +425,7 @@ fn apply_desired(ctx: &mut Ctx<'_>, source: &Source, desired: DesiredState) {
         }
         Ok(r) => {
             ctx.applied.synced(true);
+            ctx.applied.last_apply = Some(started.elapsed());
             info!(generation = r.generation, added = ?r.added, changed = ?r.changed, removed = ?r.removed, "configuration applied");
             ctx.nexthops.refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
         }
@@ -413,18 +444,70 @@ async fn health_changed(checker: &mut Option<HealthChecker>) -> bool {
 /// A backend's health changed: re-apply the last desired state with the new health.
 fn apply_health(ctx: &mut Ctx<'_>) {
     let health = ctx.checker.as_ref().map(|c| c.view().clone()).unwrap_or_default();
+    let started = Instant::now();
     match ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health) {
         Ok(r) if r.is_empty() => {}
         Ok(r) => {
             ctx.applied.synced(true);
+            ctx.applied.last_apply = Some(started.elapsed());
             info!(generation = r.generation, services = ?r.health_changed, "backend health applied");
         }
         Err(e) => error!("applying a health change failed (the services keep their last tables; retried on the next change): {e}"),
     }
 }
 
+/// Aborts a spawned task when dropped (the metrics server ends with the follow loop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Backends of checked services that their checks report down: (service, backend).
+fn down_backends(ctx: &Ctx<'_>) -> Vec<(String, std::net::SocketAddr)> {
+    let Some(checker) = &ctx.checker else { return Vec::new() };
+    ctx.desired
+        .services
+        .values()
+        .flat_map(|s| {
+            s.backends
+                .keys()
+                .filter(|addr| checker.view().is_down(**addr, s.health_check.as_ref()))
+                .map(|addr| (s.name.clone(), *addr))
+        })
+        .collect()
+}
+
+fn panicking_services(ctx: &Ctx<'_>) -> Vec<String> {
+    ctx.desired
+        .services
+        .keys()
+        .filter(|name| ctx.applier.service_health(name).is_some_and(|h| h.panic))
+        .cloned()
+        .collect()
+}
+
+/// Hands the metrics server what only the daemon knows.
+fn publish_metrics(ctx: &Ctx<'_>, source: &Source) {
+    let zookeeper = match source {
+        Source::File { .. } => None,
+        Source::Zk(zk) => Some(zk.status.borrow().connection),
+    };
+    ctx.metrics.send_replace(DaemonMetrics {
+        generation: ctx.applier.generation(),
+        last_apply: ctx.applied.last_apply,
+        zookeeper,
+        down: down_backends(ctx),
+        panic: panicking_services(ctx),
+        flows: ctx.flows as u64,
+    });
+}
+
 /// Writes the status file `lb status` shows; a failure is logged once.
 fn write_status(ctx: &Ctx<'_>, source: &Source, warned: &mut bool) {
+    publish_metrics(ctx, source);
     let ms = |t: Option<SystemTime>| t.map(crate::zk::source::unix_ms);
     let (kind, config_file, zookeeper) = match source {
         Source::File { path, .. } => ("file", Some(path.clone()), None),
@@ -449,6 +532,12 @@ fn write_status(ctx: &Ctx<'_>, source: &Source, warned: &mut bool) {
         last_change_unix_ms: ms(ctx.applied.last_change),
         written_unix_ms: crate::zk::source::unix_ms(SystemTime::now()),
         zookeeper,
+        health: daemon_status::HealthStatus {
+            probes: ctx.checker.as_ref().map_or(0, HealthChecker::probes),
+            down: down_backends(ctx).into_iter().map(|(service, backend)| format!("{service} {backend}")).collect(),
+            panic: panicking_services(ctx),
+        },
+        last_apply_ms: ctx.applied.last_apply.map(|d| d.as_secs_f64() * 1000.0),
     };
     let path = daemon_status::status_file_path(&ctx.opts.pin_dir);
     match daemon_status::write(&path, &status) {
@@ -461,7 +550,8 @@ fn write_status(ctx: &Ctx<'_>, source: &Source, warned: &mut bool) {
     }
 }
 
-fn sweep_once(opts: &RunOptions, dp: &mut Dataplane, applier: &mut Applier) {
+/// One sweep; returns the flows left in the table (`None` when the sweep failed).
+fn sweep_once(opts: &RunOptions, dp: &mut Dataplane, applier: &mut Applier) -> Option<usize> {
     let ids = applier.all_backend_ids();
     match sweeper::sweep(dp, &opts.timeouts, &ids) {
         Ok(report) => {
@@ -473,7 +563,11 @@ fn sweep_once(opts: &RunOptions, dp: &mut Dataplane, applier: &mut Applier) {
                 Ok(_) => {}
                 Err(e) => warn!("releasing retired backends failed: {e}"),
             }
+            Some(report.flows)
         }
-        Err(e) => warn!("sweeping flows failed: {e}"),
+        Err(e) => {
+            warn!("sweeping flows failed: {e}");
+            None
+        }
     }
 }

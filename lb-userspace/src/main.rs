@@ -111,6 +111,19 @@ struct RunArgs {
     /// How often idle flows are expired and connection counters reconciled (seconds).
     #[arg(long, default_value_t = 5)]
     sweep_interval_s: u64,
+    /// Serve Prometheus metrics on ADDR (`/metrics`), or `off`. Loopback by default.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR|off")]
+    metrics: String,
+}
+
+/// `--metrics`: an address, or `off`.
+fn metrics_addr(arg: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if arg == "off" {
+        return Ok(None);
+    }
+    arg.parse().map(Some).map_err(|_| {
+        anyhow::anyhow!("--metrics {arg:?} is neither IP:PORT (e.g. 127.0.0.1:9464) nor `off`")
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -172,6 +185,7 @@ fn main() -> ExitCode {
                     closed: std::time::Duration::from_secs(a.closed_timeout_s),
                 },
                 sweep_interval: std::time::Duration::from_secs(a.sweep_interval_s.max(1)),
+                metrics: metrics_addr(&a.metrics)?,
             })
         })(),
         Command::Decap(a) => decap::run(&a.iface, a.xdp_mode.into(), &a.pin_dir),
