@@ -14,6 +14,7 @@ pub mod nexthop;
 pub mod plan;
 pub mod status;
 pub mod sweeper;
+pub mod top;
 pub mod tables;
 pub mod zk;
 pub mod daemon_status;

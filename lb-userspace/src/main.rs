@@ -51,6 +51,8 @@ enum Command {
     Decap(DecapArgs),
     /// Print services, backends, connections and counters from the pinned maps.
     Status(StatusArgs),
+    /// Refresh the status table every second with per-second rates (like `ipvsadm -L --rate`).
+    Top(TopArgs),
     /// Backend side: keep this backend registered in ZooKeeper while it runs (drains on SIGTERM).
     Register(lb_userspace::register::RegisterArgs),
     /// Services in ZooKeeper: put, rm, ls.
@@ -146,6 +148,18 @@ struct StatusArgs {
     json: bool,
 }
 
+#[derive(clap::Args, Debug)]
+struct TopArgs {
+    #[arg(long, default_value = lb_common::maps::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Time between frames (milliseconds).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+    interval_ms: u64,
+    /// Stop after this many frames (default: until interrupted).
+    #[arg(long)]
+    count: Option<u64>,
+}
+
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -190,6 +204,11 @@ fn main() -> ExitCode {
         })(),
         Command::Decap(a) => decap::run(&a.iface, a.xdp_mode.into(), &a.pin_dir),
         Command::Status(a) => status::run(&a.pin_dir, a.json),
+        Command::Top(a) => lb_userspace::top::run(
+            &a.pin_dir,
+            std::time::Duration::from_millis(a.interval_ms),
+            a.count,
+        ),
         Command::Register(a) => lb_userspace::register::run(&a),
         Command::Service(c) => lb_userspace::admin::run_service(c),
         Command::Backend(c) => lb_userspace::admin::run_backend(c),

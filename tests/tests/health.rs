@@ -292,3 +292,90 @@ fn persistence_keeps_a_client_on_one_backend_until_it_goes_down() {
         "the client moved to one healthy backend: {moved:?}"
     );
 }
+
+#[test]
+fn a_syn_flood_leaves_no_inflated_counters_and_keeps_established_flows() {
+    use lb_tests::synflood::syn_flood;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    const SYNS: usize = 20_000;
+    let svc = service("web", vip(1, false), "rr", &[1, 1, 1]);
+    let lab = lab_serving(
+        std::slice::from_ref(&svc),
+        &["--half-open-timeout-s", "2", "--sweep-interval-s", "1"],
+    );
+    let mut held = lab
+        .in_client(|| hold(svc.vip, 30))
+        .expect("client")
+        .expect("hold");
+    let per = held_per_backend(&held);
+    let SocketAddr::V4(vip4) = svc.vip else {
+        unreachable!("an IPv4 VIP")
+    };
+    // Spoofed sources on the client's subnet that nobody answers for.
+    let sent = lab
+        .in_client(|| {
+            syn_flood(
+                SocketAddrV4::new(*vip4.ip(), vip4.port()),
+                Ipv4Addr::new(198, 18, 1, 100),
+                100,
+                SYNS,
+            )
+        })
+        .expect("client")
+        .expect("flood");
+    assert_eq!(sent, SYNS);
+    let flooded = status(&lab);
+    let new_flows = flooded["counters"]["flow_new"].as_u64().unwrap_or(0);
+    assert!(
+        new_flows >= 30 + SYNS as u64 * 9 / 10,
+        "the flood reached the balancer: {new_flows} new flows"
+    );
+    // Half-open flows count as connections until they expire: the counters are inflated now.
+    let inflated: u64 = (0..3)
+        .filter_map(|i| active_conns(&flooded, "web", Lab::backend_addr(i, false)))
+        .sum();
+    assert!(
+        inflated > SYNS as u64 / 2,
+        "half-open flows are counted: {inflated}"
+    );
+
+    // `lb top` shows the flood's rates while it is fresh, and every backend.
+    let top = lab.lb_top_text(0, 1, 500).expect("lb top");
+    assert!(
+        top.contains("CPS") && top.contains("web 198.18.100.1:80 rr"),
+        "{top}"
+    );
+    for i in 0..3 {
+        assert!(
+            top.contains(&Lab::backend_addr(i, false).to_string()),
+            "{top}"
+        );
+    }
+
+    // Half-open flows expire after 2 s; the next sweep (1 s) puts the counters back to the held ones.
+    let held_on = |i: usize| per.get(&Lab::backend_name(i)).copied().unwrap_or(0) as u64;
+    let exact = |s: &serde_json::Value| {
+        (0..3).all(|i| active_conns(s, "web", Lab::backend_addr(i, false)) == Some(held_on(i)))
+    };
+    assert_eventually!(
+        exact(&status_now(&lab)),
+        Duration::from_secs(6),
+        "counters stayed inflated after the flood: {:#}",
+        status_now(&lab)
+    );
+    for c in &mut held {
+        let greeted = c.backend().to_string();
+        assert_eq!(
+            c.ping()
+                .expect("an established connection survives the flood"),
+            greeted
+        );
+    }
+    let after = status(&lab);
+    assert_eq!(
+        after["counters"]["flow_rescheduled"].as_u64(),
+        Some(0),
+        "{after:#}"
+    );
+}
