@@ -142,8 +142,13 @@ fn probe(service_id: u32, table_offset: u32, pos: u32, len: u32) -> Result<u32, 
 #[inline(always)]
 fn conns(id: u32) -> u64 {
     match LB_BE_CONNS.get_ptr(id) {
-        // SAFETY: map value; a torn read cannot happen on a 64-bit aligned load.
-        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        Some(p) => {
+            // SAFETY: map value; a torn read cannot happen on a 64-bit aligned load.
+            let n = unsafe { core::ptr::read_volatile(p) };
+            // The sweeper may reset a counter just before a flow it did not see closes; the decrement
+            // then wraps below zero until the next sweep. Read that as no connections, not 2^64.
+            if (n as i64) < 0 { 0 } else { n }
+        }
         None => u64::MAX,
     }
 }

@@ -102,9 +102,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     opts.capacity.validate().map_err(|e| anyhow::anyhow!("invalid capacity: {e}"))?;
     netif::ifindex(&opts.iface)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let signals = Signals::install(&runtime)?;
     let mut source = Source::open(&opts.source, &runtime);
     let outer = outer_sources(&opts)?;
-    let desired = match &mut source {
+    let desired: DesiredState = match &mut source {
         Source::File { path, .. } => {
             let desired = config::load_config_file(path)
                 .map_err(|e| anyhow::anyhow!("{e}"))
@@ -117,17 +118,37 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             forwardable(first.as_deref().cloned().unwrap_or_default(), &outer)
         }
     };
-    let mut applied = AppliedTimes::default();
-    let apply_started = Instant::now();
 
     let mut dp = Dataplane::load(&LoadOptions {
         capacity: opts.capacity,
         pin_dir: Some(opts.pin_dir.clone()),
         kernel_log: opts.kernel_log,
     })?;
-    dp.set_config(&outer)?;
+    // From here on the maps are pinned: every way out, error or not, unpins them.
+    let result = serve(&opts, &runtime, &mut dp, &mut source, signals, &desired, &outer);
+    let _ = std::fs::remove_file(daemon_status::status_file_path(&opts.pin_dir));
+    drop(source);
+    dp.remove_pins();
+    drop(dp);
+    info!("detached and unpinned; bye");
+    result
+}
+
+/// Applies the first state, attaches, then follows the source until SIGINT/SIGTERM.
+fn serve(
+    opts: &RunOptions,
+    runtime: &tokio::runtime::Runtime,
+    dp: &mut Dataplane,
+    source: &mut Source,
+    signals: Signals,
+    desired: &DesiredState,
+    outer: &LbConfig,
+) -> anyhow::Result<()> {
+    let mut applied = AppliedTimes::default();
+    dp.set_config(outer)?;
+    let apply_started = Instant::now();
     let mut applier = Applier::new(opts.capacity, opts.hash_seed);
-    let report = applier.apply(&mut dp, &desired).context("applying the configuration")?;
+    let report = applier.apply(dp, desired).context("applying the configuration")?;
     info!(services = desired.services.len(), generation = report.generation, "configuration applied");
     applied.synced(true);
     applied.last_apply = Some(apply_started.elapsed());
@@ -138,24 +159,19 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     info!(iface = %opts.iface, mode = ?mode, pin_dir = %opts.pin_dir.display(), "forwarding");
 
     let mut ctx = Ctx {
-        opts: &opts,
-        dp: &mut dp,
+        opts,
+        dp,
         applier: &mut applier,
         nexthops: &mut nexthops,
-        outer: &outer,
+        outer,
         applied,
-        desired,
+        desired: desired.clone(),
         checker: None,
         metrics: watch::channel(DaemonMetrics::default()).0,
         flows: 0,
     };
-    let result = runtime.block_on(follow(&mut ctx, &mut source));
-    let _ = std::fs::remove_file(daemon_status::status_file_path(&opts.pin_dir));
-    drop(source);
+    let result = runtime.block_on(follow(&mut ctx, source, signals));
     nexthops.release();
-    dp.remove_pins();
-    drop(dp);
-    info!("detached and unpinned; bye");
     result
 }
 
@@ -331,10 +347,28 @@ fn forwardable(mut desired: DesiredState, outer: &LbConfig) -> DesiredState {
     desired
 }
 
-async fn follow(ctx: &mut Ctx<'_>, source: &mut Source) -> anyhow::Result<()> {
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+/// The signals the daemon acts on, installed before anything is loaded or pinned: a signal that
+/// arrives while the data plane is being set up waits for the follow loop instead of killing the
+/// process with its maps pinned.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install(runtime: &tokio::runtime::Runtime) -> anyhow::Result<Signals> {
+        let _guard = runtime.enter();
+        Ok(Signals {
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+}
+
+async fn follow(ctx: &mut Ctx<'_>, source: &mut Source, signals: Signals) -> anyhow::Result<()> {
+    let Signals { mut hup, mut int, mut term } = signals;
     let mut sweep = tokio::time::interval(ctx.opts.sweep_interval);
     let mut status_tick = tokio::time::interval(STATUS_WRITE);
     let mut last_nexthop = Instant::now();

@@ -32,20 +32,24 @@ const ADDR_REFRESH: Duration = Duration::from_secs(5);
 pub fn run(iface: &str, mode: AttachMode, pin_dir: &Path) -> anyhow::Result<()> {
     require_root("lb decap")?;
     netif::ifindex(iface)?;
+    // Signals first: one that arrives while loading waits for the loop below instead of killing the
+    // process with its maps pinned.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (mut int, mut term) = {
+        let _guard = runtime.enter();
+        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
+    };
     let mut dp = Dataplane::load(&LoadOptions {
         capacity: DECAP_CAPACITY,
         pin_dir: Some(pin_dir.to_path_buf()),
         kernel_log: false,
     })?;
-    let mut known = BTreeSet::new();
-    add_local_addrs(&mut dp, &mut known)?;
-    let attached = dp.attach_decap(iface, mode)?;
-    info!(iface, mode = ?attached, addrs = known.len(), "decapsulating IPIP / ip6ip6 to local addresses");
-
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // From here on the maps are pinned: every way out, error or not, unpins them.
     let result: anyhow::Result<()> = runtime.block_on(async {
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut term = signal(SignalKind::terminate())?;
+        let mut known = BTreeSet::new();
+        add_local_addrs(&mut dp, &mut known)?;
+        let attached = dp.attach_decap(iface, mode)?;
+        info!(iface, mode = ?attached, addrs = known.len(), "decapsulating IPIP / ip6ip6 to local addresses");
         let mut tick = tokio::time::interval(ADDR_REFRESH);
         loop {
             tokio::select! {

@@ -56,6 +56,10 @@ fn socket_addr(words: [u32; 4], family: u8, port_be: u16) -> String {
     }
 }
 
+fn clamp_conns(n: u64) -> u64 {
+    if (n as i64) < 0 { 0 } else { n }
+}
+
 fn vip_string(k: &VipKey) -> String {
     socket_addr(k.addr, k.family, k.port_be)
 }
@@ -93,7 +97,8 @@ pub fn collect_without_flows(maps: &MapsView) -> anyhow::Result<Status> {
             addr: socket_addr(b.addr, b.family, b.port_be),
             weight: b.weight,
             state,
-            active_conns: maps.backend_conns(id)?,
+            // A counter wrapped below zero by a sweeper race reads as 0 (the next sweep fixes it).
+            active_conns: clamp_conns(maps.backend_conns(id)?),
             packets: stats.packets,
             bytes: stats.bytes,
             new_flows: stats.new_flows,

@@ -1,6 +1,9 @@
 //! `lb run` takes its services from exactly one of `--config` and `--zk`; both or neither is a clear
 //! error before anything is loaded (so these run without root).
 
+// Test helpers outside #[test] functions may unwrap: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 fn lb_run(args: &[&str]) -> (bool, String) {

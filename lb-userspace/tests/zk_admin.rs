@@ -1,5 +1,8 @@
 //! The admin CLI against a real ZooKeeper: the library calls, the `lb` binary, and zkCli hand edits.
 
+// Test helpers outside #[test] functions may unwrap: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;

@@ -156,8 +156,10 @@ pub fn render(rows: &[ShareRow]) -> String {
     out
 }
 
-/// Checks the status JSON of `lb status --json` for a service named `name` whose backends are exactly
-/// `config`'s (addresses and weights) — i.e. the daemon has applied that configuration.
+/// Checks the status JSON of `lb status --json` for a service named `name` with `config`'s scheduler
+/// and backends (address, weight, state) — i.e. the daemon has applied that configuration. Backends
+/// the status shows beyond the configured ones (retired, still draining their flows) must not be
+/// active.
 pub fn status_shows(status: &serde_json::Value, config: &ServiceConfig) -> bool {
     let Some(services) = status["services"].as_array() else {
         return false;
@@ -165,24 +167,34 @@ pub fn status_shows(status: &serde_json::Value, config: &ServiceConfig) -> bool 
     let Some(svc) = services.iter().find(|s| s["name"] == config.name.as_str()) else {
         return false;
     };
-    if svc["scheduler"] != config.scheduler.as_str() {
-        return false;
-    }
     let Some(backends) = svc["backends"].as_array() else {
         return false;
     };
-    let mut seen: Vec<(SocketAddr, u64)> = backends
-        .iter()
-        .filter_map(|b| Some((b["addr"].as_str()?.parse().ok()?, b["weight"].as_u64()?)))
-        .collect();
-    let mut want: Vec<(SocketAddr, u64)> = config
-        .backends
-        .iter()
-        .map(|b| (b.addr, u64::from(b.weight)))
-        .collect();
-    seen.sort();
-    want.sort();
-    seen.len() == backends.len() && seen == want
+    let addr_of = |b: &serde_json::Value| {
+        b["addr"]
+            .as_str()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+    };
+    let configured_shown = config.backends.iter().all(|want| {
+        let expected_state = if want.weight == 0 {
+            "draining"
+        } else {
+            want.state.as_str()
+        };
+        backends.iter().any(|b| {
+            addr_of(b) == Some(want.addr)
+                && b["weight"].as_u64() == Some(u64::from(want.weight))
+                && b["state"] == expected_state
+        })
+    });
+    let extras_inactive = backends.iter().all(|b| {
+        config
+            .backends
+            .iter()
+            .any(|want| addr_of(b) == Some(want.addr))
+            || b["state"] != "active"
+    });
+    svc["scheduler"] == config.scheduler.as_str() && configured_shown && extras_inactive
 }
 
 /// A backend's `active_conns` in `lb status --json`, by address.
@@ -244,8 +256,9 @@ mod tests {
     fn status_matching_compares_addresses_and_weights() {
         let cfg = service("web", vip(1, false), "wrr", &[1, 2]);
         let status = serde_json::json!({"services": [{"name": "web", "scheduler": "wrr", "backends": [
-            {"addr": "198.18.2.12:80", "weight": 2, "active_conns": 3},
-            {"addr": "198.18.2.11:80", "weight": 1, "active_conns": 0}]}],
+            {"addr": "198.18.2.12:80", "weight": 2, "state": "active", "active_conns": 3},
+            {"addr": "198.18.2.13:80", "weight": 0, "state": "draining", "active_conns": 1},
+            {"addr": "198.18.2.11:80", "weight": 1, "state": "active", "active_conns": 0}]}],
             "counters": {"drop_mtu": 0, "drop_no_route": 2, "rx_packets": 9}});
         assert!(status_shows(&status, &cfg));
         assert!(!status_shows(

@@ -244,6 +244,42 @@ fn established_connections_survive_reload(scheduler: &str) {
 }
 
 #[test]
+fn draining_and_removed_backends_keep_established_connections() {
+    let before = service("web", vip(1, false), "wrr", &[1, 1, 1]);
+    let mut lab = lab_serving(std::slice::from_ref(&before));
+    let mut held = lab
+        .in_client(|| hold(before.vip, 30))
+        .expect("client namespace")
+        .expect("hold");
+    assert_eq!(held_per_backend(&held).len(), 3);
+
+    // b0 drains, b1 leaves the service, b2 stays.
+    let mut after = service("web", vip(1, false), "wrr", &[1, 1, 1]);
+    after.backends[0].state = "draining".into();
+    after.backends.remove(1);
+    lab.rewrite_config(0, &to_toml(std::slice::from_ref(&after)))
+        .expect("rewrite config");
+    wait_applied(&lab, 0, std::slice::from_ref(&after));
+
+    for c in &mut held {
+        let greeted = c.backend().to_string();
+        let now = c
+            .ping()
+            .unwrap_or_else(|e| panic!("held connection to {greeted} broke: {e:#}"));
+        assert_eq!(now, greeted);
+    }
+    let spread = lab
+        .in_client(|| spread(after.vip, 300, CONCURRENCY))
+        .expect("client namespace");
+    assert_eq!(spread.failures, 0, "{:?}", spread.failure_samples);
+    assert_eq!(
+        spread.count("b2"),
+        300,
+        "only the active backend takes new connections: {spread:?}"
+    );
+}
+
+#[test]
 fn maglev_established_connections_survive_reload() {
     established_connections_survive_reload("maglev");
 }

@@ -65,6 +65,7 @@ fn lab_with(fake: &FakeLb) -> Lab {
         decap: false,
         lb_bin: Some(fake.path().to_path_buf()),
         server_bin: Some(env!("CARGO_BIN_EXE_lab-server").into()),
+        wait_for_xdp: false,
         ..Default::default()
     })
     .expect("the lab starts")

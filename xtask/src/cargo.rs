@@ -47,10 +47,17 @@ pub fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
 /// Runs every host test in release mode with `LB_BIN` pointing at the freshly built daemon.
 pub fn test(root: &Path, extra: &[OsString]) -> anyhow::Result<()> {
     let lb = release_bin(root, "lb");
-    let mut args: Vec<OsString> = ["test", "--release", "--workspace", "--exclude", "lb-ebpf"]
-        .iter()
-        .map(OsString::from)
-        .collect();
+    let mut args: Vec<OsString> = [
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
     args.extend(extra.iter().cloned());
     println!(
         "xtask: LB_BIN={} cargo {}",

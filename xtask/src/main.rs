@@ -4,6 +4,7 @@
 //! (it is what installs that toolchain).
 
 mod cargo;
+mod clean;
 mod setup;
 
 use std::ffi::OsString;
@@ -40,6 +41,8 @@ enum Command {
     },
     /// Build, then run the demo: a lab with three backends, every scheduler, real connections.
     Demo,
+    /// Remove namespaces and directories left by lab tests that were killed before cleaning up.
+    CleanLabs,
     /// Build, then run the XDP benchmark binary.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
     let root = cargo::workspace_root()?;
     match cli.command {
         Command::Setup => setup::run(),
+        Command::CleanLabs => clean::run(),
         Command::Build => build(&root),
         Command::Run { args } => {
             build(&root)?;

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use clap::Parser;
+use lb_tests::client::held_per_backend;
 use lb_tests::config::{ServiceConfig, to_toml};
 use lb_tests::eventually::wait_until;
 use lb_tests::scenario::{
     SCHEDULERS, Tolerance, compare, expected_shares, is_weighted, render, service, status_shows,
     vip,
 };
-use lb_tests::{Lab, LabOptions, spread};
+use lb_tests::{Lab, LabOptions, Spread, hold, spread};
 
 #[derive(Parser)]
 #[command(about = "Drive real connections through the XDP load balancer in a namespace lab")]
@@ -102,24 +103,48 @@ fn run_one(
     failures: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let weights = weights(svc);
-    println!(
-        "\n== {} on {} (weights {:?}), {} connections ==",
-        svc.scheduler, svc.vip, weights, args.connections
-    );
     let vip = svc.vip;
     let (connections, concurrency) = (args.connections, args.concurrency);
-    let spread = lab.in_client(move || spread(vip, connections, concurrency))?;
+    let least_conn = svc.scheduler == "least-conn";
+    let (spread, tolerance) = if least_conn {
+        // least-conn weighs open connections, so keep them all open while they are counted.
+        println!(
+            "\n== {} on {} (weights {:?}), {} connections held open ==",
+            svc.scheduler, svc.vip, weights, connections
+        );
+        let held = lab.in_client(move || hold(vip, connections))?;
+        let spread = match held {
+            Ok(held) => Spread {
+                per_backend: held_per_backend(&held),
+                ..Spread::default()
+            },
+            Err(e) => Spread {
+                failures: 1,
+                failure_samples: vec![format!("{e:#}")],
+                ..Spread::default()
+            },
+        };
+        (
+            spread,
+            Tolerance::Deterministic {
+                slack: 1.0,
+                frac: 0.0,
+            },
+        )
+    } else {
+        println!(
+            "\n== {} on {} (weights {:?}), {} connections ==",
+            svc.scheduler, svc.vip, weights, connections
+        );
+        let spread = lab.in_client(move || spread(vip, connections, concurrency))?;
+        (spread, Tolerance::for_scheduler(&svc.scheduler))
+    };
     let rows = compare(
         &spread,
         &expected_shares(&svc.scheduler, &weights),
-        Tolerance::for_scheduler(&svc.scheduler),
+        tolerance,
     );
     print!("{}", render(&rows));
-    if svc.scheduler == "least-conn" {
-        println!(
-            "(least-conn weighs open connections; these close at once, so ties decide most choices)"
-        );
-    }
     if spread.failures > 0 {
         println!(
             "failed connections: {} (first: {:?})",

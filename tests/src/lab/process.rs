@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufRead as _, BufReader, Read as _};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -97,7 +98,19 @@ impl NsProcess {
             )
         };
         // Without --fork, nsenter execs the program itself, so the child's pid is the program's pid.
-        let child = Command::new("nsenter")
+        let mut cmd = Command::new("nsenter");
+        // SAFETY: the hook only calls prctl, which is async-signal-safe. It makes the kernel send
+        // SIGTERM to the child when the thread that spawned it ends, so a test killed before `Drop`
+        // leaves no daemon behind (the setting survives nsenter's exec).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg(format!("--net={NETNS_DIR}/{netns}"))
             .arg("--")
             .arg(program)
@@ -115,6 +128,10 @@ impl NsProcess {
             log: log.into(),
             exit: None,
         })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The last lines of the process's log, for error messages.
