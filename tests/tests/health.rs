@@ -379,3 +379,51 @@ fn a_syn_flood_leaves_no_inflated_counters_and_keeps_established_flows() {
         "{after:#}"
     );
 }
+
+#[test]
+fn panic_mode_keeps_every_backend_when_too_few_are_healthy() {
+    let svc = service("web", vip(1, false), "rr", &[1, 1, 1])
+        .with(health_check_line())
+        .with("panic_threshold = 50");
+    let mut lab = lab_serving(std::slice::from_ref(&svc), &[]);
+    // One of three down is 67 % healthy: above the threshold, b2 leaves the table.
+    lab.stop_backend_server(2).expect("stop b2");
+    time_until_state(&lab, "web", 2, "down", RELOAD_TIMEOUT);
+    // Two of three down is 33 %: panic, every backend is back in the table.
+    lab.stop_backend_server(1).expect("stop b1");
+    assert_eventually!(
+        lab.lb_log(0).is_ok_and(|l| l.contains("panic mode")),
+        RELOAD_TIMEOUT,
+        "panic mode never logged: {:?}",
+        lab.lb_log(0)
+    );
+    let status = status(&lab);
+    for i in 0..3 {
+        assert_eq!(
+            backend_state(&status, "web", Lab::backend_addr(i, false)).as_deref(),
+            Some("active"),
+            "b{i} in panic mode: {status:#}"
+        );
+    }
+    let text = lab.lb_status_text(0).expect("lb status");
+    assert!(text.contains("panic mode: web"), "{text}");
+    // The healthy backend is not the only one offered new flows.
+    let s = lab
+        .in_client(|| spread(svc.vip, 60, CONCURRENCY))
+        .expect("client");
+    assert!(s.count("b0") < 60, "{s:?}");
+    assert!(
+        s.failures > 0,
+        "connections to the stopped servers fail: {s:?}"
+    );
+
+    // b1 back: 67 % healthy, panic over, b2 is out again.
+    lab.start_backend_server(1).expect("restart b1");
+    assert_eventually!(
+        lab.lb_log(0).is_ok_and(|l| l.contains("panic mode over")),
+        RELOAD_TIMEOUT,
+        "panic mode never ended: {:?}",
+        lab.lb_log(0)
+    );
+    time_until_state(&lab, "web", 2, "down", RELOAD_TIMEOUT);
+}
