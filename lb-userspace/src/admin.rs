@@ -75,6 +75,8 @@ pub struct ServiceFields {
     pub persistence_netmask: Option<u8>,
     /// The `health_check` object as JSON.
     pub health_check: Option<serde_json::Value>,
+    /// Panic threshold in percent (0: off).
+    pub panic_threshold: Option<u8>,
 }
 
 impl ServiceFields {
@@ -94,6 +96,9 @@ impl ServiceFields {
         }
         if let Some(h) = &self.health_check {
             o.insert("health_check".into(), h.clone());
+        }
+        if let Some(p) = self.panic_threshold {
+            o.insert("panic_threshold".into(), p.into());
         }
         serde_json::Value::Object(o)
     }
@@ -519,6 +524,9 @@ pub enum ServiceCommand {
         /// Health check as JSON, e.g. '{"kind": "http", "path": "/healthz"}'.
         #[arg(long)]
         health_check: Option<String>,
+        /// Percent of healthy backends below which new flows go to all backends (default 0: off).
+        #[arg(long)]
+        panic_threshold: Option<u8>,
     },
     /// Delete a service and all its backends (one transaction).
     Rm {
@@ -599,6 +607,7 @@ pub fn run_service(command: ServiceCommand) -> anyhow::Result<()> {
                 persistence_timeout_s,
                 persistence_netmask,
                 health_check,
+                panic_threshold,
             } => {
                 let health_check = health_check
                     .map(|h| {
@@ -615,6 +624,7 @@ pub fn run_service(command: ServiceCommand) -> anyhow::Result<()> {
                     persistence_timeout_s,
                     persistence_netmask,
                     health_check,
+                    panic_threshold,
                 };
                 let (client, target) = connect(&zk).await?;
                 let outcome = put_service(&client, &target, &name, &fields.to_json(vip)).await?;

@@ -13,11 +13,14 @@ use std::time::{Duration, Instant};
 
 use lb_common::limits::Capacity;
 use lb_common::service::SERVICE_NAME_LEN;
-use lb_common::{BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry, ServiceEntry, ServiceMeta, VipKey};
+use lb_common::{
+    BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry, ServiceEntry, ServiceMeta, VipKey,
+};
 use thiserror::Error;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::dataplane::{Dataplane, DataplaneError};
+use crate::health::HealthView;
 use crate::model::{DesiredState, ServiceSpec};
 use crate::plan;
 use crate::tables::{TableBackend, build_table};
@@ -62,6 +65,34 @@ struct AppliedService {
     id: u32,
     slot: u32,
     backend_ids: BTreeMap<SocketAddr, u32>,
+    health: ServiceHealth,
+}
+
+/// Which of a service's backends its health checks took out, as applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceHealth {
+    /// Backends flagged down: out of the table, their established flows are moved.
+    pub down: BTreeSet<SocketAddr>,
+    /// Fewer than `panic_threshold` percent of the backends that take new flows are healthy, so
+    /// all of them stay in the table (none is flagged down).
+    pub panic: bool,
+}
+
+impl ServiceHealth {
+    /// What `health` means for `spec`, panic threshold included (pure; unit-tested).
+    pub fn of(spec: &ServiceSpec, health: &HealthView) -> ServiceHealth {
+        let check = spec.health_check.as_ref();
+        let down: BTreeSet<SocketAddr> =
+            spec.backends.keys().copied().filter(|addr| health.is_down(*addr, check)).collect();
+        let eligible = spec.backends.values().filter(|b| b.takes_new_flows()).count();
+        let healthy = spec.backends.values().filter(|b| b.takes_new_flows() && !down.contains(&b.addr)).count();
+        let threshold = usize::from(spec.panic_threshold);
+        if threshold > 0 && eligible > 0 && healthy * 100 < threshold * eligible {
+            ServiceHealth { down: BTreeSet::new(), panic: true }
+        } else {
+            ServiceHealth { down, panic: false }
+        }
+    }
 }
 
 /// A backend that left its service: draining until no flow refers to it.
@@ -79,7 +110,16 @@ pub struct ApplyReport {
     pub added: Vec<String>,
     pub changed: Vec<String>,
     pub removed: Vec<String>,
+    /// Services re-applied because a backend's health (or their panic mode) changed.
+    pub health_changed: Vec<String>,
     pub generation: u32,
+}
+
+impl ApplyReport {
+    /// Did the data plane change?
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty() && self.health_changed.is_empty()
+    }
 }
 
 pub struct Applier {
@@ -147,12 +187,33 @@ impl Applier {
         &self.retired
     }
 
-    /// Applies `desired` (already validated) service by service; each service flips atomically.
-    /// On error, services applied before the failing one stay applied and the failing one keeps its
-    /// previous version; the caller logs and retries on the next change.
+    /// Applies `desired` (already validated) with every backend healthy; see [`Applier::apply_with_health`].
     pub fn apply(&mut self, dp: &mut Dataplane, desired: &DesiredState) -> Result<ApplyReport, ApplyError> {
+        self.apply_with_health(dp, desired, &HealthView::default())
+    }
+
+    /// Applies `desired` (already validated) service by service, with the backends `health` reports
+    /// down taken out of their tables; each service flips atomically. A service whose configuration
+    /// is unchanged is re-applied when its backends' health changed. On error, services applied
+    /// before the failing one stay applied and the failing one keeps its previous version; the
+    /// caller logs and retries on the next change.
+    pub fn apply_with_health(
+        &mut self,
+        dp: &mut Dataplane,
+        desired: &DesiredState,
+        health: &HealthView,
+    ) -> Result<ApplyReport, ApplyError> {
         let plan = plan::diff(&self.applied_state(), desired);
-        if plan.is_empty() {
+        let health_changed: Vec<String> = desired
+            .services
+            .values()
+            .filter(|spec| !plan.added.contains(&spec.name) && !plan.changed.contains(&spec.name))
+            .filter(|spec| {
+                self.services.get(&spec.name).is_some_and(|a| a.health != ServiceHealth::of(spec, health))
+            })
+            .map(|spec| spec.name.clone())
+            .collect();
+        if plan.is_empty() && health_changed.is_empty() {
             return Ok(ApplyReport { generation: self.generation, ..Default::default() });
         }
         self.generation = self.generation.wrapping_add(1);
@@ -160,23 +221,30 @@ impl Applier {
         for name in &plan.removed {
             self.remove_service(dp, name, &desired_vips)?;
         }
-        for name in plan.added.iter().chain(plan.changed.iter()) {
+        for name in plan.added.iter().chain(plan.changed.iter()).chain(health_changed.iter()) {
             if let Some(spec) = desired.services.get(name) {
-                self.put_service(dp, spec, &desired_vips)?;
+                self.put_service(dp, spec, &ServiceHealth::of(spec, health), &desired_vips)?;
             }
         }
         Ok(ApplyReport {
             added: plan.added,
             changed: plan.changed,
             removed: plan.removed,
+            health_changed,
             generation: self.generation,
         })
+    }
+
+    /// The applied health of every service (for `lb status` and the metrics).
+    pub fn service_health(&self, name: &str) -> Option<&ServiceHealth> {
+        self.services.get(name).map(|s| &s.health)
     }
 
     fn put_service(
         &mut self,
         dp: &mut Dataplane,
         spec: &ServiceSpec,
+        health: &ServiceHealth,
         desired_vips: &BTreeSet<VipKey>,
     ) -> Result<(), ApplyError> {
         let previous = self.services.get(&spec.name).cloned();
@@ -213,6 +281,9 @@ impl Applier {
             if !b.takes_new_flows() {
                 flags |= BACKEND_F_DRAINING;
             }
+            if health.down.contains(addr) {
+                flags |= BACKEND_F_DOWN;
+            }
             dp.put_backend(id, &backend_entry(addr, service_id, b.weight, flags))?;
             backend_ids.insert(*addr, id);
         }
@@ -221,7 +292,7 @@ impl Applier {
         let table_backends: Vec<TableBackend> = spec
             .backends
             .iter()
-            .filter(|(_, b)| b.takes_new_flows())
+            .filter(|(addr, b)| b.takes_new_flows() && !health.down.contains(addr))
             .filter_map(|(addr, b)| backend_ids.get(addr).map(|id| TableBackend { id: *id, addr: *addr, weight: b.weight }))
             .collect();
         let table = build_table(spec.scheduler.table_kind(), &table_backends, self.capacity.table_size, self.seed);
@@ -264,18 +335,30 @@ impl Applier {
                 }
             }
         }
+        let was_panic = previous.as_ref().is_some_and(|p| p.health.panic);
+        if health.panic && !was_panic {
+            warn!(
+                service = %spec.name,
+                panic_threshold = spec.panic_threshold,
+                "panic mode: fewer than {}% of the backends are healthy, new flows go to all of them",
+                spec.panic_threshold
+            );
+        } else if was_panic && !health.panic {
+            info!(service = %spec.name, "panic mode over: new flows go to healthy backends only");
+        }
         info!(
             service = %spec.name,
             vip = %spec.vip,
             scheduler = spec.scheduler.name(),
             backends = spec.backends.len(),
+            down = health.down.len(),
             table_len = table.len(),
             "service {}",
             if previous.is_some() { "updated" } else { "added" }
         );
         self.services.insert(
             spec.name.clone(),
-            AppliedService { spec: spec.clone(), id: service_id, slot, backend_ids },
+            AppliedService { spec: spec.clone(), id: service_id, slot, backend_ids, health: health.clone() },
         );
         Ok(())
     }
@@ -379,4 +462,74 @@ fn service_meta(spec: &ServiceSpec) -> ServiceMeta {
     let n = bytes.len().min(SERVICE_NAME_LEN - 1);
     meta.name[..n].copy_from_slice(&bytes[..n]);
     meta
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{Health, ProbeTarget};
+    use crate::model::{BackendSpec, BackendState, HealthCheckSpec};
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([198, 18, 2, 10 + i], 80))
+    }
+
+    fn service(backends: u8, panic_threshold: u8) -> ServiceSpec {
+        let mut s = ServiceSpec::new("web", "198.18.100.1:80".parse().unwrap());
+        s.health_check = Some(HealthCheckSpec::default());
+        s.panic_threshold = panic_threshold;
+        for i in 0..backends {
+            s = s.with_backend(BackendSpec::new(addr(i)));
+        }
+        s
+    }
+
+    fn down(spec: &ServiceSpec, which: &[u8]) -> HealthView {
+        let mut view = HealthView::default();
+        for i in which {
+            let target = ProbeTarget { addr: addr(*i), check: spec.health_check.clone().unwrap_or_default() };
+            view.set(target, Health::Down);
+        }
+        view
+    }
+
+    #[test]
+    fn down_backends_leave_the_table() {
+        let s = service(4, 0);
+        let h = ServiceHealth::of(&s, &down(&s, &[1, 2]));
+        assert!(!h.panic);
+        assert_eq!(h.down, [addr(1), addr(2)].into_iter().collect());
+    }
+
+    #[test]
+    fn unchecked_services_ignore_health() {
+        let mut s = service(2, 0);
+        let view = down(&s, &[0, 1]);
+        s.health_check = None;
+        assert_eq!(ServiceHealth::of(&s, &view), ServiceHealth::default());
+    }
+
+    #[test]
+    fn panic_mode_keeps_every_backend_below_the_threshold() {
+        let s = service(4, 50);
+        // 2 of 4 healthy is 50 %: not below the threshold.
+        assert!(!ServiceHealth::of(&s, &down(&s, &[0, 1])).panic);
+        // 1 of 4 healthy is 25 %: panic, nothing flagged down.
+        let h = ServiceHealth::of(&s, &down(&s, &[0, 1, 2]));
+        assert!(h.panic);
+        assert!(h.down.is_empty());
+    }
+
+    #[test]
+    fn draining_backends_do_not_count_toward_the_panic_share() {
+        let mut s = service(4, 50);
+        for i in [2, 3] {
+            if let Some(b) = s.backends.get_mut(&addr(i)) {
+                b.state = BackendState::Draining;
+            }
+        }
+        // Of the two that take new flows, one is healthy: 50 %, no panic.
+        assert!(!ServiceHealth::of(&s, &down(&s, &[0])).panic);
+        assert!(ServiceHealth::of(&s, &down(&s, &[0, 1])).panic);
+    }
 }

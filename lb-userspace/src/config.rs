@@ -10,6 +10,7 @@
 //! persistence_timeout_s = 0
 //! persistence_netmask = 32
 //! health_check = { kind = "tcp", interval_ms = 1000, timeout_ms = 500, rise = 2, fall = 3 }
+//! panic_threshold = 0                # percent; below this share healthy, send to all (0 = off)
 //! backends = [
 //!   { addr = "198.18.2.11:80", weight = 1 },
 //!   { addr = "198.18.2.12:80", weight = 2, state = "draining" },
@@ -32,7 +33,7 @@ use lb_common::VipKey;
 
 use crate::model::{
     BackendSpec, BackendState, DesiredState, ErrorField, HealthCheckKind, HealthCheckSpec,
-    MAX_WEIGHT, ModelError, Proto, ServiceSpec, parse_expect, parse_scheduler, parse_socket_addr,
+    MAX_PANIC_THRESHOLD, MAX_WEIGHT, ModelError, Proto, ServiceSpec, parse_expect, parse_scheduler, parse_socket_addr,
 };
 use tree::{Entry, Node, Value};
 
@@ -287,6 +288,7 @@ const SERVICE_FIELDS: &[&str] = &[
     "persistence_timeout_s",
     "persistence_netmask",
     "health_check",
+    "panic_threshold",
     "backends",
 ];
 const HEALTH_CHECK_FIELDS: &[&str] = &[
@@ -391,6 +393,11 @@ fn decode_service(
     if let Some(node) = table.get("persistence_netmask") {
         let bits = source.integer(node, &table.field("persistence_netmask"), 0, 128)?;
         spec.persistence_netmask = Some(u8::try_from(bits).unwrap_or(u8::MAX));
+    }
+    if let Some(node) = table.get("panic_threshold") {
+        let field = table.field("panic_threshold");
+        let percent = source.integer(node, &field, 0, i64::from(MAX_PANIC_THRESHOLD))?;
+        spec.panic_threshold = u8::try_from(percent).unwrap_or(MAX_PANIC_THRESHOLD);
     }
     if let Some(node) = table.get("health_check") {
         let check = source.table(node, table.field("health_check"))?;

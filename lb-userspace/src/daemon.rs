@@ -11,12 +11,15 @@ use anyhow::{Context as _, bail};
 use lb_common::LbConfig;
 use lb_common::limits::Capacity;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::apply::Applier;
 use crate::config;
 use crate::daemon_status::{self, DaemonStatus};
 use crate::dataplane::{AttachMode, Dataplane, LoadOptions};
+use crate::health::HealthChecker;
+use crate::metrics::{self, DaemonMetrics};
 use crate::model::DesiredState;
 use crate::netif;
 use crate::nexthop::NextHopKeeper;
@@ -74,6 +77,8 @@ pub struct RunOptions {
     pub kernel_log: bool,
     pub timeouts: FlowTimeouts,
     pub sweep_interval: Duration,
+    /// Where `/metrics` is served; `None`: not at all.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Checks we run as root (loading XDP programs needs CAP_BPF + CAP_NET_ADMIN; we do not try to be clever).
@@ -141,17 +146,30 @@ fn serve(
 ) -> anyhow::Result<()> {
     let mut applied = AppliedTimes::default();
     dp.set_config(outer)?;
+    let apply_started = Instant::now();
     let mut applier = Applier::new(opts.capacity, opts.hash_seed);
     let report = applier.apply(dp, desired).context("applying the configuration")?;
     info!(services = desired.services.len(), generation = report.generation, "configuration applied");
     applied.synced(true);
+    applied.last_apply = Some(apply_started.elapsed());
     let mut nexthops = NextHopKeeper::default();
     nexthops.refresh(applier.backend_addrs().iter().map(|a| a.ip()));
 
     let mode = dp.attach_balancer(&opts.iface, opts.attach_mode)?;
     info!(iface = %opts.iface, mode = ?mode, pin_dir = %opts.pin_dir.display(), "forwarding");
 
-    let mut ctx = Ctx { opts, dp, applier: &mut applier, nexthops: &mut nexthops, outer, applied };
+    let mut ctx = Ctx {
+        opts,
+        dp,
+        applier: &mut applier,
+        nexthops: &mut nexthops,
+        outer,
+        applied,
+        desired: desired.clone(),
+        checker: None,
+        metrics: watch::channel(DaemonMetrics::default()).0,
+        flows: 0,
+    };
     let result = runtime.block_on(follow(&mut ctx, source, signals));
     nexthops.release();
     result
@@ -193,6 +211,14 @@ struct Ctx<'a> {
     nexthops: &'a mut NextHopKeeper,
     outer: &'a LbConfig,
     applied: AppliedTimes,
+    /// The last state the source delivered (and this host can forward); health changes re-apply it.
+    desired: DesiredState,
+    /// The health checks (started inside the runtime by `follow`).
+    checker: Option<HealthChecker>,
+    /// What the metrics server shows besides the maps.
+    metrics: watch::Sender<DaemonMetrics>,
+    /// Flows in the table at the last sweep.
+    flows: usize,
 }
 
 /// When the source last delivered a state, and when the data plane last changed (for `lb status`).
@@ -200,6 +226,8 @@ struct Ctx<'a> {
 struct AppliedTimes {
     last_sync: Option<SystemTime>,
     last_change: Option<SystemTime>,
+    /// How long the last change to the data plane took.
+    last_apply: Option<Duration>,
 }
 
 impl AppliedTimes {
@@ -345,8 +373,29 @@ async fn follow(ctx: &mut Ctx<'_>, source: &mut Source, signals: Signals) -> any
     let mut status_tick = tokio::time::interval(STATUS_WRITE);
     let mut last_nexthop = Instant::now();
     let mut status_warned = false;
+    let mut checker = HealthChecker::default();
+    checker.sync(&ctx.desired);
+    ctx.checker = Some(checker);
+    let _metrics_server = match ctx.opts.metrics {
+        Some(addr) => match metrics::bind(addr).await {
+            Some(listener) => {
+                info!(%addr, "serving metrics on /metrics");
+                let server = metrics::serve(listener, ctx.opts.pin_dir.clone(), ctx.metrics.subscribe());
+                Some(AbortOnDrop(tokio::spawn(server)))
+            }
+            None => None,
+        },
+        None => None,
+    };
+    publish_metrics(ctx, source);
     loop {
         tokio::select! {
+            changed = health_changed(&mut ctx.checker) => {
+                if changed {
+                    apply_health(ctx);
+                    write_status(ctx, source, &mut status_warned);
+                }
+            }
             _ = hup.recv() => {
                 if let Some(desired) = source.hangup() {
                     apply_desired(ctx, source, desired);
@@ -358,7 +407,10 @@ async fn follow(ctx: &mut Ctx<'_>, source: &mut Source, signals: Signals) -> any
                 write_status(ctx, source, &mut status_warned);
             }
             _ = sweep.tick() => {
-                sweep_once(ctx.opts, ctx.dp, ctx.applier);
+                if let Some(flows) = sweep_once(ctx.opts, ctx.dp, ctx.applier) {
+                    ctx.flows = flows;
+                }
+                publish_metrics(ctx, source);
                 if last_nexthop.elapsed() >= NEXTHOP_REFRESH {
                     last_nexthop = Instant::now();
                     ctx.nexthops.refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
@@ -394,13 +446,20 @@ fn apply_desired(ctx: &mut Ctx<'_>, source: &Source, desired: DesiredState) {
         }
         Source::Zk(_) => forwardable(desired, ctx.outer),
     };
-    match ctx.applier.apply(ctx.dp, &desired) {
-        Ok(r) if r.added.is_empty() && r.changed.is_empty() && r.removed.is_empty() => {
+    if let Some(checker) = &mut ctx.checker {
+        checker.sync(&desired);
+    }
+    ctx.desired = desired;
+    let health = ctx.checker.as_ref().map(|c| c.view().clone()).unwrap_or_default();
+    let started = Instant::now();
+    match ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health) {
+        Ok(r) if r.is_empty() => {
             ctx.applied.synced(false);
             info!("configuration unchanged");
         }
         Ok(r) => {
             ctx.applied.synced(true);
+            ctx.applied.last_apply = Some(started.elapsed());
             info!(generation = r.generation, added = ?r.added, changed = ?r.changed, removed = ?r.removed, "configuration applied");
             ctx.nexthops.refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
         }
@@ -408,8 +467,81 @@ fn apply_desired(ctx: &mut Ctx<'_>, source: &Source, desired: DesiredState) {
     }
 }
 
+/// Waits for a health transition (forever without a checker).
+async fn health_changed(checker: &mut Option<HealthChecker>) -> bool {
+    match checker {
+        Some(c) => c.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A backend's health changed: re-apply the last desired state with the new health.
+fn apply_health(ctx: &mut Ctx<'_>) {
+    let health = ctx.checker.as_ref().map(|c| c.view().clone()).unwrap_or_default();
+    let started = Instant::now();
+    match ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health) {
+        Ok(r) if r.is_empty() => {}
+        Ok(r) => {
+            ctx.applied.synced(true);
+            ctx.applied.last_apply = Some(started.elapsed());
+            info!(generation = r.generation, services = ?r.health_changed, "backend health applied");
+        }
+        Err(e) => error!("applying a health change failed (the services keep their last tables; retried on the next change): {e}"),
+    }
+}
+
+/// Aborts a spawned task when dropped (the metrics server ends with the follow loop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Backends of checked services that their checks report down: (service, backend).
+fn down_backends(ctx: &Ctx<'_>) -> Vec<(String, std::net::SocketAddr)> {
+    let Some(checker) = &ctx.checker else { return Vec::new() };
+    ctx.desired
+        .services
+        .values()
+        .flat_map(|s| {
+            s.backends
+                .keys()
+                .filter(|addr| checker.view().is_down(**addr, s.health_check.as_ref()))
+                .map(|addr| (s.name.clone(), *addr))
+        })
+        .collect()
+}
+
+fn panicking_services(ctx: &Ctx<'_>) -> Vec<String> {
+    ctx.desired
+        .services
+        .keys()
+        .filter(|name| ctx.applier.service_health(name).is_some_and(|h| h.panic))
+        .cloned()
+        .collect()
+}
+
+/// Hands the metrics server what only the daemon knows.
+fn publish_metrics(ctx: &Ctx<'_>, source: &Source) {
+    let zookeeper = match source {
+        Source::File { .. } => None,
+        Source::Zk(zk) => Some(zk.status.borrow().connection),
+    };
+    ctx.metrics.send_replace(DaemonMetrics {
+        generation: ctx.applier.generation(),
+        last_apply: ctx.applied.last_apply,
+        zookeeper,
+        down: down_backends(ctx),
+        panic: panicking_services(ctx),
+        flows: ctx.flows as u64,
+    });
+}
+
 /// Writes the status file `lb status` shows; a failure is logged once.
 fn write_status(ctx: &Ctx<'_>, source: &Source, warned: &mut bool) {
+    publish_metrics(ctx, source);
     let ms = |t: Option<SystemTime>| t.map(crate::zk::source::unix_ms);
     let (kind, config_file, zookeeper) = match source {
         Source::File { path, .. } => ("file", Some(path.clone()), None),
@@ -434,6 +566,12 @@ fn write_status(ctx: &Ctx<'_>, source: &Source, warned: &mut bool) {
         last_change_unix_ms: ms(ctx.applied.last_change),
         written_unix_ms: crate::zk::source::unix_ms(SystemTime::now()),
         zookeeper,
+        health: daemon_status::HealthStatus {
+            probes: ctx.checker.as_ref().map_or(0, HealthChecker::probes),
+            down: down_backends(ctx).into_iter().map(|(service, backend)| format!("{service} {backend}")).collect(),
+            panic: panicking_services(ctx),
+        },
+        last_apply_ms: ctx.applied.last_apply.map(|d| d.as_secs_f64() * 1000.0),
     };
     let path = daemon_status::status_file_path(&ctx.opts.pin_dir);
     match daemon_status::write(&path, &status) {
@@ -446,7 +584,8 @@ fn write_status(ctx: &Ctx<'_>, source: &Source, warned: &mut bool) {
     }
 }
 
-fn sweep_once(opts: &RunOptions, dp: &mut Dataplane, applier: &mut Applier) {
+/// One sweep; returns the flows left in the table (`None` when the sweep failed).
+fn sweep_once(opts: &RunOptions, dp: &mut Dataplane, applier: &mut Applier) -> Option<usize> {
     let ids = applier.all_backend_ids();
     match sweeper::sweep(dp, &opts.timeouts, &ids) {
         Ok(report) => {
@@ -458,7 +597,11 @@ fn sweep_once(opts: &RunOptions, dp: &mut Dataplane, applier: &mut Applier) {
                 Ok(_) => {}
                 Err(e) => warn!("releasing retired backends failed: {e}"),
             }
+            Some(report.flows)
         }
-        Err(e) => warn!("sweeping flows failed: {e}"),
+        Err(e) => {
+            warn!("sweeping flows failed: {e}");
+            None
+        }
     }
 }

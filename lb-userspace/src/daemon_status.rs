@@ -34,6 +34,20 @@ pub struct DaemonStatus {
     pub written_unix_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zookeeper: Option<ZkStatus>,
+    pub health: HealthStatus,
+    /// How long the last change to the data plane took.
+    pub last_apply_ms: Option<f64>,
+}
+
+/// What the health checks concluded.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HealthStatus {
+    /// Probe tasks running (one per distinct backend address and check).
+    pub probes: usize,
+    /// `"<service> <backend>"` of every backend its checks report down.
+    pub down: Vec<String>,
+    /// Services in panic mode (every backend kept in the table).
+    pub panic: Vec<String>,
 }
 
 /// `/sys/fs/bpf/lb` → `/run/lb/_sys_fs_bpf_lb.json`: one file per daemon (per pin directory).
@@ -128,6 +142,23 @@ pub fn render(daemon: &serde_json::Value) -> String {
             zget("held_backends"),
         );
     }
+    if let Some(health) = daemon.get("health").filter(|h| h.is_object()) {
+        let list = |k: &str| {
+            let items: Vec<String> = health
+                .get(k)
+                .and_then(serde_json::Value::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+        };
+        let _ = writeln!(
+            o,
+            "  health checks: {} probes; down: {}; panic mode: {}",
+            health.get("probes").cloned().unwrap_or(serde_json::Value::Null),
+            list("down"),
+            list("panic"),
+        );
+    }
     o
 }
 
@@ -173,6 +204,12 @@ mod tests {
             last_change_unix_ms: Some(1),
             written_unix_ms: 1,
             zookeeper: None,
+            health: HealthStatus {
+                probes: 2,
+                down: vec!["web 198.18.2.11:80".into()],
+                panic: Vec::new(),
+            },
+            last_apply_ms: Some(1.5),
         };
         write(&path, &status).unwrap();
         let back: serde_json::Value =

@@ -51,6 +51,8 @@ enum Command {
     Decap(DecapArgs),
     /// Print services, backends, connections and counters from the pinned maps.
     Status(StatusArgs),
+    /// Refresh the status table every second with per-second rates (like `ipvsadm -L --rate`).
+    Top(TopArgs),
     /// Backend side: keep this backend registered in ZooKeeper while it runs (drains on SIGTERM).
     Register(lb_userspace::register::RegisterArgs),
     /// Services in ZooKeeper: put, rm, ls.
@@ -111,6 +113,19 @@ struct RunArgs {
     /// How often idle flows are expired and connection counters reconciled (seconds).
     #[arg(long, default_value_t = 5)]
     sweep_interval_s: u64,
+    /// Serve Prometheus metrics on ADDR (`/metrics`), or `off`. Loopback by default.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR|off")]
+    metrics: String,
+}
+
+/// `--metrics`: an address, or `off`.
+fn metrics_addr(arg: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if arg == "off" {
+        return Ok(None);
+    }
+    arg.parse().map(Some).map_err(|_| {
+        anyhow::anyhow!("--metrics {arg:?} is neither IP:PORT (e.g. 127.0.0.1:9464) nor `off`")
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -131,6 +146,18 @@ struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct TopArgs {
+    #[arg(long, default_value = lb_common::maps::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Time between frames (milliseconds).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+    interval_ms: u64,
+    /// Stop after this many frames (default: until interrupted).
+    #[arg(long)]
+    count: Option<u64>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -172,10 +199,16 @@ fn main() -> ExitCode {
                     closed: std::time::Duration::from_secs(a.closed_timeout_s),
                 },
                 sweep_interval: std::time::Duration::from_secs(a.sweep_interval_s.max(1)),
+                metrics: metrics_addr(&a.metrics)?,
             })
         })(),
         Command::Decap(a) => decap::run(&a.iface, a.xdp_mode.into(), &a.pin_dir),
         Command::Status(a) => status::run(&a.pin_dir, a.json),
+        Command::Top(a) => lb_userspace::top::run(
+            &a.pin_dir,
+            std::time::Duration::from_millis(a.interval_ms),
+            a.count,
+        ),
         Command::Register(a) => lb_userspace::register::run(&a),
         Command::Service(c) => lb_userspace::admin::run_service(c),
         Command::Backend(c) => lb_userspace::admin::run_backend(c),

@@ -11,6 +11,9 @@ pub struct ServiceConfig {
     /// `rr`, `wrr`, `random`, `wrandom`, `least-conn` or `maglev`.
     pub scheduler: String,
     pub backends: Vec<BackendConfig>,
+    /// Further `key = value` lines of the service, as TOML (`persistence_timeout_s = 60`,
+    /// `health_check = { interval_ms = 200 }`).
+    pub extra: Vec<String>,
 }
 
 /// One backend of a service.
@@ -39,7 +42,14 @@ impl ServiceConfig {
             vip,
             scheduler: scheduler.into(),
             backends,
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds a `key = value` line (TOML) to the service.
+    pub fn with(mut self, line: impl Into<String>) -> Self {
+        self.extra.push(line.into());
+        self
     }
 }
 
@@ -52,6 +62,9 @@ pub fn to_toml(services: &[ServiceConfig]) -> String {
         let _ = writeln!(out, "name = {:?}", s.name);
         let _ = writeln!(out, "vip = \"{}\"", s.vip);
         let _ = writeln!(out, "scheduler = {:?}", s.scheduler);
+        for line in &s.extra {
+            let _ = writeln!(out, "{line}");
+        }
         let _ = writeln!(out, "backends = [");
         for b in &s.backends {
             let _ = writeln!(

@@ -9,6 +9,7 @@ pub mod config;
 pub mod eventually;
 pub mod lab;
 pub mod scenario;
+pub mod synflood;
 pub mod zk_server;
 
 pub use client::{HeldConn, Spread, hold, spread};

@@ -438,3 +438,20 @@ fn loads_a_file_and_names_it_in_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn panic_threshold_is_a_percentage() {
+    let text = "[[services]]\nname = \"web\"\nvip = \"198.18.100.1:80\"\npanic_threshold = 50\n";
+    let state = parse_config(text, "web.toml").expect("valid");
+    assert_eq!(state.services["web"].panic_threshold, 50);
+    let minimal = "[[services]]\nname = \"web\"\nvip = \"198.18.100.1:80\"\n";
+    let state = parse_config(minimal, "web.toml").expect("valid");
+    assert_eq!(state.services["web"].panic_threshold, 0, "off by default");
+    assert_rejected(
+        "[[services]]\nname = \"web\"\nvip = \"198.18.100.1:80\"\npanic_threshold = 101\n",
+        4,
+        19,
+        "services[0].panic_threshold",
+        "between 0 and 100",
+    );
+}

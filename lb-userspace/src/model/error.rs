@@ -130,6 +130,12 @@ pub enum ModelError {
     },
 
     #[error(
+        "service \"{service}\": panic_threshold {value} is above 100; it is a percentage of the backends \
+         (0 turns panic mode off)"
+    )]
+    PanicThresholdTooHigh { service: String, value: u8 },
+
+    #[error(
         "service \"{service}\": health check timeout_ms {timeout_ms} is longer than interval_ms {interval_ms}; \
          a check must end before the next one starts, so lower timeout_ms or raise interval_ms"
     )]
@@ -213,6 +219,7 @@ impl ModelError {
                 },
             },
             ModelError::ServiceKeyMismatch { .. }
+            | ModelError::PanicThresholdTooHigh { .. }
             | ModelError::TooManyBackends { .. }
             | ModelError::BackendNodeName { .. }
             | ModelError::Json { .. } => ErrorField::Service,

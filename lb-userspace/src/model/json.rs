@@ -2,7 +2,7 @@
 //!
 //! A service is the node `/<root>/services/<name>` whose data is
 //! `{"vip": "198.18.100.1:80", "proto": "tcp", "scheduler": "maglev", "persistence_timeout_s": 0,
-//! "persistence_netmask": 32, "health_check": {...}}`; its backends are the child nodes named
+//! "persistence_netmask": 32, "health_check": {...}, "panic_threshold": 50}`; its backends are the child nodes named
 //! `IP:PORT` (`[2001:db8::11]:80` for IPv6) with data `{"weight": 3, "state": "active"}` or no data.
 //! Unknown fields are not errors (a newer writer may add some) but are returned as warnings.
 
@@ -30,12 +30,14 @@ struct ServiceJson {
     persistence_netmask: Option<u8>,
     /// Default: no health check (backends are always up).
     health_check: Option<HealthCheckJson>,
+    /// Percent of healthy backends below which new flows go to all of them; default 0 (off).
+    panic_threshold: Option<u8>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_json::Value>,
 }
 
 const SERVICE_FIELDS: &str =
-    "vip, proto, scheduler, persistence_timeout_s, persistence_netmask, health_check";
+    "vip, proto, scheduler, persistence_timeout_s, persistence_netmask, health_check, panic_threshold";
 
 /// A service's health check; defaults as in [`HealthCheckSpec::default`].
 #[derive(Deserialize)]
@@ -101,6 +103,7 @@ pub fn service_from_json(
     }
     spec.persistence_timeout_s = json.persistence_timeout_s.unwrap_or(0);
     spec.persistence_netmask = json.persistence_netmask;
+    spec.panic_threshold = json.panic_threshold.unwrap_or(0);
     if let Some(check) = json.health_check {
         warnings.extend(unknown_field_warnings(
             &format!("{}: health_check", object()),

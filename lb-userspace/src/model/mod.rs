@@ -16,6 +16,8 @@ pub use json::{backend_from_json, service_from_json};
 
 /// Highest weight a backend may have (weights are compared and scaled in 32-bit arithmetic).
 pub const MAX_WEIGHT: u32 = 65_535;
+/// Highest panic threshold (percent).
+pub const MAX_PANIC_THRESHOLD: u8 = 100;
 /// Longest service name: it must fit `ServiceMeta.name` with a terminating zero.
 pub const MAX_SERVICE_NAME_LEN: usize = 63;
 
@@ -38,6 +40,10 @@ pub struct ServiceSpec {
     /// Prefix length of the client address that forms the persistence key; `None` = the whole address.
     pub persistence_netmask: Option<u8>,
     pub health_check: Option<HealthCheckSpec>,
+    /// Panic mode (Envoy's panic threshold), in percent of the backends that take new flows: when
+    /// fewer than this share pass their health check, new flows go to all of them rather than
+    /// overload the few healthy ones. 0 (the default) turns panic mode off.
+    pub panic_threshold: u8,
     pub backends: BTreeMap<SocketAddr, BackendSpec>,
 }
 
@@ -66,7 +72,7 @@ pub enum BackendState {
     Draining,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HealthCheckKind {
     /// A TCP connect to the backend.
     #[default]
@@ -76,7 +82,7 @@ pub enum HealthCheckKind {
 }
 
 /// How a service's backends are checked. Rise/fall count consecutive results.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HealthCheckSpec {
     pub kind: HealthCheckKind,
     /// HTTP only.
@@ -221,6 +227,7 @@ impl ServiceSpec {
             persistence_timeout_s: 0,
             persistence_netmask: None,
             health_check: None,
+            panic_threshold: 0,
             backends: BTreeMap::new(),
         }
     }

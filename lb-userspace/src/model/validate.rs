@@ -7,7 +7,7 @@ use lb_common::VipKey;
 use lb_common::limits::MAX_BACKENDS_PER_SERVICE;
 
 use super::{
-    BackendSpec, DesiredState, HealthCheckKind, HealthCheckSpec, MAX_SERVICE_NAME_LEN, MAX_WEIGHT,
+    BackendSpec, DesiredState, HealthCheckKind, HealthCheckSpec, MAX_PANIC_THRESHOLD, MAX_SERVICE_NAME_LEN, MAX_WEIGHT,
     ModelError, ServiceSpec, address_bits, family_name,
 };
 
@@ -36,6 +36,12 @@ pub(super) fn service(spec: &ServiceSpec) -> Result<(), ModelError> {
     service_name(&spec.name)?;
     vip(spec)?;
     persistence(spec)?;
+    if spec.panic_threshold > MAX_PANIC_THRESHOLD {
+        return Err(ModelError::PanicThresholdTooHigh {
+            service: spec.name.clone(),
+            value: spec.panic_threshold,
+        });
+    }
     if let Some(check) = &spec.health_check {
         health_check(&spec.name, check)?;
     }

@@ -17,6 +17,7 @@
 //! | `persistence_timeout_s` | integer seconds | `0` (off) |
 //! | `persistence_netmask` | prefix length | the whole address |
 //! | `health_check` | object, below | none |
+//! | `panic_threshold` | percent of backends, 0-100 | `0` (panic mode off) |
 //!
 //! `health_check`: `{"kind": "tcp"|"http", "path": "/healthz", "expect": "200-399",
 //! "interval_ms": 1000, "timeout_ms": 500, "rise": 2, "fall": 3}`, every field optional with the

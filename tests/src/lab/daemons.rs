@@ -223,6 +223,22 @@ impl Lab {
         )
     }
 
+    /// `lb top --count N --interval-ms MS` of load balancer `lb`: `count` frames of rates.
+    pub fn lb_top_text(&self, lb: usize, count: u32, interval_ms: u32) -> anyhow::Result<String> {
+        cmd::run(
+            &path_arg(&self.lb_bin()?)?,
+            &[
+                "top",
+                "--pin-dir",
+                &path_arg(&self.lb_pin_dir(lb))?,
+                "--count",
+                &count.to_string(),
+                "--interval-ms",
+                &interval_ms.to_string(),
+            ],
+        )
+    }
+
     /// Everything load balancer `lb`'s daemon has logged so far.
     pub fn lb_log(&self, lb: usize) -> anyhow::Result<String> {
         let log = self.lb_log_path(lb);

@@ -1,0 +1,394 @@
+//! Prometheus metrics on `/metrics` (`lb run --metrics 127.0.0.1:9464`), in the OpenMetrics text
+//! format of `prometheus-client`.
+//!
+//! Traffic, connections and drop counters live in the eBPF maps, so every scrape reads them (through
+//! the pins, like `lb status`) and renders a fresh registry; what only the daemon knows (health,
+//! generation, apply duration, ZooKeeper session, flow count of the last sweep) comes from a
+//! [`DaemonMetrics`] the daemon publishes on a watch channel.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::dataplane::MapsView;
+use crate::status::{Status, collect_without_flows};
+use crate::zk::source::ZkConnection;
+
+/// Longest request head the server reads.
+const MAX_REQUEST: usize = 8 * 1024;
+/// A client gets this long to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the daemon knows that the maps do not.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonMetrics {
+    pub generation: u32,
+    pub last_apply: Option<Duration>,
+    /// `None` with a file source.
+    pub zookeeper: Option<ZkConnection>,
+    /// Backends of checked services whose checks say down: (service, backend).
+    pub down: Vec<(String, SocketAddr)>,
+    /// Services in panic mode.
+    pub panic: Vec<String>,
+    /// Flows in the table at the last sweep.
+    pub flows: u64,
+}
+
+const ZK_STATES: [(ZkConnection, &str); 5] = [
+    (ZkConnection::Connecting, "connecting"),
+    (ZkConnection::Connected, "connected"),
+    (ZkConnection::Disconnected, "disconnected"),
+    (ZkConnection::Expired, "expired"),
+    (ZkConnection::AuthFailed, "auth_failed"),
+];
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A counter family registered under `name` (rendered `lb_<name>_total`).
+fn counters(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauges(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Renders one scrape (pure: maps already read).
+pub fn render(status: &Status, daemon: &DaemonMetrics) -> Result<String, std::fmt::Error> {
+    let mut r = Registry::with_prefix("lb");
+    let svc_packets = counters(
+        &mut r,
+        "service_packets",
+        "Packets to the service's VIP that the balancer forwarded or dropped",
+    );
+    let svc_bytes = counters(&mut r, "service_bytes", "Bytes of those packets");
+    let svc_flows = counters(
+        &mut r,
+        "service_new_flows",
+        "New flows (connections) scheduled",
+    );
+    let svc_drops = counters(
+        &mut r,
+        "service_drops",
+        "Packets to the service that were dropped",
+    );
+    let svc_panic = gauges(
+        &mut r,
+        "service_panic",
+        "1 while the service is in panic mode (too few healthy backends)",
+    );
+    let be_packets = counters(&mut r, "backend_packets", "Packets sent to the backend");
+    let be_bytes = counters(&mut r, "backend_bytes", "Bytes sent to the backend");
+    let be_flows = counters(
+        &mut r,
+        "backend_new_flows",
+        "New flows scheduled to the backend",
+    );
+    let be_conns = gauges(
+        &mut r,
+        "backend_active_connections",
+        "Open connections on the backend (counted by the data plane)",
+    );
+    let be_up = gauges(
+        &mut r,
+        "backend_up",
+        "1 when the backend passes its health check (or has none), 0 when it is down",
+    );
+    let be_draining = gauges(
+        &mut r,
+        "backend_draining",
+        "1 when the backend takes no new flows (draining or weight 0)",
+    );
+    let be_weight = gauges(&mut r, "backend_weight", "Configured weight");
+    let drops = counters(
+        &mut r,
+        "drops",
+        "Packets dropped by the data plane, by reason",
+    );
+    let events = counters(
+        &mut r,
+        "datapath_events",
+        "Every verdict and event of the XDP program, by name",
+    );
+    let flows = Gauge::<i64>::default();
+    r.register(
+        "flows",
+        "Entries in the flow table at the last sweep",
+        flows.clone(),
+    );
+    let generation = Gauge::<i64>::default();
+    r.register(
+        "config_generation",
+        "Generation of the applied configuration (bumped on every change)",
+        generation.clone(),
+    );
+    let apply = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    r.register(
+        "last_apply_duration_seconds",
+        "How long the last change to the data plane took",
+        apply.clone(),
+    );
+
+    for s in &status.services {
+        let l = labels(&[("service", &s.name)]);
+        svc_packets.get_or_create(&l).inc_by(s.packets);
+        svc_bytes.get_or_create(&l).inc_by(s.bytes);
+        svc_flows.get_or_create(&l).inc_by(s.new_flows);
+        svc_drops.get_or_create(&l).inc_by(s.drops);
+        svc_panic
+            .get_or_create(&l)
+            .set(i64::from(daemon.panic.contains(&s.name)));
+        for b in &s.backends {
+            let l = labels(&[("service", &s.name), ("backend", &b.addr)]);
+            be_packets.get_or_create(&l).inc_by(b.packets);
+            be_bytes.get_or_create(&l).inc_by(b.bytes);
+            be_flows.get_or_create(&l).inc_by(b.new_flows);
+            be_conns.get_or_create(&l).set(gauge(b.active_conns));
+            let down = daemon
+                .down
+                .iter()
+                .any(|(svc, addr)| *svc == s.name && addr.to_string() == b.addr);
+            be_up.get_or_create(&l).set(i64::from(!down));
+            be_draining
+                .get_or_create(&l)
+                .set(i64::from(b.state == "draining"));
+            be_weight.get_or_create(&l).set(i64::from(b.weight));
+        }
+    }
+    for (name, value) in &status.counters {
+        let v = value.as_u64().unwrap_or(0);
+        events.get_or_create(&labels(&[("event", name)])).inc_by(v);
+        if let Some(reason) = name.strip_prefix("drop_") {
+            drops
+                .get_or_create(&labels(&[("reason", reason)]))
+                .inc_by(v);
+        }
+    }
+    flows.set(gauge(daemon.flows));
+    generation.set(i64::from(daemon.generation));
+    apply.set(daemon.last_apply.map_or(0.0, |d| d.as_secs_f64()));
+    if let Some(zk) = daemon.zookeeper {
+        let state = gauges(
+            &mut r,
+            "zookeeper_session_state",
+            "1 for the ZooKeeper session's current state",
+        );
+        for (s, name) in ZK_STATES {
+            state
+                .get_or_create(&labels(&[("state", name)]))
+                .set(i64::from(s == zk));
+        }
+    }
+    let mut out = String::new();
+    encode(&mut out, &r)?;
+    Ok(out)
+}
+
+/// Binds the metrics listener; `None` (with a warning) when it cannot: metrics are not worth
+/// refusing to forward for.
+pub async fn bind(addr: SocketAddr) -> Option<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(
+                "metrics disabled: cannot listen on {addr}: {e} (choose another with --metrics ADDR, or --metrics off)"
+            );
+            None
+        }
+    }
+}
+
+/// Serves `/metrics` until the task is dropped. One request per connection.
+pub async fn serve(
+    listener: TcpListener,
+    pin_dir: PathBuf,
+    daemon: watch::Receiver<DaemonMetrics>,
+) {
+    let mut maps: Option<MapsView> = None;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("metrics: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Err(e) = answer(stream, &pin_dir, &mut maps, &daemon).await {
+            debug!(%peer, "metrics request failed: {e}");
+        }
+    }
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    pin_dir: &std::path::Path,
+    maps: &mut Option<MapsView>,
+    daemon: &watch::Receiver<DaemonMetrics>,
+) -> std::io::Result<()> {
+    let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
+    let line = head.lines().next().unwrap_or_default();
+    let mut parts = line.split_ascii_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let (status, content_type, body) = if method != "GET" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_owned(),
+        )
+    } else if path != "/metrics" && !path.starts_with("/metrics?") {
+        (
+            "404 Not Found",
+            "text/plain",
+            "metrics are at /metrics\n".to_owned(),
+        )
+    } else {
+        match scrape(pin_dir, maps, daemon) {
+            Ok(body) => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body,
+            ),
+            Err(e) => (
+                "500 Internal Server Error",
+                "text/plain",
+                format!("reading the maps failed: {e:#}\n"),
+            ),
+        }
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn scrape(
+    pin_dir: &std::path::Path,
+    maps: &mut Option<MapsView>,
+    daemon: &watch::Receiver<DaemonMetrics>,
+) -> anyhow::Result<String> {
+    if maps.is_none() {
+        *maps = Some(MapsView::open_pinned(pin_dir)?);
+    }
+    let Some(view) = maps.as_ref() else {
+        unreachable!("opened above")
+    };
+    let status = collect_without_flows(view)?;
+    let daemon = daemon.borrow().clone();
+    Ok(render(&status, &daemon)?)
+}
+
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        if head.len() >= MAX_REQUEST {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "request head too long",
+            ));
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{BackendStatus, ServiceStatus};
+
+    #[test]
+    fn renders_services_backends_and_daemon_state() {
+        let status = Status {
+            services: vec![ServiceStatus {
+                name: "web".into(),
+                id: 0,
+                vip: "198.18.100.1:80".into(),
+                scheduler: "rr".into(),
+                generation: 3,
+                table_len: 2,
+                persistence_timeout_s: 0,
+                packets: 10,
+                bytes: 1000,
+                new_flows: 2,
+                drops: 1,
+                backends: vec![BackendStatus {
+                    id: 0,
+                    addr: "198.18.2.11:80".into(),
+                    weight: 2,
+                    state: "active",
+                    active_conns: 1,
+                    packets: 9,
+                    bytes: 900,
+                    new_flows: 2,
+                }],
+            }],
+            counters: [("drop_no_backend".to_owned(), serde_json::Value::from(1u64))]
+                .into_iter()
+                .collect(),
+            flows: 0,
+            daemon: None,
+        };
+        let daemon = DaemonMetrics {
+            generation: 3,
+            zookeeper: Some(ZkConnection::Connected),
+            down: vec![("web".into(), "198.18.2.11:80".parse().unwrap())],
+            flows: 5,
+            ..Default::default()
+        };
+        let text = render(&status, &daemon).unwrap();
+        for line in [
+            "lb_service_new_flows_total{service=\"web\"} 2",
+            "lb_backend_packets_total{service=\"web\",backend=\"198.18.2.11:80\"} 9",
+            "lb_backend_active_connections{service=\"web\",backend=\"198.18.2.11:80\"} 1",
+            "lb_backend_up{service=\"web\",backend=\"198.18.2.11:80\"} 0",
+            "lb_drops_total{reason=\"no_backend\"} 1",
+            "lb_config_generation 3",
+            "lb_flows 5",
+            "lb_zookeeper_session_state{state=\"connected\"} 1",
+            "lb_zookeeper_session_state{state=\"expired\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+}
