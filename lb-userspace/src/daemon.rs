@@ -169,6 +169,8 @@ fn serve(
         checker: None,
         metrics: watch::channel(DaemonMetrics::default()).0,
         flows: 0,
+        swept_total: 0,
+        evictions: 0,
     };
     let result = runtime.block_on(follow(&mut ctx, source, signals));
     nexthops.release();
@@ -219,6 +221,10 @@ struct Ctx<'a> {
     metrics: watch::Sender<DaemonMetrics>,
     /// Flows in the table at the last sweep.
     flows: usize,
+    /// Flows the sweeper deleted since start.
+    swept_total: u64,
+    /// Flows the LRU table evicted since start (inferred; see `sweeper::estimate_evictions`).
+    evictions: u64,
 }
 
 /// When the source last delivered a state, and when the data plane last changed (for `lb status`).
@@ -407,8 +413,14 @@ async fn follow(ctx: &mut Ctx<'_>, source: &mut Source, signals: Signals) -> any
                 write_status(ctx, source, &mut status_warned);
             }
             _ = sweep.tick() => {
-                if let Some(flows) = sweep_once(ctx.opts, ctx.dp, ctx.applier) {
-                    ctx.flows = flows;
+                if let Some(report) = sweep_once(ctx.opts, ctx.dp, ctx.applier) {
+                    ctx.flows = report.flows;
+                    ctx.swept_total += report.expired as u64;
+                    let evictions = sweeper::estimate_evictions(report.inserted_total, ctx.swept_total, report.flows as u64);
+                    if evictions > ctx.evictions {
+                        warn!(evicted = evictions - ctx.evictions, flows = report.flows, "the flow table evicted flows to make room: raise --flow-table-size");
+                    }
+                    ctx.evictions = ctx.evictions.max(evictions);
                 }
                 publish_metrics(ctx, source);
                 if last_nexthop.elapsed() >= NEXTHOP_REFRESH {
@@ -536,6 +548,7 @@ fn publish_metrics(ctx: &Ctx<'_>, source: &Source) {
         down: down_backends(ctx),
         panic: panicking_services(ctx),
         flows: ctx.flows as u64,
+        flow_evictions: ctx.evictions,
     });
 }
 
@@ -572,6 +585,7 @@ fn write_status(ctx: &Ctx<'_>, source: &Source, warned: &mut bool) {
             panic: panicking_services(ctx),
         },
         last_apply_ms: ctx.applied.last_apply.map(|d| d.as_secs_f64() * 1000.0),
+        flow_evictions: ctx.evictions,
     };
     let path = daemon_status::status_file_path(&ctx.opts.pin_dir);
     match daemon_status::write(&path, &status) {
@@ -585,7 +599,7 @@ fn write_status(ctx: &Ctx<'_>, source: &Source, warned: &mut bool) {
 }
 
 /// One sweep; returns the flows left in the table (`None` when the sweep failed).
-fn sweep_once(opts: &RunOptions, dp: &mut Dataplane, applier: &mut Applier) -> Option<usize> {
+fn sweep_once(opts: &RunOptions, dp: &mut Dataplane, applier: &mut Applier) -> Option<sweeper::SweepReport> {
     let ids = applier.all_backend_ids();
     match sweeper::sweep(dp, &opts.timeouts, &ids) {
         Ok(report) => {
@@ -597,7 +611,7 @@ fn sweep_once(opts: &RunOptions, dp: &mut Dataplane, applier: &mut Applier) -> O
                 Ok(_) => {}
                 Err(e) => warn!("releasing retired backends failed: {e}"),
             }
-            Some(report.flows)
+            Some(report)
         }
         Err(e) => {
             warn!("sweeping flows failed: {e}");

@@ -37,6 +37,8 @@ pub struct DaemonStatus {
     pub health: HealthStatus,
     /// How long the last change to the data plane took.
     pub last_apply_ms: Option<f64>,
+    /// Flows the LRU flow table evicted to make room since start (inferred at each sweep).
+    pub flow_evictions: u64,
 }
 
 /// What the health checks concluded.
@@ -210,6 +212,7 @@ mod tests {
                 panic: Vec::new(),
             },
             last_apply_ms: Some(1.5),
+            flow_evictions: 0,
         };
         write(&path, &status).unwrap();
         let back: serde_json::Value =

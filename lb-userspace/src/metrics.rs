@@ -42,6 +42,8 @@ pub struct DaemonMetrics {
     pub panic: Vec<String>,
     /// Flows in the table at the last sweep.
     pub flows: u64,
+    /// Flows the LRU table evicted to make room since start (inferred at each sweep).
+    pub flow_evictions: u64,
 }
 
 const ZK_STATES: [(ZkConnection, &str); 5] = [
@@ -141,6 +143,12 @@ pub fn render(status: &Status, daemon: &DaemonMetrics) -> Result<String, std::fm
         "Entries in the flow table at the last sweep",
         flows.clone(),
     );
+    let evictions = Counter::<u64>::default();
+    r.register(
+        "flow_evictions",
+        "Flows the LRU flow table evicted to make room (inferred at each sweep; raise --flow-table-size)",
+        evictions.clone(),
+    );
     let generation = Gauge::<i64>::default();
     r.register(
         "config_generation",
@@ -190,6 +198,7 @@ pub fn render(status: &Status, daemon: &DaemonMetrics) -> Result<String, std::fm
         }
     }
     flows.set(gauge(daemon.flows));
+    evictions.inc_by(daemon.flow_evictions);
     generation.set(i64::from(daemon.generation));
     apply.set(daemon.last_apply.map_or(0.0, |d| d.as_secs_f64()));
     if let Some(zk) = daemon.zookeeper {

@@ -55,6 +55,15 @@ pub struct SweepReport {
     /// Backend ids any remaining flow refers to.
     pub in_use: BTreeSet<u32>,
     pub counters_corrected: usize,
+    /// Flows the data plane inserted since it was loaded (`flow_new` − `flow_insert_failed`).
+    pub inserted_total: u64,
+}
+
+/// Flows the LRU table evicted to make room, since load. The kernel does not count LRU evictions, so
+/// this is inferred: every inserted flow is either still in the table, was deleted by a sweep, or
+/// was evicted. (Two CPUs racing to insert the same new flow count one insert too many.)
+pub fn estimate_evictions(inserted_total: u64, swept_total: u64, flows_now: u64) -> u64 {
+    inserted_total.saturating_sub(swept_total.saturating_add(flows_now))
 }
 
 /// Decides which flows are expired at `now_ns` (pure; unit-tested).
@@ -85,6 +94,10 @@ pub fn sweep(
         let _ = dp.delete_flow(&flows[*i].0);
     }
     let mut report = SweepReport { flows: flows.len() - expired.len(), expired: expired.len(), ..Default::default() };
+    let counters = dp.maps().counters()?;
+    let counter = |c: lb_common::Counter| counters.iter().find(|(k, _)| *k == c).map_or(0, |(_, n)| *n);
+    report.inserted_total =
+        counter(lb_common::Counter::FlowNew).saturating_sub(counter(lb_common::Counter::FlowInsertFailed));
     for (i, (_, e)) in flows.iter().enumerate() {
         if expired_set.contains(&i) {
             continue;
@@ -112,6 +125,14 @@ mod tests {
 
     fn flow(flags: u32, last_seen_ns: u64) -> (FlowKey, FlowEntry) {
         (FlowKey::default(), FlowEntry { backend_id: 1, flags, last_seen_ns })
+    }
+
+    #[test]
+    fn evictions_are_inserts_neither_in_the_table_nor_swept() {
+        assert_eq!(estimate_evictions(1000, 300, 600), 100);
+        assert_eq!(estimate_evictions(1000, 400, 600), 0);
+        // Counters read a moment before the scan can make the sum exceed the inserts: never negative.
+        assert_eq!(estimate_evictions(1000, 500, 600), 0);
     }
 
     #[test]
