@@ -85,6 +85,8 @@ pub struct Lab {
     servers: Vec<Option<NsProcess>>,
     decaps: Vec<Option<NsProcess>>,
     lbs: Vec<Option<NsProcess>>,
+    /// `lb register` on each backend (see `start_register`).
+    registers: Vec<Option<NsProcess>>,
     /// XDP_PASS-like programs on the router's ports toward the load balancers (see `start_peer_xdp`).
     peer_xdp: Vec<NsProcess>,
     /// Dropped last, after the cleanup in `Drop::drop`.
@@ -127,6 +129,7 @@ impl Lab {
             servers: (0..opts.backends).map(|_| None).collect(),
             decaps: (0..opts.backends).map(|_| None).collect(),
             lbs: (0..opts.lbs).map(|_| None).collect(),
+            registers: (0..opts.backends).map(|_| None).collect(),
             peer_xdp: Vec::new(),
             opts,
             _serial: serial,
@@ -322,9 +325,16 @@ impl Lab {
 
     /// The router sends the VIP prefixes to the load balancers; to several with L4-hashed ECMP.
     fn route_vips(&self, router: &str) -> anyhow::Result<()> {
+        let all: Vec<usize> = (0..self.opts.lbs).collect();
+        self.replace_vip_routes(router, &all, "add")
+    }
+
+    /// `ip route <verb>` of both VIP prefixes via the load balancers `lbs`.
+    fn replace_vip_routes(&self, router: &str, lbs: &[usize], verb: &str) -> anyhow::Result<()> {
         for (prefix, v6) in [(VIP_PREFIX_V4, false), (VIP_PREFIX_V6, true)] {
-            let hops: Vec<String> = (0..self.opts.lbs)
-                .map(|lb| {
+            let hops: Vec<String> = lbs
+                .iter()
+                .map(|&lb| {
                     if v6 {
                         lb_v6(lb).to_string()
                     } else {
@@ -332,7 +342,7 @@ impl Lab {
                     }
                 })
                 .collect();
-            let mut args = vec![if v6 { "-6" } else { "-4" }, "route", "add", prefix];
+            let mut args = vec![if v6 { "-6" } else { "-4" }, "route", verb, prefix];
             if let [only] = hops.as_slice() {
                 args.extend(["via", only.as_str()]);
             } else {
@@ -485,6 +495,23 @@ impl Lab {
         config_toml: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<()> {
+        self.check_lb_free(lb)?;
+        let config = self.lb_config_path(lb);
+        std::fs::write(&config, config_toml)
+            .with_context(|| format!("cannot write {}", config.display()))?;
+        let source = vec!["--config".to_owned(), path_arg(&config)?];
+        self.spawn_lb(lb, source, extra_args)
+    }
+
+    /// Starts `lb run --zk ZK` (following ZooKeeper, no configuration file) in load balancer `lb`'s
+    /// namespace, like [`start_lb`](Self::start_lb) otherwise. `zk` must be reachable from the LB's
+    /// namespace (e.g. a server in the router namespace on [`ROUTER_LBS_V4`]).
+    pub fn start_lb_zk(&mut self, lb: usize, zk: &str, extra_args: &[&str]) -> anyhow::Result<()> {
+        self.check_lb_free(lb)?;
+        self.spawn_lb(lb, vec!["--zk".to_owned(), zk.to_owned()], extra_args)
+    }
+
+    fn check_lb_free(&self, lb: usize) -> anyhow::Result<()> {
         ensure!(
             lb < self.opts.lbs,
             "load balancer {lb} does not exist (the lab has {})",
@@ -494,17 +521,22 @@ impl Lab {
             self.lbs[lb].is_none(),
             "load balancer {lb} is already running"
         );
-        let config = self.lb_config_path(lb);
-        std::fs::write(&config, config_toml)
-            .with_context(|| format!("cannot write {}", config.display()))?;
+        Ok(())
+    }
+
+    /// `lb run` with `source_args` (`--config FILE` or `--zk HOST:PORT`); waits until it answers.
+    fn spawn_lb(
+        &mut self,
+        lb: usize,
+        source_args: Vec<String>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<()> {
         self.pin_root()?;
         let pin_dir = self.lb_pin_dir(lb);
         let mut args: Vec<String> = [
             "run",
             "--iface",
             "eth0",
-            "--config",
-            &path_arg(&config)?,
             "--pin-dir",
             &path_arg(&pin_dir)?,
             "--max-services",
@@ -521,6 +553,7 @@ impl Lab {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(source_args);
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let log = self.lb_log_path(lb);
         let mut proc = NsProcess::spawn(
@@ -541,6 +574,116 @@ impl Lab {
         })?;
         self.lbs[lb] = Some(proc);
         Ok(())
+    }
+
+    /// Starts `lb register --zk ZK --service SERVICE --addr <backend i's address> ARGS...` inside
+    /// backend `i`'s namespace (its log is `b<i>-register.log` in the lab directory). `zk` must be
+    /// reachable from the backends (e.g. a server in the router namespace on [`ROUTER_BACKENDS_V4`]).
+    /// Returns at once; wait for the node (or the service in `lb status`) to appear.
+    pub fn start_register(
+        &mut self,
+        i: usize,
+        zk: &str,
+        service: &str,
+        v6: bool,
+        extra_args: &[&str],
+    ) -> anyhow::Result<()> {
+        ensure!(
+            i < self.opts.backends,
+            "backend {i} does not exist (the lab has {})",
+            self.opts.backends
+        );
+        ensure!(
+            self.registers[i].is_none(),
+            "backend {i} already runs `lb register`"
+        );
+        let mut args: Vec<String> = vec![
+            "register".into(),
+            "--zk".into(),
+            zk.into(),
+            "--service".into(),
+            service.into(),
+            "--addr".into(),
+            Self::backend_addr(i, v6).to_string(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let name = Self::backend_name(i);
+        let log = self.dir.join(format!("{name}-register.log"));
+        let proc = NsProcess::spawn(
+            &format!("{name} register"),
+            &self.backend_netns(i),
+            &self.lb_bin()?,
+            &args,
+            &log,
+        )?;
+        self.registers[i] = Some(proc);
+        Ok(())
+    }
+
+    /// Sends a signal to backend `i`'s `lb register`.
+    pub fn signal_register(&mut self, i: usize, signal: libc::c_int) -> anyhow::Result<()> {
+        match self.registers.get_mut(i) {
+            Some(Some(proc)) => proc.signal(signal),
+            _ => bail!("backend {i} runs no `lb register`"),
+        }
+    }
+
+    /// Waits (at most `timeout`) for backend `i`'s `lb register` to exit and forgets it; returns how
+    /// it ended.
+    pub fn wait_register_exit(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(Some(proc)) = self.registers.get_mut(i) else {
+            bail!("backend {i} runs no `lb register`");
+        };
+        let mut exit = None;
+        wait_until(timeout, || {
+            exit = proc.exit_status();
+            exit.is_some()
+        });
+        match exit {
+            Some(status) => {
+                self.registers[i] = None;
+                Ok(status)
+            }
+            None => bail!(
+                "backend {i}'s `lb register` did not exit within {timeout:?}\n{}",
+                proc.log_tail()
+            ),
+        }
+    }
+
+    /// Runs `lb ARGS` to completion inside the lab namespace `netns` (e.g. the admin CLI next to a
+    /// ZooKeeper server in the router namespace) and returns its stdout.
+    pub fn run_lb_in(&self, netns: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec![
+            format!("--net={}/{netns}", cmd::NETNS_DIR),
+            "--".to_owned(),
+            path_arg(&self.lb_bin()?)?,
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        cmd::run("nsenter", &all)
+    }
+
+    /// Backend `i`'s `lb register` log so far.
+    pub fn register_log(&self, i: usize) -> anyhow::Result<String> {
+        let log = self
+            .dir
+            .join(format!("{}-register.log", Self::backend_name(i)));
+        std::fs::read_to_string(&log).with_context(|| format!("cannot read {}", log.display()))
+    }
+
+    /// Points the router's VIP routes at the load balancers `lbs` only (one: a plain route; several:
+    /// ECMP), as a routing change or an LB taken out of service would. Flows move between LBs.
+    pub fn route_vips_via(&self, lbs: &[usize]) -> anyhow::Result<()> {
+        ensure!(
+            !lbs.is_empty() && lbs.iter().all(|&lb| lb < self.opts.lbs),
+            "route_vips_via({lbs:?}): the lab has load balancers 0..{}",
+            self.opts.lbs
+        );
+        self.replace_vip_routes(&self.router_netns(), lbs, "replace")
     }
 
     /// Stops load balancer `lb`'s daemon.
@@ -676,8 +819,9 @@ impl Drop for Lab {
         }
         // Daemons first (they detach their programs), then what the namespaces hold.
         for proc in self
-            .lbs
+            .registers
             .iter_mut()
+            .chain(&mut self.lbs)
             .chain(&mut self.decaps)
             .chain(&mut self.servers)
         {
