@@ -249,13 +249,23 @@ fn cold_start(
         .output()
         .context("running lb status")?;
     let status_call = status_started.elapsed();
-    ensure!(out.status.success(), "lb status failed: {}", String::from_utf8_lossy(&out.stderr));
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).context("lb status --json")?;
+    ensure!(
+        out.status.success(),
+        "lb status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("lb status --json")?;
     let shown = status["services"].as_array().map_or(0, Vec::len);
-    ensure!(shown == services as usize, "lb status shows {shown} services, not {services}");
-    let shown_backends: usize = status["services"]
-        .as_array()
-        .map_or(0, |s| s.iter().map(|s| s["backends"].as_array().map_or(0, Vec::len)).sum());
+    ensure!(
+        shown == services as usize,
+        "lb status shows {shown} services, not {services}"
+    );
+    let shown_backends: usize = status["services"].as_array().map_or(0, |s| {
+        s.iter()
+            .map(|s| s["backends"].as_array().map_or(0, Vec::len))
+            .sum()
+    });
     ensure!(
         shown_backends == (services * backends) as usize,
         "lb status shows {shown_backends} backends, not {}",
@@ -294,9 +304,14 @@ async fn populate(
     for s in 0..services {
         let port = 10_000 + s;
         let name = format!("svc{s:05}");
-        let data = serde_json::json!({"vip": format!("198.18.100.10:{port}"), "scheduler": scheduler});
+        let data =
+            serde_json::json!({"vip": format!("198.18.100.10:{port}"), "scheduler": scheduler});
         let mut multi = client.new_multi_writer();
-        multi.add_create(&schema.service_path(&name), data.to_string().as_bytes(), &options)?;
+        multi.add_create(
+            &schema.service_path(&name),
+            data.to_string().as_bytes(),
+            &options,
+        )?;
         multi.add_create(&schema.backends_dir(&name), &[], &options)?;
         for b in 0..backends {
             let ip = Ipv4Addr::new(198, 19, (b / 250) as u8, (b % 250 + 1) as u8);
@@ -324,7 +339,8 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(netns: &str, lb_bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Daemon> {
-        let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{netns}"))
             .arg("--")
@@ -464,7 +480,12 @@ fn print_table(args: &Args, latencies: &[Duration], cold: Option<&ColdStart>) {
     if let Some(c) = cold {
         let what = format!(
             "{} services × {} backends ({}; --max-services {} --max-backends {} --table-size {})",
-            c.services, c.backends, args.scheduler, args.max_services, args.max_backends, args.table_size
+            c.services,
+            c.backends,
+            args.scheduler,
+            args.max_services,
+            args.max_backends,
+            args.table_size
         );
         println!(
             "| cold start, {what}: daemon start → all services in `LB_SERVICES` | {:.2} s |",

@@ -162,7 +162,12 @@ fn assert_held_stay(held: &mut [HeldConn], what: &str) {
         let now = c
             .ping()
             .unwrap_or_else(|e| panic!("{what}: held connection {} broke: {e:#}", c.local_addr()));
-        assert_eq!(now, greeted, "{what}: held connection {} moved", c.local_addr());
+        assert_eq!(
+            now,
+            greeted,
+            "{what}: held connection {} moved",
+            c.local_addr()
+        );
     }
 }
 
@@ -208,14 +213,21 @@ fn zkcli_removed_backend_gets_no_new_connections_while_held_ones_stay() {
     t.wait_serves(0, &three);
     let mut held = t.hold(three.vip, 30);
     let per = held_per_backend(&held);
-    assert_eq!(per.len(), 3, "30 held connections reach every backend: {per:?}");
+    assert_eq!(
+        per.len(),
+        3,
+        "30 held connections reach every backend: {per:?}"
+    );
 
     t.zkcli(&["delete", &backend_znode("web", b(1))]);
     let two = ServiceConfig::new(
         "web",
         three.vip,
         "maglev",
-        vec![BackendConfig::active(b(0), 1), BackendConfig::active(b(2), 1)],
+        vec![
+            BackendConfig::active(b(0), 1),
+            BackendConfig::active(b(2), 1),
+        ],
     );
     t.wait_serves(0, &two);
     // The removed backend is kept, draining, while the flow table still sends held connections to it.
@@ -240,7 +252,13 @@ fn weight_change_shifts_the_distribution() {
     t.wait_serves(0, &even);
     for (weights, change) in [([1, 1, 1], None), ([1, 1, 4], Some(4))] {
         if let Some(weight) = change {
-            t.admin(&["backend", "weight", "web", &b(2).to_string(), &weight.to_string()]);
+            t.admin(&[
+                "backend",
+                "weight",
+                "web",
+                &b(2).to_string(),
+                &weight.to_string(),
+            ]);
             t.wait_serves(0, &service("web", vip(1, false), "wrr", &weights));
         }
         let s = t.spread(even.vip, 600);
@@ -283,7 +301,10 @@ fn registered_backend_appears_drains_on_sigterm_and_expires_on_sigkill() {
         .expect("lb register starts");
     t.wait_serves(0, &with_b2);
     let s = t.spread(two.vip, 200);
-    assert!(s.count("b2") >= 60, "the registered backend takes its half: {s:?}");
+    assert!(
+        s.count("b2") >= 60,
+        "the registered backend takes its half: {s:?}"
+    );
     let mut held = t.hold(two.vip, 12);
     assert!(
         held.iter().any(|c| c.backend() == "b2"),
@@ -301,7 +322,11 @@ fn registered_backend_appears_drains_on_sigterm_and_expires_on_sigkill() {
         t.lab.register_log(2)
     );
     let s = t.spread(two.vip, 100);
-    assert_eq!(s.count("b2"), 0, "a draining backend takes no new connection: {s:?}");
+    assert_eq!(
+        s.count("b2"),
+        0,
+        "a draining backend takes no new connection: {s:?}"
+    );
     assert_held_stay(&mut held, "while b2 drains");
     let exit = t
         .lab
@@ -309,7 +334,10 @@ fn registered_backend_appears_drains_on_sigterm_and_expires_on_sigkill() {
         .expect("lb register exits after draining");
     assert!(exit.success(), "lb register after SIGTERM: {exit}");
     let nodes = t.admin(&["backend", "ls", "web"]);
-    assert!(!nodes.contains(&b(2).to_string()), "the node is gone: {nodes}");
+    assert!(
+        !nodes.contains(&b(2).to_string()),
+        "the node is gone: {nodes}"
+    );
     t.wait_serves(0, &two);
     assert_held_stay(&mut held, "after b2 left");
     drop(held);
@@ -396,7 +424,10 @@ fn zookeeper_outage_under_traffic_fails_static_then_applies_changes() {
         new_conns.failure_samples
     );
     assert!(new_conns.succeeded() > 200, "{new_conns:?}");
-    assert!(pings > 200 && ping_failures.is_empty(), "{pings} pings: {ping_failures:?}");
+    assert!(
+        pings > 200 && ping_failures.is_empty(),
+        "{pings} pings: {ping_failures:?}"
+    );
     assert!(
         states.contains(&serde_json::json!("disconnected")),
         "lb status showed ZooKeeper as {states:?} during the outage"
@@ -408,7 +439,10 @@ fn zookeeper_outage_under_traffic_fails_static_then_applies_changes() {
     t.wait_serves(0, &three);
     assert_eventually!(zk_field(&t.status(0), "connection") == "connected", APPLY);
     let s = t.spread(three.vip, 300);
-    assert!(s.count("b2") > 30, "the backend added after the outage: {s:?}");
+    assert!(
+        s.count("b2") > 30,
+        "the backend added after the outage: {s:?}"
+    );
     assert_held_stay(&mut held, "after the outage");
 }
 
@@ -420,7 +454,10 @@ fn malformed_nodes_leave_every_other_service_forwarding() {
         "api",
         vip(2, false),
         "maglev",
-        vec![BackendConfig::active(b(1), 1), BackendConfig::active(b(2), 1)],
+        vec![
+            BackendConfig::active(b(1), 1),
+            BackendConfig::active(b(2), 1),
+        ],
     );
     t.put(&web);
     t.put(&api);
@@ -448,11 +485,15 @@ fn malformed_nodes_leave_every_other_service_forwarding() {
     let log = t.lab.lb_log(0).expect("lb log");
     for node in &bad_nodes {
         assert!(
-            log.lines().any(|l| l.contains("rejected") && l.contains(node.as_str())),
+            log.lines()
+                .any(|l| l.contains("rejected") && l.contains(node.as_str())),
             "the rejection of {node} is logged: {log}"
         );
     }
-    assert!(log.contains("port 8080"), "the port mismatch is explained: {log}");
+    assert!(
+        log.contains("port 8080"),
+        "the port mismatch is explained: {log}"
+    );
 
     t.wait_serves(0, &web);
     t.wait_serves(0, &api);
@@ -462,8 +503,15 @@ fn malformed_nodes_leave_every_other_service_forwarding() {
     assert!(s.count("b1") > 0 && s.count("b2") > 0, "{s:?}");
 
     // Fixing the service node applies it again.
-    t.zkcli(&["set", &bad_nodes[2], &format!(r#"{{"vip":"{}","scheduler":"rr"}}"#, api.vip)]);
-    let api_rr = ServiceConfig { scheduler: "rr".into(), ..api.clone() };
+    t.zkcli(&[
+        "set",
+        &bad_nodes[2],
+        &format!(r#"{{"vip":"{}","scheduler":"rr"}}"#, api.vip),
+    ]);
+    let api_rr = ServiceConfig {
+        scheduler: "rr".into(),
+        ..api.clone()
+    };
     t.wait_serves(0, &api_rr);
 }
 
@@ -484,7 +532,10 @@ fn greeting_from_port(vip: SocketAddr, port: u16) -> anyhow::Result<String> {
     BufReader::new(&stream)
         .read_line(&mut line)
         .with_context(|| format!("greeting on port {port}"))?;
-    ensure!(line.ends_with('\n'), "port {port}: incomplete greeting {line:?}");
+    ensure!(
+        line.ends_with('\n'),
+        "port {port}: incomplete greeting {line:?}"
+    );
     Ok(line.trim_end().to_owned())
 }
 
@@ -525,7 +576,10 @@ fn two_lbs_choose_alike_and_take_over_each_others_flows() {
         .filter(|(_, (a, b))| a != b)
         .map(|(port, _)| port)
         .collect();
-    assert!(differ.is_empty(), "lb0 and lb1 chose differently for client ports {differ:?}");
+    assert!(
+        differ.is_empty(),
+        "lb0 and lb1 chose differently for client ports {differ:?}"
+    );
     let mut per = std::collections::BTreeMap::<&str, usize>::new();
     for name in &choices[0] {
         *per.entry(name.as_str()).or_default() += 1;

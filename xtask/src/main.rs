@@ -95,7 +95,14 @@ fn main() -> anyhow::Result<()> {
             if !no_zk {
                 cargo::cargo(
                     &root,
-                    &["build", "--release", "-p", "lb-userspace", "--example", "lb-zk-bench"],
+                    &[
+                        "build",
+                        "--release",
+                        "-p",
+                        "lb-userspace",
+                        "--example",
+                        "lb-zk-bench",
+                    ],
                 )?;
                 let bench = root
                     .join("target")

@@ -166,14 +166,22 @@ fn register_drain_leave(
         "$ lb register --zk {connect} --service demo --addr {b2} --weight 3 --check tcp --drain-s 2   (in b2)"
     );
     demo.lab
-        .start_register(2, &connect, "demo", false, &["--weight", "3", "--check", "tcp", "--drain-s", "2"])
+        .start_register(
+            2,
+            &connect,
+            "demo",
+            false,
+            &["--weight", "3", "--check", "tcp", "--drain-s", "2"],
+        )
         .context("starting lb register")?;
     let three = service("demo", vip(1, false), "wrr", &WEIGHTS);
     demo.wait_serves(&three)?;
     println!("b2 registered:");
     run_one(&demo.lab, &three, args, failures)?;
 
-    println!("$ kill -TERM <lb register>   (b2 drains: no new connections, then its node is deleted)");
+    println!(
+        "$ kill -TERM <lb register>   (b2 drains: no new connections, then its node is deleted)"
+    );
     demo.lab.signal_register(2, libc::SIGTERM)?;
     let draining = wait_until(APPLY_TIMEOUT, || {
         demo.lab.lb_status_json(0).is_ok_and(|s| {

@@ -449,13 +449,27 @@ impl Lab {
         let ns = self.router_netns();
         let port = format!("lb{lb}");
         let pin_dir = self.pin_root()?.join(format!("router-{port}"));
-        let args: Vec<String> =
-            vec!["decap".into(), "--iface".into(), port.clone(), "--pin-dir".into(), path_arg(&pin_dir)?];
+        let args: Vec<String> = vec![
+            "decap".into(),
+            "--iface".into(),
+            port.clone(),
+            "--pin-dir".into(),
+            path_arg(&pin_dir)?,
+        ];
         let log = self.dir.join(format!("router-{port}-xdp.log"));
-        let mut proc = NsProcess::spawn(&format!("router {port} xdp"), &ns, &self.lb_bin()?, &args, &log)?;
+        let mut proc = NsProcess::spawn(
+            &format!("router {port} xdp"),
+            &ns,
+            &self.lb_bin()?,
+            &args,
+            &log,
+        )?;
         wait_ready(&mut proc, || {
             let link = ip(&ns, &["link", "show", "dev", &port])?;
-            ensure!(link.contains("prog/xdp"), "no XDP program on {port} of {ns}");
+            ensure!(
+                link.contains("prog/xdp"),
+                "no XDP program on {port} of {ns}"
+            );
             Ok(())
         })?;
         self.peer_xdp.push(proc);
@@ -569,7 +583,10 @@ impl Lab {
             lb_status(&lb_bin, &pin_dir)?;
             // Maps are pinned before the program is attached; wait for the attachment too.
             let link = ip(&ns, &["link", "show", "dev", "eth0"])?;
-            ensure!(link.contains("prog/xdp"), "no XDP program on eth0 of {ns} yet");
+            ensure!(
+                link.contains("prog/xdp"),
+                "no XDP program on eth0 of {ns} yet"
+            );
             Ok(())
         })?;
         self.lbs[lb] = Some(proc);
