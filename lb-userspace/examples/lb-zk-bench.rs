@@ -41,10 +41,10 @@ struct Args {
     /// Backends per service of the cold start.
     #[arg(long, default_value_t = 100)]
     backends: u32,
-    /// Map sizes of the cold-start daemon.
+    /// Map sizes of the cold-start daemon (the default 65,536 backends do not hold 1,000 × 100).
     #[arg(long, default_value_t = lb_common::limits::DEFAULT_MAX_SERVICES)]
     max_services: u32,
-    #[arg(long, default_value_t = lb_common::limits::DEFAULT_MAX_BACKENDS)]
+    #[arg(long, default_value_t = 131_072)]
     max_backends: u32,
     #[arg(long, default_value_t = lb_common::limits::DEFAULT_TABLE_SIZE)]
     table_size: u32,
@@ -87,10 +87,16 @@ fn main() -> anyhow::Result<()> {
             "lb-zk-bench: cold start, {} services x {} backends",
             args.services, args.backends
         );
-        Some(cold_start(&lab, &lb_bin, &local_zk, &lb_zk, &args)?)
+        Some(cold_start(&lab, &lb_bin, &local_zk, &lb_zk, &args))
     };
-    print_table(&args, &latencies, cold.as_ref());
-    Ok(())
+    // The latency figures are printed even when the cold start failed.
+    let cold = cold.transpose();
+    print_table(
+        &args,
+        &latencies,
+        cold.as_ref().ok().and_then(Option::as_ref),
+    );
+    cold.map(drop)
 }
 
 // ---- write → map latency ---------------------------------------------------------------------------
@@ -227,20 +233,19 @@ fn cold_start(
     .collect();
     let started = Instant::now();
     let mut daemon = Daemon::spawn(&lab.lb_netns(0), lb_bin, &run_args, &log)?;
-    let maps = wait_for(COLD_START_TIMEOUT, || {
-        daemon.check_running().ok()?;
-        MapsView::open_pinned(&pin_dir).ok()
-    });
-    daemon.check_running()?;
-    let maps = maps.context("the daemon never pinned its maps")?;
+    // A daemon that exits ends the waits at once (check_running fails with its log).
+    let maps = try_wait_for(COLD_START_TIMEOUT, || {
+        daemon.check_running()?;
+        Ok(MapsView::open_pinned(&pin_dir).ok())
+    })?
+    .context("the daemon never pinned its maps")?;
     let to_pinned = started.elapsed();
-    let all = wait_for(COLD_START_TIMEOUT, || {
-        daemon.check_running().ok()?;
-        let n = maps.services().ok()?.len();
-        (n >= services as usize).then_some(())
-    });
-    daemon.check_running()?;
-    all.with_context(|| format!("not every service was applied within {COLD_START_TIMEOUT:?}"))?;
+    try_wait_for(COLD_START_TIMEOUT, || {
+        daemon.check_running()?;
+        let n = maps.services()?.len();
+        Ok((n >= services as usize).then_some(()))
+    })?
+    .with_context(|| format!("not every service was applied within {COLD_START_TIMEOUT:?}"))?;
     let to_all_services = started.elapsed();
 
     let status_started = Instant::now();
@@ -360,7 +365,12 @@ impl Daemon {
     fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            bail!("lb run exited ({status}); its log:\n{log}");
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            bail!(
+                "lb run exited ({status}); the end of its log {}:\n{tail}",
+                self.log.display()
+            );
         }
         Ok(())
     }
@@ -420,6 +430,23 @@ fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
         }
         if Instant::now() >= deadline {
             return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Like [`wait_for`], but an error of `f` ends the wait.
+fn try_wait_for<T>(
+    timeout: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<Option<T>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(Some(v));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
