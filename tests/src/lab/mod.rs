@@ -579,8 +579,14 @@ impl Lab {
         )?;
         let lb_bin = self.lb_bin()?;
         let ns = self.lb_netns(lb);
+        // Without decap no traffic can go through a load balancer (labs that test the lab itself,
+        // with a stand-in `lb`), so only `lb status` is waited for there.
+        let wait_attached = self.opts.decap;
         wait_ready(&mut proc, || {
             lb_status(&lb_bin, &pin_dir)?;
+            if !wait_attached {
+                return Ok(());
+            }
             // Maps are pinned before the program is attached; wait for the attachment too.
             let link = ip(&ns, &["link", "show", "dev", "eth0"])?;
             ensure!(
