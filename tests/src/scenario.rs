@@ -197,6 +197,39 @@ pub fn status_shows(status: &serde_json::Value, config: &ServiceConfig) -> bool 
     svc["scheduler"] == config.scheduler.as_str() && configured_shown && extras_inactive
 }
 
+/// Like [`status_shows`], but ignores backends that left the service and are only kept (weight 0,
+/// draining) until their established flows end: the daemon serves exactly `config` to new connections.
+pub fn status_serves(status: &serde_json::Value, config: &ServiceConfig) -> bool {
+    let mut status = status.clone();
+    if let Some(services) = status["services"].as_array_mut() {
+        for svc in services {
+            if let Some(backends) = svc["backends"].as_array_mut() {
+                backends.retain(|b| !(b["state"] == "draining" && b["weight"] == 0));
+            }
+        }
+    }
+    status_shows(&status, config)
+}
+
+/// A backend's `state` (`active`, `draining`, `down`) and weight in `lb status --json`, by address.
+pub fn backend_state(
+    status: &serde_json::Value,
+    service: &str,
+    backend: SocketAddr,
+) -> Option<(String, u64)> {
+    let svc = status["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == service)?;
+    let b = svc["backends"].as_array()?.iter().find(|b| {
+        b["addr"]
+            .as_str()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            == Some(backend)
+    })?;
+    Some((b["state"].as_str()?.to_owned(), b["weight"].as_u64()?))
+}
+
 /// A backend's `active_conns` in `lb status --json`, by address.
 pub fn active_conns(status: &serde_json::Value, service: &str, backend: SocketAddr) -> Option<u64> {
     let svc = status["services"]

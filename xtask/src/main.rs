@@ -39,12 +39,21 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Build, then run the demo: a lab with three backends, every scheduler, real connections.
+    /// Build, then run the demo: a lab with three backends and its own ZooKeeper, `lb run --zk`,
+    /// every scheduler, a backend registering and draining, real connections.
     Demo,
     /// Remove namespaces and directories left by lab tests that were killed before cleaning up.
     CleanLabs,
-    /// Build, then run the XDP benchmark binary.
+    /// Build, then run the XDP benchmark binary, then the ZooKeeper control-plane benchmark
+    /// (`lb-userspace/examples/lb-zk-bench.rs`: write → map latency, cold start of 1,000 services).
     Bench {
+        /// Only the ZooKeeper benchmark.
+        #[arg(long)]
+        zk_only: bool,
+        /// Only the XDP benchmark.
+        #[arg(long, conflicts_with = "zk_only")]
+        no_zk: bool,
+        /// Passed on to the XDP benchmark.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
@@ -77,19 +86,50 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench { args } => {
+        Command::Bench {
+            zk_only,
+            no_zk,
+            args,
+        } => {
             build(&root)?;
-            let bench = cargo::release_bin(&root, "lb-xdp-bench");
-            if !bench.exists() {
-                println!(
-                    "{} is missing: lb-userspace does not build a benchmark binary yet",
-                    bench.display()
-                );
-                return Ok(());
+            if !zk_only {
+                let bench = cargo::release_bin(&root, "lb-xdp-bench");
+                run_bin(&bench, &args, &root)?;
             }
-            cargo::exec(&bench, &args)
+            if !no_zk {
+                cargo::cargo(
+                    &root,
+                    &[
+                        "build",
+                        "--release",
+                        "-p",
+                        "lb-userspace",
+                        "--example",
+                        "lb-zk-bench",
+                    ],
+                )?;
+                let bench = root
+                    .join("target")
+                    .join("release")
+                    .join("examples")
+                    .join("lb-zk-bench");
+                run_bin(&bench, &[], &root)?;
+            }
+            Ok(())
         }
     }
+}
+
+/// Runs a built benchmark with `LB_BIN` set; fails when it fails.
+fn run_bin(bin: &std::path::Path, args: &[OsString], root: &std::path::Path) -> anyhow::Result<()> {
+    let status = cargo::command(bin, args)
+        .env("LB_BIN", cargo::release_bin(root, "lb"))
+        .status()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", bin.display());
+    }
+    Ok(())
 }
 
 fn build(root: &std::path::Path) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
-//! The lab's processes: backend servers, `lb decap`, `lb run`, and talking to them.
+//! The lab's processes: backend servers, `lb decap`, `lb run`, `lb register`, and talking to them.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 
@@ -88,6 +89,23 @@ impl Lab {
         config_toml: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<()> {
+        self.check_lb_free(lb)?;
+        let config = self.lb_config_path(lb);
+        std::fs::write(&config, config_toml)
+            .with_context(|| format!("cannot write {}", config.display()))?;
+        let source = vec!["--config".to_owned(), path_arg(&config)?];
+        self.spawn_lb(lb, source, extra_args)
+    }
+
+    /// Starts `lb run --zk ZK` (following ZooKeeper, no configuration file) in load balancer `lb`'s
+    /// namespace, like [`start_lb`](Self::start_lb) otherwise. `zk` must be reachable from the LB's
+    /// namespace (e.g. a server in the router namespace on [`ROUTER_LBS_V4`](super::topology::ROUTER_LBS_V4)).
+    pub fn start_lb_zk(&mut self, lb: usize, zk: &str, extra_args: &[&str]) -> anyhow::Result<()> {
+        self.check_lb_free(lb)?;
+        self.spawn_lb(lb, vec!["--zk".to_owned(), zk.to_owned()], extra_args)
+    }
+
+    fn check_lb_free(&self, lb: usize) -> anyhow::Result<()> {
         ensure!(
             lb < self.opts.lbs,
             "load balancer {lb} does not exist (the lab has {})",
@@ -97,17 +115,22 @@ impl Lab {
             self.lbs[lb].is_none(),
             "load balancer {lb} is already running"
         );
-        let config = self.lb_config_path(lb);
-        std::fs::write(&config, config_toml)
-            .with_context(|| format!("cannot write {}", config.display()))?;
+        Ok(())
+    }
+
+    /// `lb run` with `source_args` (`--config FILE` or `--zk HOST:PORT`); waits until it is ready.
+    fn spawn_lb(
+        &mut self,
+        lb: usize,
+        source_args: Vec<String>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<()> {
         self.attach_pass_to_router_port(lb)?;
         let pin_dir = self.lb_pin_dir(lb);
         let mut args: Vec<String> = [
             "run",
             "--iface",
             "eth0",
-            "--config",
-            &path_arg(&config)?,
             "--pin-dir",
             &path_arg(&pin_dir)?,
             "--max-services",
@@ -124,6 +147,7 @@ impl Lab {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(source_args);
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let log = self.lb_log_path(lb);
         let mut proc = NsProcess::spawn(
@@ -173,6 +197,102 @@ impl Lab {
             cmd::in_netns(&self.router_netns(), "ip", &args)?;
         }
         Ok(())
+    }
+
+    /// Starts `lb register --zk ZK --service SERVICE --addr <backend i's address> ARGS...` inside
+    /// backend `i`'s namespace (its log is `b<i>-register.log` in the lab directory). `zk` must be
+    /// reachable from the backends (e.g. a server in the router namespace on
+    /// [`ROUTER_BACKENDS_V4`](super::topology::ROUTER_BACKENDS_V4)). Returns at once; wait for the
+    /// node (or the service in `lb status`) to appear.
+    pub fn start_register(
+        &mut self,
+        i: usize,
+        zk: &str,
+        service: &str,
+        v6: bool,
+        extra_args: &[&str],
+    ) -> anyhow::Result<()> {
+        ensure!(
+            i < self.opts.backends,
+            "backend {i} does not exist (the lab has {})",
+            self.opts.backends
+        );
+        ensure!(
+            self.registers[i].is_none(),
+            "backend {i} already runs `lb register`"
+        );
+        let mut args: Vec<String> = vec![
+            "register".into(),
+            "--zk".into(),
+            zk.into(),
+            "--service".into(),
+            service.into(),
+            "--addr".into(),
+            Self::backend_addr(i, v6).to_string(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let name = Self::backend_name(i);
+        let proc = NsProcess::spawn(
+            &format!("{name} register"),
+            &self.backend_netns(i),
+            &self.lb_bin()?,
+            &args,
+            &self.register_log_path(i),
+        )?;
+        self.registers[i] = Some(proc);
+        Ok(())
+    }
+
+    /// Sends a signal to backend `i`'s `lb register`.
+    pub fn signal_register(&mut self, i: usize, signal: libc::c_int) -> anyhow::Result<()> {
+        match self.registers.get_mut(i) {
+            Some(Some(proc)) => proc.signal(signal),
+            _ => bail!("backend {i} runs no `lb register`"),
+        }
+    }
+
+    /// Waits (at most `timeout`) for backend `i`'s `lb register` to exit and forgets it; returns how
+    /// it ended.
+    pub fn wait_register_exit(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(Some(proc)) = self.registers.get_mut(i) else {
+            bail!("backend {i} runs no `lb register`");
+        };
+        let mut exit = None;
+        wait_until(timeout, || {
+            exit = proc.exit_status();
+            exit.is_some()
+        });
+        match exit {
+            Some(status) => {
+                self.registers[i] = None;
+                Ok(status)
+            }
+            None => bail!(
+                "backend {i}'s `lb register` did not exit within {timeout:?}\n{}",
+                proc.log_tail()
+            ),
+        }
+    }
+
+    /// Backend `i`'s `lb register` log so far.
+    pub fn register_log(&self, i: usize) -> anyhow::Result<String> {
+        let log = self.register_log_path(i);
+        std::fs::read_to_string(&log).with_context(|| format!("cannot read {}", log.display()))
+    }
+
+    fn register_log_path(&self, i: usize) -> PathBuf {
+        self.dir
+            .join(format!("{}-register.log", Self::backend_name(i)))
+    }
+
+    /// Runs `lb ARGS` to completion inside the lab namespace `netns` (e.g. the admin CLI next to a
+    /// ZooKeeper server in the router namespace) and returns its stdout.
+    pub fn run_lb_in(&self, netns: &str, args: &[&str]) -> anyhow::Result<String> {
+        cmd::in_netns(netns, &path_arg(&self.lb_bin()?)?, args)
     }
 
     /// Stops load balancer `lb`'s daemon.

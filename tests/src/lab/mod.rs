@@ -93,6 +93,8 @@ pub struct Lab {
     servers: Vec<Option<NsProcess>>,
     decaps: Vec<Option<NsProcess>>,
     lbs: Vec<Option<NsProcess>>,
+    /// `lb register` on each backend (see `start_register`).
+    registers: Vec<Option<NsProcess>>,
     /// Dropped last, after the cleanup in `Drop::drop`.
     _serial: MutexGuard<'static, ()>,
 }
@@ -133,6 +135,7 @@ impl Lab {
             servers: (0..opts.backends).map(|_| None).collect(),
             decaps: (0..opts.backends).map(|_| None).collect(),
             lbs: (0..opts.lbs).map(|_| None).collect(),
+            registers: (0..opts.backends).map(|_| None).collect(),
             opts,
             _serial: serial,
         };
@@ -225,8 +228,9 @@ impl Drop for Lab {
         }
         // Daemons first (they detach their programs), then what the namespaces hold.
         for proc in self
-            .lbs
+            .registers
             .iter_mut()
+            .chain(&mut self.lbs)
             .chain(&mut self.decaps)
             .chain(&mut self.servers)
         {

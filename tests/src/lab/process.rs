@@ -147,6 +147,11 @@ impl NsProcess {
         Ok(())
     }
 
+    /// How the process ended, once it has.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.poll_exit()
+    }
+
     fn poll_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
             self.exit = self.child.try_wait().ok().flatten();

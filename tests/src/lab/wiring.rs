@@ -2,6 +2,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use anyhow::ensure;
+
 use super::Lab;
 use super::cmd::{self, ethtool_features, ip, sysctl};
 use super::topology::*;
@@ -113,9 +115,27 @@ impl Lab {
 
     /// The router sends the VIP prefixes to the load balancers; to several with L4-hashed ECMP.
     fn route_vips(&self, router: &str) -> anyhow::Result<()> {
+        let all: Vec<usize> = (0..self.opts.lbs).collect();
+        self.replace_vip_routes(router, &all, "add")
+    }
+
+    /// Points the router's VIP routes at the load balancers `lbs` only (one: a plain route; several:
+    /// ECMP), as a routing change or an LB taken out of service would. Flows move between LBs.
+    pub fn route_vips_via(&self, lbs: &[usize]) -> anyhow::Result<()> {
+        ensure!(
+            !lbs.is_empty() && lbs.iter().all(|&lb| lb < self.opts.lbs),
+            "route_vips_via({lbs:?}): the lab has load balancers 0..{}",
+            self.opts.lbs
+        );
+        self.replace_vip_routes(&self.router_netns(), lbs, "replace")
+    }
+
+    /// `ip route <verb>` of both VIP prefixes via the load balancers `lbs`.
+    fn replace_vip_routes(&self, router: &str, lbs: &[usize], verb: &str) -> anyhow::Result<()> {
         for (prefix, v6) in [(VIP_PREFIX_V4, false), (VIP_PREFIX_V6, true)] {
-            let hops: Vec<String> = (0..self.opts.lbs)
-                .map(|lb| {
+            let hops: Vec<String> = lbs
+                .iter()
+                .map(|&lb| {
                     if v6 {
                         lb_v6(lb).to_string()
                     } else {
@@ -123,7 +143,7 @@ impl Lab {
                     }
                 })
                 .collect();
-            let mut args = vec![if v6 { "-6" } else { "-4" }, "route", "add", prefix];
+            let mut args = vec![if v6 { "-6" } else { "-4" }, "route", verb, prefix];
             if let [only] = hops.as_slice() {
                 args.extend(["via", only.as_str()]);
             } else {

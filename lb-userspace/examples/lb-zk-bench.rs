@@ -1,0 +1,551 @@
+//! The control plane's benchmark (`cargo xtask bench` runs it after the XDP benchmark): a lab with
+//! ZooKeeper in the router namespace and `lb run --zk` on the load balancer, measuring
+//!
+//! 1. ZooKeeper write → map applied: `lb backend weight` (the admin client) changes a backend's
+//!    weight, then the pinned `LB_BACKENDS` entry is polled until it shows the new weight;
+//! 2. cold start: a daemon started against a populated ZooKeeper (1,000 services × 100 backends by
+//!    default), until every service is in `LB_SERVICES` and `lb status` shows them all.
+//!
+//! Prints a markdown table. An example rather than a binary because it uses the lab and the test
+//! ZooKeeper server of `lb-tests` (a dev-dependency of this crate). Needs root, bpffs and Debian's
+//! `zookeeper`; `LB_BIN` names the `lb` binary the daemon runs as.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::Parser;
+use lb_common::BACKEND_F_VALID;
+use lb_tests::lab::run_in_netns;
+use lb_tests::lab::topology::ROUTER_LBS_V4;
+use lb_tests::zk_server::{ZkServer, ZkServerOptions};
+use lb_tests::{Lab, LabOptions};
+use lb_userspace::admin;
+use lb_userspace::dataplane::MapsView;
+use lb_userspace::model::BackendSpec;
+use lb_userspace::zk::acl::node_acls;
+use lb_userspace::zk::client::ZkTarget;
+use zookeeper_client::{Client, CreateMode};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark the ZooKeeper control plane of lb in a namespace lab")]
+struct Args {
+    /// Weight changes timed (write → LB_BACKENDS shows it).
+    #[arg(long, default_value_t = 500)]
+    changes: usize,
+    /// Services of the cold start.
+    #[arg(long, default_value_t = 1000)]
+    services: u32,
+    /// Backends per service of the cold start.
+    #[arg(long, default_value_t = 100)]
+    backends: u32,
+    /// Map sizes of the cold-start daemon (the default 65,536 backends do not hold 1,000 × 100).
+    #[arg(long, default_value_t = lb_common::limits::DEFAULT_MAX_SERVICES)]
+    max_services: u32,
+    #[arg(long, default_value_t = 131_072)]
+    max_backends: u32,
+    #[arg(long, default_value_t = lb_common::limits::DEFAULT_TABLE_SIZE)]
+    table_size: u32,
+    /// Scheduler of the cold-start services (maglev builds the largest tables).
+    #[arg(long, default_value = "maglev")]
+    scheduler: String,
+    /// Skip the cold start (it needs a few hundred MB for the tables).
+    #[arg(long)]
+    skip_cold_start: bool,
+}
+
+/// Bounds of every wait.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+const COLD_START_TIMEOUT: Duration = Duration::from_secs(600);
+const POLL: Duration = Duration::from_micros(200);
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let lb_bin = lb_bin()?;
+    let mut lab = Lab::start(LabOptions {
+        lb_bin: Some(lb_bin.clone()),
+        ..LabOptions::default()
+    })
+    .context("starting the lab")?;
+    let zk = ZkServer::start_with(ZkServerOptions {
+        netns: Some(lab.router_netns()),
+        bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    })
+    .context("starting ZooKeeper in the router namespace")?;
+    let local_zk = zk.connect_string();
+    let lb_zk = format!("{ROUTER_LBS_V4}:{}", zk.port());
+
+    eprintln!("lb-zk-bench: {} weight changes", args.changes);
+    // The daemon's default debounce (a full read once writes pause for 100 ms), then none: what
+    // the read-build-apply path itself costs.
+    let mut latencies = Vec::new();
+    for debounce_ms in [100, 0] {
+        let measured =
+            write_to_map_latency(&mut lab, &local_zk, &lb_zk, args.changes, debounce_ms)?;
+        lab.stop_lb(0)?;
+        latencies.push((debounce_ms, measured));
+    }
+    let cold = if args.skip_cold_start {
+        None
+    } else {
+        eprintln!(
+            "lb-zk-bench: cold start, {} services x {} backends",
+            args.services, args.backends
+        );
+        Some(cold_start(&lab, &lb_bin, &local_zk, &lb_zk, &args))
+    };
+    // The latency figures are printed even when the cold start failed.
+    let cold = cold.transpose();
+    print_table(
+        &args,
+        &latencies,
+        cold.as_ref().ok().and_then(Option::as_ref),
+    );
+    cold.map(drop)
+}
+
+// ---- write → map latency ---------------------------------------------------------------------------
+
+/// Times `changes` weight changes of one backend from the admin client's write to the map entry.
+fn write_to_map_latency(
+    lab: &mut Lab,
+    local_zk: &str,
+    lb_zk: &str,
+    changes: usize,
+    debounce_ms: u64,
+) -> anyhow::Result<Vec<Duration>> {
+    let vip: SocketAddr = SocketAddr::new(IpAddr::V4(Lab::vip_v4(1)), 80);
+    let backends: Vec<SocketAddr> = (0..3).map(|i| Lab::backend_addr(i, false)).collect();
+    let target = ZkTarget::new(local_zk, "/lb", None)?;
+    in_router(lab, local_zk, {
+        let target = target.clone();
+        let backends = backends.clone();
+        move |client| async move {
+            let fields = admin::ServiceFields {
+                vip: Some(vip),
+                scheduler: Some("maglev".into()),
+                ..Default::default()
+            };
+            admin::put_service(&client, &target, "web", &fields.to_json(vip)).await?;
+            for b in &backends {
+                admin::put_backend(&client, &target, "web", &BackendSpec::new(*b)).await?;
+            }
+            Ok(())
+        }
+    })?;
+    let debounce = debounce_ms.to_string();
+    lab.start_lb_zk(
+        0,
+        lb_zk,
+        &[
+            "--zk-debounce-ms",
+            &debounce,
+            "--zk-debounce-max-ms",
+            &debounce,
+        ],
+    )?;
+    let pin_dir = lab.lb_pin_dir(0);
+    let measured = backends[2];
+    let id = wait_for(APPLY_TIMEOUT, || {
+        let maps = MapsView::open_pinned(&pin_dir).ok()?;
+        backend_id(&maps, measured)
+    })
+    .context("the daemon never applied the service")?;
+    let maps = MapsView::open_pinned(&pin_dir)?;
+
+    in_router(lab, local_zk, move |client| async move {
+        let mut latencies = Vec::with_capacity(changes);
+        for i in 0..changes {
+            // Always different from the previous weight.
+            let weight = 2 + (i % 50) as u32;
+            let start = Instant::now();
+            admin::set_backend_weight(&client, &target, "web", measured, weight).await?;
+            loop {
+                let entry = maps.backend(id)?;
+                if entry.weight == weight {
+                    break;
+                }
+                ensure!(
+                    start.elapsed() < APPLY_TIMEOUT,
+                    "weight {weight} was not applied within {APPLY_TIMEOUT:?} (change {i})"
+                );
+                tokio::time::sleep(POLL).await;
+            }
+            latencies.push(start.elapsed());
+        }
+        Ok(latencies)
+    })
+}
+
+/// The id of the valid `LB_BACKENDS` entry for `addr`.
+fn backend_id(maps: &MapsView, addr: SocketAddr) -> Option<u32> {
+    (0..maps.capacity().max_backends).find(|&id| {
+        maps.backend(id).is_ok_and(|b| {
+            b.flags & BACKEND_F_VALID != 0
+                && lb_common::addr::from_words(b.addr, b.family) == Some(addr.ip())
+                && u16::from_be(b.port_be) == addr.port()
+        })
+    })
+}
+
+// ---- cold start ----------------------------------------------------------------------------------
+
+struct ColdStart {
+    services: u32,
+    backends: u32,
+    /// Writing the tree (multi-op transactions, pipelined).
+    populate: Duration,
+    /// Daemon spawned → its maps are pinned (first full read of ZooKeeper, maps created).
+    to_pinned: Duration,
+    /// Daemon spawned → every service in `LB_SERVICES`.
+    to_all_services: Duration,
+    /// `lb status --json` reading that state once.
+    status_call: Duration,
+}
+
+fn cold_start(
+    lab: &Lab,
+    lb_bin: &Path,
+    local_zk: &str,
+    lb_zk: &str,
+    args: &Args,
+) -> anyhow::Result<ColdStart> {
+    ensure!(
+        args.services <= 60_000 && args.backends <= 60_000,
+        "--services and --backends are at most 60000 (ports and addresses of the generated tree)"
+    );
+    let target = ZkTarget::new(local_zk, "/lb", None)?;
+    let (services, backends, scheduler) = (args.services, args.backends, args.scheduler.clone());
+    let started = Instant::now();
+    in_router(lab, local_zk, move |client| async move {
+        admin::remove_service(&client, &target, "web").await?;
+        populate(&client, &target, services, backends, &scheduler).await
+    })?;
+    let populate = started.elapsed();
+
+    let pin_dir = lab.pin_root_path().join("cold");
+    let log = lab.dir().join("cold-start.log");
+    let run_args: Vec<String> = [
+        "run",
+        "--iface",
+        "eth0",
+        "--zk",
+        lb_zk,
+        "--pin-dir",
+        path_str(&pin_dir)?,
+        "--max-services",
+        &args.max_services.to_string(),
+        "--max-backends",
+        &args.max_backends.to_string(),
+        "--table-size",
+        &args.table_size.to_string(),
+        "--flow-table-size",
+        "65536",
+        "--persist-table-size",
+        "4096",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let started = Instant::now();
+    let mut daemon = Daemon::spawn(&lab.lb_netns(0), lb_bin, &run_args, &log)?;
+    // A daemon that exits ends the waits at once (check_running fails with its log).
+    let maps = try_wait_for(COLD_START_TIMEOUT, || {
+        daemon.check_running()?;
+        Ok(MapsView::open_pinned(&pin_dir).ok())
+    })?
+    .context("the daemon never pinned its maps")?;
+    let to_pinned = started.elapsed();
+    try_wait_for(COLD_START_TIMEOUT, || {
+        daemon.check_running()?;
+        let n = maps.services()?.len();
+        Ok((n >= services as usize).then_some(()))
+    })?
+    .with_context(|| format!("not every service was applied within {COLD_START_TIMEOUT:?}"))?;
+    let to_all_services = started.elapsed();
+
+    let status_started = Instant::now();
+    let out = Command::new(lb_bin)
+        .args(["status", "--json", "--pin-dir", path_str(&pin_dir)?])
+        .output()
+        .context("running lb status")?;
+    let status_call = status_started.elapsed();
+    ensure!(
+        out.status.success(),
+        "lb status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("lb status --json")?;
+    let shown = status["services"].as_array().map_or(0, Vec::len);
+    ensure!(
+        shown == services as usize,
+        "lb status shows {shown} services, not {services}"
+    );
+    let shown_backends: usize = status["services"].as_array().map_or(0, |s| {
+        s.iter()
+            .map(|s| s["backends"].as_array().map_or(0, Vec::len))
+            .sum()
+    });
+    ensure!(
+        shown_backends == (services * backends) as usize,
+        "lb status shows {shown_backends} backends, not {}",
+        services * backends
+    );
+    drop(daemon);
+    Ok(ColdStart {
+        services,
+        backends,
+        populate,
+        to_pinned,
+        to_all_services,
+        status_call,
+    })
+}
+
+/// Writes `services` services (VIP `198.18.100.10:<10000+i>`) with `backends` backends each
+/// (`198.19.x.y` on the VIP's port), one multi-op transaction per service, many in flight at once.
+async fn populate(
+    client: &Client,
+    target: &ZkTarget,
+    services: u32,
+    backends: u32,
+    scheduler: &str,
+) -> anyhow::Result<()> {
+    let schema = &target.schema;
+    let options = CreateMode::Persistent.with_acls(node_acls(false));
+    for dir in [schema.root().to_owned(), schema.services_dir()] {
+        match client.create(&dir, &[], &options).await {
+            Ok(_) | Err(zookeeper_client::Error::NodeExists) => {}
+            Err(e) => bail!("creating {dir}: {e}"),
+        }
+    }
+    const IN_FLIGHT: usize = 32;
+    let mut pending = Vec::new();
+    for s in 0..services {
+        let port = 10_000 + s;
+        let name = format!("svc{s:05}");
+        let data =
+            serde_json::json!({"vip": format!("198.18.100.10:{port}"), "scheduler": scheduler});
+        let mut multi = client.new_multi_writer();
+        multi.add_create(
+            &schema.service_path(&name),
+            data.to_string().as_bytes(),
+            &options,
+        )?;
+        multi.add_create(&schema.backends_dir(&name), &[], &options)?;
+        for b in 0..backends {
+            let ip = Ipv4Addr::new(198, 19, (b / 250) as u8, (b % 250 + 1) as u8);
+            let addr = SocketAddr::new(IpAddr::V4(ip), port as u16);
+            multi.add_create(&schema.backend_path(&name, addr), &[], &options)?;
+        }
+        pending.push(multi.commit());
+        if pending.len() >= IN_FLIGHT {
+            for commit in pending.drain(..) {
+                commit.await.context("writing the tree")?;
+            }
+        }
+    }
+    for commit in pending {
+        commit.await.context("writing the tree")?;
+    }
+    Ok(())
+}
+
+/// `lb run` in a lab namespace, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(netns: &str, lb_bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Daemon> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg("--")
+            .arg(lb_bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting lb run")?;
+        Ok(Daemon {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            bail!(
+                "lb run exited ({status}); the end of its log {}:\n{tail}",
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id())
+            && self.child.try_wait().ok().flatten().is_none()
+        {
+            // SAFETY: our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- helpers -------------------------------------------------------------------------------------
+
+/// Runs `f` with a ZooKeeper client on a thread in the router namespace (where ZooKeeper listens on
+/// 127.0.0.1).
+fn in_router<T, F, Fut>(lab: &Lab, connect: &str, f: F) -> anyhow::Result<T>
+where
+    T: Send,
+    F: FnOnce(Client) -> Fut + Send,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let ns = lab.router_netns();
+    run_in_netns(&ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let client = Client::connector()
+                .with_session_timeout(Duration::from_secs(10))
+                .connect(connect)
+                .await
+                .context("connecting to ZooKeeper")?;
+            f(client).await
+        })
+    })?
+}
+
+fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Like [`wait_for`], but an error of `f` ends the wait.
+fn try_wait_for<T>(
+    timeout: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<Option<T>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(Some(v));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str()
+        .with_context(|| format!("path {} is not UTF-8", p.display()))
+}
+
+fn lb_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LB_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/release/examples/lb-zk-bench → target/release/lb
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("lb"))
+        .context("cannot find the lb binary; set LB_BIN")?;
+    ensure!(
+        candidate.is_file(),
+        "{} is missing; set LB_BIN or build it (`cargo build --release -p lb-userspace`)",
+        candidate.display()
+    );
+    Ok(candidate)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn print_table(args: &Args, latencies: &[(u64, Vec<Duration>)], cold: Option<&ColdStart>) {
+    println!("\n### Control plane (ZooKeeper)\n");
+    println!("| measurement | value |");
+    println!("|---|---|");
+    for (debounce_ms, latencies) in latencies {
+        let mut sorted = latencies.clone();
+        sorted.sort();
+        println!(
+            "| ZooKeeper write → `LB_BACKENDS` applied, `--zk-debounce-ms {debounce_ms}`: p50 / p99 / max of {} weight changes | {} / {} / {} |",
+            sorted.len(),
+            ms(percentile(&sorted, 50.0)),
+            ms(percentile(&sorted, 99.0)),
+            ms(sorted.last().copied().unwrap_or_default())
+        );
+    }
+    if let Some(c) = cold {
+        let what = format!(
+            "{} services × {} backends ({}; --max-services {} --max-backends {} --table-size {})",
+            c.services,
+            c.backends,
+            args.scheduler,
+            args.max_services,
+            args.max_backends,
+            args.table_size
+        );
+        println!(
+            "| cold start, {what}: daemon start → all services in `LB_SERVICES` | {:.2} s |",
+            c.to_all_services.as_secs_f64()
+        );
+        println!(
+            "| of which: start → maps pinned (full read of ZooKeeper, maps created) | {:.2} s |",
+            c.to_pinned.as_secs_f64()
+        );
+        println!(
+            "| `lb status --json` of that state (one call) | {:.2} s |",
+            c.status_call.as_secs_f64()
+        );
+        println!(
+            "| writing the tree to ZooKeeper (one multi per service, 32 in flight) | {:.2} s |",
+            c.populate.as_secs_f64()
+        );
+    }
+}
