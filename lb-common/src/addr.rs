@@ -49,7 +49,11 @@ pub fn from_words(words: [u32; 4], family: u8) -> Option<IpAddr> {
 /// Keeps the first `prefix_len` bits of an address in map representation (persistence netmask).
 pub fn mask_words(words: [u32; 4], family: u8, prefix_len: u32) -> [u32; 4] {
     let total = if family == AF_INET { 32 } else { 128 };
-    let keep = if prefix_len > total { total } else { prefix_len };
+    let keep = if prefix_len > total {
+        total
+    } else {
+        prefix_len
+    };
     let mut out = [0u32; 4];
     let mut i = 0;
     while i < 4 {
@@ -84,8 +88,15 @@ mod tests {
     fn masks_in_wire_order() {
         let (w, f) = to_words(IpAddr::V4(Ipv4Addr::new(198, 18, 7, 9)));
         let m = mask_words(w, f, 24);
-        assert_eq!(from_words(m, f), Some(IpAddr::V4(Ipv4Addr::new(198, 18, 7, 0))));
-        let (w, f) = to_words("2001:db8:aaaa:bbbb::1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+        assert_eq!(
+            from_words(m, f),
+            Some(IpAddr::V4(Ipv4Addr::new(198, 18, 7, 0)))
+        );
+        let (w, f) = to_words(
+            "2001:db8:aaaa:bbbb::1"
+                .parse()
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        );
         let m = mask_words(w, f, 36);
         assert_eq!(from_words(m, f), "2001:db8:a000::".parse().ok());
         assert_eq!(mask_words(w, f, 200), w);

@@ -5,8 +5,14 @@ use crate::flow::FlowKey;
 
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -65,13 +71,29 @@ mod tests {
 
     #[test]
     fn flow_hash_matches_word_hash_and_depends_on_every_field() {
-        let k = FlowKey { src: [1, 2, 3, 4], dst: [5, 6, 7, 8], sport_be: 9, dport_be: 10, proto: 6, ..Default::default() };
+        let k = FlowKey {
+            src: [1, 2, 3, 4],
+            dst: [5, 6, 7, 8],
+            sport_be: 9,
+            dport_be: 10,
+            proto: 6,
+            ..Default::default()
+        };
         let words = [1, 2, 3, 4, 5, 6, 7, 8, 9 | (10 << 16), 6];
         assert_eq!(flow_hash(&k, 7), hash_words(&words, 7));
         let base = flow_hash(&k, 7);
         assert_ne!(base, flow_hash(&k, 8));
         assert_ne!(base, flow_hash(&FlowKey { sport_be: 11, ..k }, 7));
-        assert_ne!(base, flow_hash(&FlowKey { dst: [5, 6, 7, 9], ..k }, 7));
+        assert_ne!(
+            base,
+            flow_hash(
+                &FlowKey {
+                    dst: [5, 6, 7, 9],
+                    ..k
+                },
+                7
+            )
+        );
     }
 
     #[test]
@@ -80,7 +102,13 @@ mod tests {
         assert_eq!(hash_words(&[], 0), 0);
         assert_eq!(hash_words(&[], 1), 0x514e_28b7);
         assert_eq!(hash_words(&[0], 0), 0x2362_f9de);
-        assert_eq!(hash_words(&[u32::from_le_bytes(*b"aaaa")], 0x9747_b28c), 0x5a97_808a);
-        assert_eq!(hash_words(&[u32::from_le_bytes(*b"abcd")], 0x9747_b28c), 0xf047_8627);
+        assert_eq!(
+            hash_words(&[u32::from_le_bytes(*b"aaaa")], 0x9747_b28c),
+            0x5a97_808a
+        );
+        assert_eq!(
+            hash_words(&[u32::from_le_bytes(*b"abcd")], 0x9747_b28c),
+            0xf047_8627
+        );
     }
 }

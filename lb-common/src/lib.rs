@@ -19,10 +19,10 @@ pub mod service;
 pub mod stats;
 
 pub use addr::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
-pub use backend::{BackendEntry, BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID};
+pub use backend::{BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry};
 pub use config::LbConfig;
 pub use decap::{DecapCounter, DecapKey};
-pub use flow::{FlowEntry, FlowKey, FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED};
+pub use flow::{FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FlowEntry, FlowKey};
 pub use persist::{PersistEntry, PersistKey};
 pub use service::{Scheduler, ServiceEntry, ServiceMeta, VipKey};
 pub use stats::{Counter, TrafficStats};

@@ -69,7 +69,11 @@ impl Capacity {
 
     /// Checks the combination; returns what is wrong.
     pub fn validate(&self) -> Result<(), &'static str> {
-        if self.max_services == 0 || self.max_backends == 0 || self.flow_table_size == 0 || self.persist_table_size == 0 {
+        if self.max_services == 0
+            || self.max_backends == 0
+            || self.flow_table_size == 0
+            || self.persist_table_size == 0
+        {
             return Err("every capacity must be at least 1");
         }
         if self.table_size < MAX_BACKENDS_PER_SERVICE {

@@ -72,8 +72,12 @@ impl Scheduler {
     /// sequence (wrr, wrandom) or a Maglev lookup table.
     pub const fn table_kind(self) -> TableKind {
         match self {
-            Scheduler::RoundRobin | Scheduler::Random | Scheduler::LeastConn => TableKind::BackendList,
-            Scheduler::WeightedRoundRobin | Scheduler::WeightedRandom => TableKind::WeightedSequence,
+            Scheduler::RoundRobin | Scheduler::Random | Scheduler::LeastConn => {
+                TableKind::BackendList
+            }
+            Scheduler::WeightedRoundRobin | Scheduler::WeightedRandom => {
+                TableKind::WeightedSequence
+            }
             Scheduler::Maglev => TableKind::Maglev,
         }
     }

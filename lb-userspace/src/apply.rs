@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use lb_common::limits::Capacity;
 use lb_common::service::SERVICE_NAME_LEN;
 use lb_common::{
-    BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry, ServiceEntry, ServiceMeta, VipKey,
+    BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry, ServiceEntry, ServiceMeta,
+    VipKey,
 };
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -36,7 +37,11 @@ pub enum ApplyError {
     #[error("no free backend id: at most {max} backends in all (raise --max-backends)")]
     TooManyBackends { max: u32 },
     #[error("service {service}: {count} entries do not fit the table size {table_size}")]
-    TableTooLarge { service: String, count: usize, table_size: u32 },
+    TableTooLarge {
+        service: String,
+        count: usize,
+        table_size: u32,
+    },
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
 }
@@ -49,7 +54,9 @@ struct IdPool {
 
 impl IdPool {
     fn new(max: u32) -> Self {
-        IdPool { free: (0..max).collect() }
+        IdPool {
+            free: (0..max).collect(),
+        }
     }
     fn take(&mut self) -> Option<u32> {
         self.free.pop_first()
@@ -82,13 +89,28 @@ impl ServiceHealth {
     /// What `health` means for `spec`, panic threshold included (pure; unit-tested).
     pub fn of(spec: &ServiceSpec, health: &HealthView) -> ServiceHealth {
         let check = spec.health_check.as_ref();
-        let down: BTreeSet<SocketAddr> =
-            spec.backends.keys().copied().filter(|addr| health.is_down(*addr, check)).collect();
-        let eligible = spec.backends.values().filter(|b| b.takes_new_flows()).count();
-        let healthy = spec.backends.values().filter(|b| b.takes_new_flows() && !down.contains(&b.addr)).count();
+        let down: BTreeSet<SocketAddr> = spec
+            .backends
+            .keys()
+            .copied()
+            .filter(|addr| health.is_down(*addr, check))
+            .collect();
+        let eligible = spec
+            .backends
+            .values()
+            .filter(|b| b.takes_new_flows())
+            .count();
+        let healthy = spec
+            .backends
+            .values()
+            .filter(|b| b.takes_new_flows() && !down.contains(&b.addr))
+            .count();
         let threshold = usize::from(spec.panic_threshold);
         if threshold > 0 && eligible > 0 && healthy * 100 < threshold * eligible {
-            ServiceHealth { down: BTreeSet::new(), panic: true }
+            ServiceHealth {
+                down: BTreeSet::new(),
+                panic: true,
+            }
         } else {
             ServiceHealth { down, panic: false }
         }
@@ -118,7 +140,10 @@ pub struct ApplyReport {
 impl ApplyReport {
     /// Did the data plane change?
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty() && self.health_changed.is_empty()
+        self.added.is_empty()
+            && self.changed.is_empty()
+            && self.removed.is_empty()
+            && self.health_changed.is_empty()
     }
 }
 
@@ -151,7 +176,13 @@ impl Applier {
 
     /// The state the data plane forwards with now.
     pub fn applied_state(&self) -> DesiredState {
-        DesiredState { services: self.services.iter().map(|(n, s)| (n.clone(), s.spec.clone())).collect() }
+        DesiredState {
+            services: self
+                .services
+                .iter()
+                .map(|(n, s)| (n.clone(), s.spec.clone()))
+                .collect(),
+        }
     }
 
     pub fn generation(&self) -> u32 {
@@ -163,13 +194,18 @@ impl Applier {
     }
 
     pub fn backend_id(&self, service: &str, addr: &SocketAddr) -> Option<u32> {
-        self.services.get(service).and_then(|s| s.backend_ids.get(addr).copied())
+        self.services
+            .get(service)
+            .and_then(|s| s.backend_ids.get(addr).copied())
     }
 
     /// Every backend address the data plane may send to (configured and retired).
     pub fn backend_addrs(&self) -> Vec<SocketAddr> {
-        let mut v: Vec<SocketAddr> =
-            self.services.values().flat_map(|s| s.backend_ids.keys().copied()).collect();
+        let mut v: Vec<SocketAddr> = self
+            .services
+            .values()
+            .flat_map(|s| s.backend_ids.keys().copied())
+            .collect();
         v.extend(self.retired.iter().map(|r| r.addr));
         v.sort();
         v.dedup();
@@ -178,7 +214,11 @@ impl Applier {
 
     /// Every backend id in use (configured and retired).
     pub fn all_backend_ids(&self) -> BTreeSet<u32> {
-        let mut ids: BTreeSet<u32> = self.services.values().flat_map(|s| s.backend_ids.values().copied()).collect();
+        let mut ids: BTreeSet<u32> = self
+            .services
+            .values()
+            .flat_map(|s| s.backend_ids.values().copied())
+            .collect();
         ids.extend(self.retired.iter().map(|r| r.id));
         ids
     }
@@ -188,7 +228,11 @@ impl Applier {
     }
 
     /// Applies `desired` (already validated) with every backend healthy; see [`Applier::apply_with_health`].
-    pub fn apply(&mut self, dp: &mut Dataplane, desired: &DesiredState) -> Result<ApplyReport, ApplyError> {
+    pub fn apply(
+        &mut self,
+        dp: &mut Dataplane,
+        desired: &DesiredState,
+    ) -> Result<ApplyReport, ApplyError> {
         self.apply_with_health(dp, desired, &HealthView::default())
     }
 
@@ -209,19 +253,30 @@ impl Applier {
             .values()
             .filter(|spec| !plan.added.contains(&spec.name) && !plan.changed.contains(&spec.name))
             .filter(|spec| {
-                self.services.get(&spec.name).is_some_and(|a| a.health != ServiceHealth::of(spec, health))
+                self.services
+                    .get(&spec.name)
+                    .is_some_and(|a| a.health != ServiceHealth::of(spec, health))
             })
             .map(|spec| spec.name.clone())
             .collect();
         if plan.is_empty() && health_changed.is_empty() {
-            return Ok(ApplyReport { generation: self.generation, ..Default::default() });
+            return Ok(ApplyReport {
+                generation: self.generation,
+                ..Default::default()
+            });
         }
         self.generation = self.generation.wrapping_add(1);
-        let desired_vips: BTreeSet<VipKey> = desired.services.values().map(|s| s.vip_key()).collect();
+        let desired_vips: BTreeSet<VipKey> =
+            desired.services.values().map(|s| s.vip_key()).collect();
         for name in &plan.removed {
             self.remove_service(dp, name, &desired_vips)?;
         }
-        for name in plan.added.iter().chain(plan.changed.iter()).chain(health_changed.iter()) {
+        for name in plan
+            .added
+            .iter()
+            .chain(plan.changed.iter())
+            .chain(health_changed.iter())
+        {
             if let Some(spec) = desired.services.get(name) {
                 self.put_service(dp, spec, &ServiceHealth::of(spec, health), &desired_vips)?;
             }
@@ -250,14 +305,18 @@ impl Applier {
         let previous = self.services.get(&spec.name).cloned();
         let service_id = match &previous {
             Some(p) => p.id,
-            None => self.service_ids.take().ok_or(ApplyError::TooManyServices { max: self.capacity.max_services })?,
+            None => self.service_ids.take().ok_or(ApplyError::TooManyServices {
+                max: self.capacity.max_services,
+            })?,
         };
 
         // 1. Backends: keep ids of addresses that stay, allocate new ones, write entries.
         let mut backend_ids = BTreeMap::new();
         let mut allocated = Vec::new();
         for (addr, b) in &spec.backends {
-            let existing = previous.as_ref().and_then(|p| p.backend_ids.get(addr).copied());
+            let existing = previous
+                .as_ref()
+                .and_then(|p| p.backend_ids.get(addr).copied());
             let id = match existing.or_else(|| self.unretire(service_id, addr)) {
                 Some(id) => id,
                 None => match self.backend_ids.take() {
@@ -273,7 +332,9 @@ impl Applier {
                         if previous.is_none() {
                             self.service_ids.give_back(service_id);
                         }
-                        return Err(ApplyError::TooManyBackends { max: self.capacity.max_backends });
+                        return Err(ApplyError::TooManyBackends {
+                            max: self.capacity.max_backends,
+                        });
                     }
                 },
             };
@@ -293,9 +354,20 @@ impl Applier {
             .backends
             .iter()
             .filter(|(addr, b)| b.takes_new_flows() && !health.down.contains(addr))
-            .filter_map(|(addr, b)| backend_ids.get(addr).map(|id| TableBackend { id: *id, addr: *addr, weight: b.weight }))
+            .filter_map(|(addr, b)| {
+                backend_ids.get(addr).map(|id| TableBackend {
+                    id: *id,
+                    addr: *addr,
+                    weight: b.weight,
+                })
+            })
             .collect();
-        let table = build_table(spec.scheduler.table_kind(), &table_backends, self.capacity.table_size, self.seed);
+        let table = build_table(
+            spec.scheduler.table_kind(),
+            &table_backends,
+            self.capacity.table_size,
+            self.seed,
+        );
         if table.len() > self.capacity.table_size as usize {
             return Err(ApplyError::TableTooLarge {
                 service: spec.name.clone(),
@@ -358,7 +430,13 @@ impl Applier {
         );
         self.services.insert(
             spec.name.clone(),
-            AppliedService { spec: spec.clone(), id: service_id, slot, backend_ids, health: health.clone() },
+            AppliedService {
+                spec: spec.clone(),
+                id: service_id,
+                slot,
+                backend_ids,
+                health: health.clone(),
+            },
         );
         Ok(())
     }
@@ -369,7 +447,9 @@ impl Applier {
         name: &str,
         desired_vips: &BTreeSet<VipKey>,
     ) -> Result<(), ApplyError> {
-        let Some(prev) = self.services.remove(name) else { return Ok(()) };
+        let Some(prev) = self.services.remove(name) else {
+            return Ok(());
+        };
         let key = prev.spec.vip_key();
         if !desired_vips.contains(&key) {
             dp.delete_service(&key)?;
@@ -391,18 +471,32 @@ impl Applier {
         }
     }
 
-    fn retire(&mut self, dp: &mut Dataplane, service_id: u32, addr: SocketAddr, id: u32) -> Result<(), ApplyError> {
+    fn retire(
+        &mut self,
+        dp: &mut Dataplane,
+        service_id: u32,
+        addr: SocketAddr,
+        id: u32,
+    ) -> Result<(), ApplyError> {
         let entry = backend_entry(&addr, service_id, 0, BACKEND_F_VALID | BACKEND_F_DRAINING);
         dp.put_backend(id, &entry)?;
         debug!(backend = %addr, id, "backend retired (draining until its flows end)");
-        self.retired.push(RetiredBackend { id, service_id, addr, since: Instant::now() });
+        self.retired.push(RetiredBackend {
+            id,
+            service_id,
+            addr,
+            since: Instant::now(),
+        });
         Ok(())
     }
 
     /// A backend that comes back before its retired id was released gets the same id (its flows
     /// continue seamlessly).
     fn unretire(&mut self, service_id: u32, addr: &SocketAddr) -> Option<u32> {
-        let pos = self.retired.iter().position(|r| r.service_id == service_id && r.addr == *addr)?;
+        let pos = self
+            .retired
+            .iter()
+            .position(|r| r.service_id == service_id && r.addr == *addr)?;
         Some(self.retired.remove(pos).id)
     }
 
@@ -453,11 +547,23 @@ impl Applier {
 
 fn backend_entry(addr: &SocketAddr, service_id: u32, weight: u32, flags: u32) -> BackendEntry {
     let (words, family) = lb_common::addr::to_words(addr.ip());
-    BackendEntry { addr: words, service_id, weight, flags, port_be: addr.port().to_be(), family, _pad: 0 }
+    BackendEntry {
+        addr: words,
+        service_id,
+        weight,
+        flags,
+        port_be: addr.port().to_be(),
+        family,
+        _pad: 0,
+    }
 }
 
 fn service_meta(spec: &ServiceSpec) -> ServiceMeta {
-    let mut meta = ServiceMeta { vip: spec.vip_key(), in_use: 1, ..Default::default() };
+    let mut meta = ServiceMeta {
+        vip: spec.vip_key(),
+        in_use: 1,
+        ..Default::default()
+    };
     let bytes = spec.name.as_bytes();
     let n = bytes.len().min(SERVICE_NAME_LEN - 1);
     meta.name[..n].copy_from_slice(&bytes[..n]);
@@ -487,7 +593,10 @@ mod tests {
     fn down(spec: &ServiceSpec, which: &[u8]) -> HealthView {
         let mut view = HealthView::default();
         for i in which {
-            let target = ProbeTarget { addr: addr(*i), check: spec.health_check.clone().unwrap_or_default() };
+            let target = ProbeTarget {
+                addr: addr(*i),
+                check: spec.health_check.clone().unwrap_or_default(),
+            };
             view.set(target, Health::Down);
         }
         view

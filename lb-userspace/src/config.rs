@@ -33,7 +33,8 @@ use lb_common::VipKey;
 
 use crate::model::{
     BackendSpec, BackendState, DesiredState, ErrorField, HealthCheckKind, HealthCheckSpec,
-    MAX_PANIC_THRESHOLD, MAX_WEIGHT, ModelError, Proto, ServiceSpec, parse_expect, parse_scheduler, parse_socket_addr,
+    MAX_PANIC_THRESHOLD, MAX_WEIGHT, ModelError, Proto, ServiceSpec, parse_expect, parse_scheduler,
+    parse_socket_addr,
 };
 use tree::{Entry, Node, Value};
 

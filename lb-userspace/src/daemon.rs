@@ -99,9 +99,13 @@ fn fingerprint(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     require_root("lb run")?;
-    opts.capacity.validate().map_err(|e| anyhow::anyhow!("invalid capacity: {e}"))?;
+    opts.capacity
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid capacity: {e}"))?;
     netif::ifindex(&opts.iface)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let signals = Signals::install(&runtime)?;
     let mut source = Source::open(&opts.source, &runtime);
     let outer = outer_sources(&opts)?;
@@ -125,7 +129,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         kernel_log: opts.kernel_log,
     })?;
     // From here on the maps are pinned: every way out, error or not, unpins them.
-    let result = serve(&opts, &runtime, &mut dp, &mut source, signals, &desired, &outer);
+    let result = serve(
+        &opts,
+        &runtime,
+        &mut dp,
+        &mut source,
+        signals,
+        &desired,
+        &outer,
+    );
     let _ = std::fs::remove_file(daemon_status::status_file_path(&opts.pin_dir));
     drop(source);
     dp.remove_pins();
@@ -148,8 +160,14 @@ fn serve(
     dp.set_config(outer)?;
     let apply_started = Instant::now();
     let mut applier = Applier::new(opts.capacity, opts.hash_seed);
-    let report = applier.apply(dp, desired).context("applying the configuration")?;
-    info!(services = desired.services.len(), generation = report.generation, "configuration applied");
+    let report = applier
+        .apply(dp, desired)
+        .context("applying the configuration")?;
+    info!(
+        services = desired.services.len(),
+        generation = report.generation,
+        "configuration applied"
+    );
     applied.synced(true);
     applied.last_apply = Some(apply_started.elapsed());
     let mut nexthops = NextHopKeeper::default();
@@ -181,7 +199,10 @@ fn outer_sources(opts: &RunOptions) -> anyhow::Result<LbConfig> {
     let (dv4, dv6) = netif::default_sources(&opts.iface)?;
     let v4 = opts.src_v4.or(dv4);
     let v6 = opts.src_v6.or(dv6);
-    let mut cfg = LbConfig { hash_seed: opts.hash_seed, ..Default::default() };
+    let mut cfg = LbConfig {
+        hash_seed: opts.hash_seed,
+        ..Default::default()
+    };
     if let Some(v4) = v4 {
         cfg.src_v4 = lb_common::addr::to_words(IpAddr::V4(v4)).0[0];
     }
@@ -196,10 +217,16 @@ fn outer_sources(opts: &RunOptions) -> anyhow::Result<LbConfig> {
 fn check_families(desired: &DesiredState, outer: &LbConfig) -> anyhow::Result<()> {
     for s in desired.services.values() {
         if s.vip.is_ipv4() && outer.src_v4 == 0 {
-            bail!("service {} has an IPv4 VIP but the interface has no IPv4 address: pass --src-v4", s.name);
+            bail!(
+                "service {} has an IPv4 VIP but the interface has no IPv4 address: pass --src-v4",
+                s.name
+            );
         }
         if s.vip.is_ipv6() && outer.src_v6 == [0; 4] {
-            bail!("service {} has an IPv6 VIP but the interface has no global IPv6 address: pass --src-v6", s.name);
+            bail!(
+                "service {} has an IPv6 VIP but the interface has no global IPv6 address: pass --src-v6",
+                s.name
+            );
         }
     }
     Ok(())
@@ -248,7 +275,11 @@ impl AppliedTimes {
 
 /// The configuration source being followed.
 enum Source {
-    File { path: PathBuf, poll: tokio::time::Interval, last_seen: Option<(SystemTime, u64, u64)> },
+    File {
+        path: PathBuf,
+        poll: tokio::time::Interval,
+        last_seen: Option<(SystemTime, u64, u64)>,
+    },
     Zk(ZkSource),
 }
 
@@ -257,7 +288,11 @@ impl Source {
         match spec {
             SourceSpec::File(path) => {
                 let _enter = runtime.enter();
-                Source::File { path: path.clone(), poll: tokio::time::interval(FILE_POLL), last_seen: fingerprint(path) }
+                Source::File {
+                    path: path.clone(),
+                    poll: tokio::time::interval(FILE_POLL),
+                    last_seen: fingerprint(path),
+                }
             }
             SourceSpec::ZooKeeper(config) => {
                 let _enter = runtime.enter();
@@ -271,7 +306,11 @@ impl Source {
     /// keeps forwarding) and waited past.
     async fn next(&mut self) -> DesiredState {
         match self {
-            Source::File { path, poll, last_seen } => loop {
+            Source::File {
+                path,
+                poll,
+                last_seen,
+            } => loop {
                 poll.tick().await;
                 let now = fingerprint(path);
                 if now != *last_seen {
@@ -285,7 +324,9 @@ impl Source {
             Source::Zk(zk) => loop {
                 if zk.states.changed().await.is_err() {
                     // The source task ended (it never does on its own): forward the last state.
-                    error!("the ZooKeeper source stopped; forwarding continues with the last state");
+                    error!(
+                        "the ZooKeeper source stopped; forwarding continues with the last state"
+                    );
                     std::future::pending::<()>().await;
                 }
                 let latest: Option<Arc<DesiredState>> = zk.states.borrow_and_update().clone();
@@ -299,7 +340,9 @@ impl Source {
     /// SIGHUP: re-read the file now, or ask ZooKeeper for a full resync.
     fn hangup(&mut self) -> Option<DesiredState> {
         match self {
-            Source::File { path, last_seen, .. } => {
+            Source::File {
+                path, last_seen, ..
+            } => {
                 info!(file = %path.display(), "SIGHUP: reloading");
                 *last_seen = fingerprint(path);
                 load_file(path)
@@ -341,7 +384,9 @@ async fn first_zk_state(zk: &mut ZkSource) -> Option<Arc<DesiredState>> {
 /// of its family) is left out with an error instead of refusing the whole state.
 fn forwardable(mut desired: DesiredState, outer: &LbConfig) -> DesiredState {
     desired.services.retain(|name, s| {
-        let single = DesiredState { services: [(name.clone(), s.clone())].into() };
+        let single = DesiredState {
+            services: [(name.clone(), s.clone())].into(),
+        };
         match check_families(&single, outer) {
             Ok(()) => true,
             Err(e) => {
@@ -374,7 +419,11 @@ impl Signals {
 }
 
 async fn follow(ctx: &mut Ctx<'_>, source: &mut Source, signals: Signals) -> anyhow::Result<()> {
-    let Signals { mut hup, mut int, mut term } = signals;
+    let Signals {
+        mut hup,
+        mut int,
+        mut term,
+    } = signals;
     let mut sweep = tokio::time::interval(ctx.opts.sweep_interval);
     let mut status_tick = tokio::time::interval(STATUS_WRITE);
     let mut last_nexthop = Instant::now();
@@ -386,7 +435,8 @@ async fn follow(ctx: &mut Ctx<'_>, source: &mut Source, signals: Signals) -> any
         Some(addr) => match metrics::bind(addr).await {
             Some(listener) => {
                 info!(%addr, "serving metrics on /metrics");
-                let server = metrics::serve(listener, ctx.opts.pin_dir.clone(), ctx.metrics.subscribe());
+                let server =
+                    metrics::serve(listener, ctx.opts.pin_dir.clone(), ctx.metrics.subscribe());
                 Some(AbortOnDrop(tokio::spawn(server)))
             }
             None => None,
@@ -451,7 +501,9 @@ fn apply_desired(ctx: &mut Ctx<'_>, source: &Source, desired: DesiredState) {
     let desired = match source {
         Source::File { .. } => {
             if let Err(e) = check_families(&desired, ctx.outer) {
-                error!("configuration rejected, the last good configuration keeps forwarding: {e:#}");
+                error!(
+                    "configuration rejected, the last good configuration keeps forwarding: {e:#}"
+                );
                 return;
             }
             desired
@@ -462,7 +514,11 @@ fn apply_desired(ctx: &mut Ctx<'_>, source: &Source, desired: DesiredState) {
         checker.sync(&desired);
     }
     ctx.desired = desired;
-    let health = ctx.checker.as_ref().map(|c| c.view().clone()).unwrap_or_default();
+    let health = ctx
+        .checker
+        .as_ref()
+        .map(|c| c.view().clone())
+        .unwrap_or_default();
     let started = Instant::now();
     match ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health) {
         Ok(r) if r.is_empty() => {
@@ -473,9 +529,12 @@ fn apply_desired(ctx: &mut Ctx<'_>, source: &Source, desired: DesiredState) {
             ctx.applied.synced(true);
             ctx.applied.last_apply = Some(started.elapsed());
             info!(generation = r.generation, added = ?r.added, changed = ?r.changed, removed = ?r.removed, "configuration applied");
-            ctx.nexthops.refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
+            ctx.nexthops
+                .refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
         }
-        Err(e) => error!("applying the configuration failed part-way (services before the failing one are applied, the failing one keeps its last version): {e}"),
+        Err(e) => error!(
+            "applying the configuration failed part-way (services before the failing one are applied, the failing one keeps its last version): {e}"
+        ),
     }
 }
 
@@ -489,7 +548,11 @@ async fn health_changed(checker: &mut Option<HealthChecker>) -> bool {
 
 /// A backend's health changed: re-apply the last desired state with the new health.
 fn apply_health(ctx: &mut Ctx<'_>) {
-    let health = ctx.checker.as_ref().map(|c| c.view().clone()).unwrap_or_default();
+    let health = ctx
+        .checker
+        .as_ref()
+        .map(|c| c.view().clone())
+        .unwrap_or_default();
     let started = Instant::now();
     match ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health) {
         Ok(r) if r.is_empty() => {}
@@ -498,7 +561,9 @@ fn apply_health(ctx: &mut Ctx<'_>) {
             ctx.applied.last_apply = Some(started.elapsed());
             info!(generation = r.generation, services = ?r.health_changed, "backend health applied");
         }
-        Err(e) => error!("applying a health change failed (the services keep their last tables; retried on the next change): {e}"),
+        Err(e) => error!(
+            "applying a health change failed (the services keep their last tables; retried on the next change): {e}"
+        ),
     }
 }
 
@@ -513,7 +578,9 @@ impl Drop for AbortOnDrop {
 
 /// Backends of checked services that their checks report down: (service, backend).
 fn down_backends(ctx: &Ctx<'_>) -> Vec<(String, std::net::SocketAddr)> {
-    let Some(checker) = &ctx.checker else { return Vec::new() };
+    let Some(checker) = &ctx.checker else {
+        return Vec::new();
+    };
     ctx.desired
         .services
         .values()
@@ -581,7 +648,10 @@ fn write_status(ctx: &Ctx<'_>, source: &Source, warned: &mut bool) {
         zookeeper,
         health: daemon_status::HealthStatus {
             probes: ctx.checker.as_ref().map_or(0, HealthChecker::probes),
-            down: down_backends(ctx).into_iter().map(|(service, backend)| format!("{service} {backend}")).collect(),
+            down: down_backends(ctx)
+                .into_iter()
+                .map(|(service, backend)| format!("{service} {backend}"))
+                .collect(),
             panic: panicking_services(ctx),
         },
         last_apply_ms: ctx.applied.last_apply.map(|d| d.as_secs_f64() * 1000.0),
@@ -592,19 +662,31 @@ fn write_status(ctx: &Ctx<'_>, source: &Source, warned: &mut bool) {
         Ok(()) => *warned = false,
         Err(e) if !*warned => {
             *warned = true;
-            warn!("writing the status file {} failed: {e}; `lb status` will not show the daemon's state", path.display());
+            warn!(
+                "writing the status file {} failed: {e}; `lb status` will not show the daemon's state",
+                path.display()
+            );
         }
         Err(_) => {}
     }
 }
 
 /// One sweep; returns the flows left in the table (`None` when the sweep failed).
-fn sweep_once(opts: &RunOptions, dp: &mut Dataplane, applier: &mut Applier) -> Option<sweeper::SweepReport> {
+fn sweep_once(
+    opts: &RunOptions,
+    dp: &mut Dataplane,
+    applier: &mut Applier,
+) -> Option<sweeper::SweepReport> {
     let ids = applier.all_backend_ids();
     match sweeper::sweep(dp, &opts.timeouts, &ids) {
         Ok(report) => {
             if report.expired > 0 || report.counters_corrected > 0 {
-                info!(flows = report.flows, expired = report.expired, corrected = report.counters_corrected, "swept flows");
+                info!(
+                    flows = report.flows,
+                    expired = report.expired,
+                    corrected = report.counters_corrected,
+                    "swept flows"
+                );
             }
             match applier.release_retired(dp, &report.in_use, RETIRED_GRACE) {
                 Ok(n) if n > 0 => info!(released = n, "retired backends released"),

@@ -149,14 +149,25 @@ pub fn render(daemon: &serde_json::Value) -> String {
             let items: Vec<String> = health
                 .get(k)
                 .and_then(serde_json::Value::as_array)
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
-            if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+            if items.is_empty() {
+                "none".to_owned()
+            } else {
+                items.join(", ")
+            }
         };
         let _ = writeln!(
             o,
             "  health checks: {} probes; down: {}; panic mode: {}",
-            health.get("probes").cloned().unwrap_or(serde_json::Value::Null),
+            health
+                .get("probes")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
             list("down"),
             list("panic"),
         );

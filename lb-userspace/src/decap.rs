@@ -34,10 +34,15 @@ pub fn run(iface: &str, mode: AttachMode, pin_dir: &Path) -> anyhow::Result<()> 
     netif::ifindex(iface)?;
     // Signals first: one that arrives while loading waits for the loop below instead of killing the
     // process with its maps pinned.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (mut int, mut term) = {
         let _guard = runtime.enter();
-        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
     };
     let mut dp = Dataplane::load(&LoadOptions {
         capacity: DECAP_CAPACITY,
@@ -60,7 +65,10 @@ pub fn run(iface: &str, mode: AttachMode, pin_dir: &Path) -> anyhow::Result<()> 
         }
     });
     if let Ok(counters) = dp.maps().decap_counters() {
-        let summary: Vec<String> = counters.iter().map(|(c, n)| format!("{}={n}", c.name())).collect();
+        let summary: Vec<String> = counters
+            .iter()
+            .map(|(c, n)| format!("{}={n}", c.name()))
+            .collect();
         info!(counters = %summary.join(" "), "detaching");
     }
     dp.remove_pins();
@@ -76,8 +84,12 @@ fn add_local_addrs(dp: &mut Dataplane, known: &mut BTreeSet<IpAddr>) -> anyhow::
             break;
         }
         let (addr, family) = lb_common::addr::to_words(ip);
-        dp.add_decap_addr(&DecapKey { addr, family, _pad: [0; 3] })
-            .with_context(|| format!("accepting tunnel packets to {ip}"))?;
+        dp.add_decap_addr(&DecapKey {
+            addr,
+            family,
+            _pad: [0; 3],
+        })
+        .with_context(|| format!("accepting tunnel packets to {ip}"))?;
         known.insert(ip);
     }
     Ok(())

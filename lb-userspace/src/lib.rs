@@ -1,9 +1,11 @@
 //! The control plane of the load balancer: configuration sources, the desired-state model, table
 //! builders, the diff, and the one module that writes eBPF maps.
 
+pub mod admin;
 pub mod apply;
 pub mod config;
 pub mod daemon;
+pub mod daemon_status;
 pub mod dataplane;
 pub mod decap;
 pub mod health;
@@ -12,11 +14,9 @@ pub mod model;
 pub mod netif;
 pub mod nexthop;
 pub mod plan;
+pub mod register;
 pub mod status;
 pub mod sweeper;
-pub mod top;
 pub mod tables;
+pub mod top;
 pub mod zk;
-pub mod daemon_status;
-pub mod register;
-pub mod admin;

@@ -10,10 +10,20 @@ use lb_userspace::dataplane::AttachMode;
 use lb_userspace::{decap, status};
 
 #[derive(Parser, Debug)]
-#[command(name = "lb", version, about = "XDP layer-4 load balancer (DSR, IPIP / ip6ip6)")]
+#[command(
+    name = "lb",
+    version,
+    about = "XDP layer-4 load balancer (DSR, IPIP / ip6ip6)"
+)]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, value_enum, default_value = "plain", global = true, env = "LB_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "plain",
+        global = true,
+        env = "LB_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -163,7 +173,9 @@ struct TopArgs {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),

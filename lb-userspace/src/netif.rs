@@ -16,11 +16,15 @@ pub enum NetifError {
 
 /// Index of an interface, or a clear error.
 pub fn ifindex(iface: &str) -> Result<u32, NetifError> {
-    let name = CString::new(iface).map_err(|_| NetifError::NoSuchInterface { iface: iface.to_string() })?;
+    let name = CString::new(iface).map_err(|_| NetifError::NoSuchInterface {
+        iface: iface.to_string(),
+    })?;
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
     let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if idx == 0 {
-        return Err(NetifError::NoSuchInterface { iface: iface.to_string() });
+        return Err(NetifError::NoSuchInterface {
+            iface: iface.to_string(),
+        });
     }
     Ok(idx)
 }
@@ -42,7 +46,9 @@ pub fn addresses() -> Result<Vec<(String, IpAddr)>, NetifError> {
             continue;
         }
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
         // SAFETY: ifa_addr is non-null and points at a sockaddr whose family says its real type.
         let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
         let ip = match family {

@@ -25,20 +25,32 @@ pub fn resolve(dst: IpAddr) -> anyhow::Result<NextHop> {
         .output()
         .context("running `ip route get` (is iproute2 installed?)")?;
     if !out.status.success() {
-        bail!("no route to backend {dst}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "no route to backend {dst}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     parse_route_get(dst, &out.stdout)
 }
 
 fn parse_route_get(dst: IpAddr, json: &[u8]) -> anyhow::Result<NextHop> {
-    let v: serde_json::Value = serde_json::from_slice(json).context("parsing `ip -j route get` output")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(json).context("parsing `ip -j route get` output")?;
     let first = v.get(0).context("`ip route get` returned no route")?;
-    let dev = first.get("dev").and_then(|d| d.as_str()).context("route without a device")?;
+    let dev = first
+        .get("dev")
+        .and_then(|d| d.as_str())
+        .context("route without a device")?;
     let addr = match first.get("gateway").and_then(|g| g.as_str()) {
-        Some(gw) => gw.parse().with_context(|| format!("bad gateway {gw:?} in `ip route get`"))?,
+        Some(gw) => gw
+            .parse()
+            .with_context(|| format!("bad gateway {gw:?} in `ip route get`"))?,
         None => dst,
     };
-    Ok(NextHop { addr, dev: dev.to_string() })
+    Ok(NextHop {
+        addr,
+        dev: dev.to_string(),
+    })
 }
 
 /// The managed neighbour entries this daemon installed.
@@ -96,7 +108,15 @@ fn install(nh: &NextHop) -> anyhow::Result<()> {
         return Ok(());
     }
     let out = Command::new("ip")
-        .args(["neigh", "replace", &nh.addr.to_string(), "dev", &nh.dev, "managed", "extern_learn"])
+        .args([
+            "neigh",
+            "replace",
+            &nh.addr.to_string(),
+            "dev",
+            &nh.dev,
+            "managed",
+            "extern_learn",
+        ])
         .output()
         .context("running `ip neigh replace`")?;
     if !out.status.success() {
@@ -110,12 +130,17 @@ fn neighbour_state(nh: &NextHop) -> anyhow::Result<Option<Vec<String>>> {
         .args(["-j", "neigh", "show", &nh.addr.to_string(), "dev", &nh.dev])
         .output()
         .context("running `ip neigh show`")?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
     Ok(v.get(0).map(|e| {
         let mut states: Vec<String> = e
             .get("state")
             .and_then(|s| s.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         if e.get("managed").is_some() {
             states.push("MANAGED".into());
@@ -125,7 +150,9 @@ fn neighbour_state(nh: &NextHop) -> anyhow::Result<Option<Vec<String>>> {
 }
 
 fn remove(nh: &NextHop) {
-    let r = Command::new("ip").args(["neigh", "del", &nh.addr.to_string(), "dev", &nh.dev]).output();
+    let r = Command::new("ip")
+        .args(["neigh", "del", &nh.addr.to_string(), "dev", &nh.dev])
+        .output();
     debug!(next_hop = %nh.addr, ok = r.map(|o| o.status.success()).unwrap_or(false), "released next hop");
 }
 
@@ -137,8 +164,15 @@ mod tests {
     fn parses_gateway_and_direct_routes() {
         let gw = br#"[{"dst":"198.18.2.11","gateway":"198.18.3.1","dev":"eth0","prefsrc":"198.18.3.2","flags":[],"uid":0,"cache":[]}]"#;
         let nh = parse_route_get("198.18.2.11".parse().unwrap(), gw).unwrap();
-        assert_eq!(nh, NextHop { addr: "198.18.3.1".parse().unwrap(), dev: "eth0".into() });
-        let direct = br#"[{"dst":"2001:db8:2::11","dev":"br0","prefsrc":"2001:db8:2::1","flags":[]}]"#;
+        assert_eq!(
+            nh,
+            NextHop {
+                addr: "198.18.3.1".parse().unwrap(),
+                dev: "eth0".into()
+            }
+        );
+        let direct =
+            br#"[{"dst":"2001:db8:2::11","dev":"br0","prefsrc":"2001:db8:2::1","flags":[]}]"#;
         let nh = parse_route_get("2001:db8:2::11".parse().unwrap(), direct).unwrap();
         assert_eq!(nh.addr, "2001:db8:2::11".parse::<IpAddr>().unwrap());
         assert!(parse_route_get("198.18.2.11".parse().unwrap(), b"[]").is_err());

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context as _;
-use lb_common::{BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, Scheduler, ServiceEntry, VipKey};
+use lb_common::{
+    BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, Scheduler, ServiceEntry, VipKey,
+};
 use serde::Serialize;
 
 use crate::dataplane::MapsView;
@@ -78,7 +80,8 @@ pub fn collect_without_flows(maps: &MapsView) -> anyhow::Result<Status> {
     let mut services: Vec<(VipKey, ServiceEntry)> = maps.services()?;
     services.sort_by_key(|(_, e)| e.id);
     // One pass over the backend array, grouped by service.
-    let mut backends_by_service: std::collections::BTreeMap<u32, Vec<BackendStatus>> = Default::default();
+    let mut backends_by_service: std::collections::BTreeMap<u32, Vec<BackendStatus>> =
+        Default::default();
     for id in 0..capacity.max_backends {
         let b = maps.backend(id)?;
         if b.flags & BACKEND_F_VALID == 0 {
@@ -92,28 +95,37 @@ pub fn collect_without_flows(maps: &MapsView) -> anyhow::Result<Status> {
         } else {
             "active"
         };
-        backends_by_service.entry(b.service_id).or_default().push(BackendStatus {
-            id,
-            addr: socket_addr(b.addr, b.family, b.port_be),
-            weight: b.weight,
-            state,
-            // A counter wrapped below zero by a sweeper race reads as 0 (the next sweep fixes it).
-            active_conns: clamp_conns(maps.backend_conns(id)?),
-            packets: stats.packets,
-            bytes: stats.bytes,
-            new_flows: stats.new_flows,
-        });
+        backends_by_service
+            .entry(b.service_id)
+            .or_default()
+            .push(BackendStatus {
+                id,
+                addr: socket_addr(b.addr, b.family, b.port_be),
+                weight: b.weight,
+                state,
+                // A counter wrapped below zero by a sweeper race reads as 0 (the next sweep fixes it).
+                active_conns: clamp_conns(maps.backend_conns(id)?),
+                packets: stats.packets,
+                bytes: stats.bytes,
+                new_flows: stats.new_flows,
+            });
     }
     let mut out = Vec::new();
     for (key, e) in services {
         let meta = maps.service_meta(e.id)?;
-        let name_len = meta.name.iter().position(|b| *b == 0).unwrap_or(meta.name.len());
+        let name_len = meta
+            .name
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(meta.name.len());
         let stats = maps.service_stats(e.id)?;
         out.push(ServiceStatus {
             name: String::from_utf8_lossy(&meta.name[..name_len]).into_owned(),
             id: e.id,
             vip: vip_string(&key),
-            scheduler: Scheduler::from_u32(e.scheduler).map(|s| s.name().to_string()).unwrap_or_else(|| format!("<{}>", e.scheduler)),
+            scheduler: Scheduler::from_u32(e.scheduler)
+                .map(|s| s.name().to_string())
+                .unwrap_or_else(|| format!("<{}>", e.scheduler)),
             generation: e.generation,
             table_len: e.table_len,
             persistence_timeout_s: e.persist_timeout_s,
@@ -129,12 +141,18 @@ pub fn collect_without_flows(maps: &MapsView) -> anyhow::Result<Status> {
         .into_iter()
         .map(|(c, n)| (c.name().to_string(), serde_json::Value::from(n)))
         .collect();
-    Ok(Status { services: out, counters, flows: 0, daemon: None })
+    Ok(Status {
+        services: out,
+        counters,
+        flows: 0,
+        daemon: None,
+    })
 }
 
 pub fn run(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     let maps = MapsView::open_pinned(pin_dir)?;
-    let mut status = collect(&maps).with_context(|| format!("reading the maps pinned under {}", pin_dir.display()))?;
+    let mut status = collect(&maps)
+        .with_context(|| format!("reading the maps pinned under {}", pin_dir.display()))?;
     status.daemon = crate::daemon_status::read_for_status(pin_dir);
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -151,12 +169,23 @@ pub fn render(s: &Status) -> String {
     if let Some(daemon) = &s.daemon {
         o.push_str(&crate::daemon_status::render(daemon));
     }
-    let _ = writeln!(o, "{:<24} {:<28} {:<10} {:>5} {:>12} {:>14} {:>10} {:>8}", "SERVICE", "VIP", "SCHEDULER", "GEN", "PACKETS", "BYTES", "NEW FLOWS", "DROPS");
+    let _ = writeln!(
+        o,
+        "{:<24} {:<28} {:<10} {:>5} {:>12} {:>14} {:>10} {:>8}",
+        "SERVICE", "VIP", "SCHEDULER", "GEN", "PACKETS", "BYTES", "NEW FLOWS", "DROPS"
+    );
     for svc in &s.services {
         let _ = writeln!(
             o,
             "{:<24} {:<28} {:<10} {:>5} {:>12} {:>14} {:>10} {:>8}",
-            svc.name, svc.vip, svc.scheduler, svc.generation, svc.packets, svc.bytes, svc.new_flows, svc.drops
+            svc.name,
+            svc.vip,
+            svc.scheduler,
+            svc.generation,
+            svc.packets,
+            svc.bytes,
+            svc.new_flows,
+            svc.drops
         );
         for b in &svc.backends {
             let _ = writeln!(

@@ -67,7 +67,11 @@ pub fn estimate_evictions(inserted_total: u64, swept_total: u64, flows_now: u64)
 }
 
 /// Decides which flows are expired at `now_ns` (pure; unit-tested).
-pub fn expired_flows(flows: &[(FlowKey, FlowEntry)], now_ns: u64, timeouts: &FlowTimeouts) -> Vec<usize> {
+pub fn expired_flows(
+    flows: &[(FlowKey, FlowEntry)],
+    now_ns: u64,
+    timeouts: &FlowTimeouts,
+) -> Vec<usize> {
     flows
         .iter()
         .enumerate()
@@ -93,11 +97,20 @@ pub fn sweep(
         // A flow may have been evicted or closed meanwhile; a missing key is not an error worth failing on.
         let _ = dp.delete_flow(&flows[*i].0);
     }
-    let mut report = SweepReport { flows: flows.len() - expired.len(), expired: expired.len(), ..Default::default() };
+    let mut report = SweepReport {
+        flows: flows.len() - expired.len(),
+        expired: expired.len(),
+        ..Default::default()
+    };
     let counters = dp.maps().counters()?;
-    let counter = |c: lb_common::Counter| counters.iter().find(|(k, _)| *k == c).map_or(0, |(_, n)| *n);
-    report.inserted_total =
-        counter(lb_common::Counter::FlowNew).saturating_sub(counter(lb_common::Counter::FlowInsertFailed));
+    let counter = |c: lb_common::Counter| {
+        counters
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map_or(0, |(_, n)| *n)
+    };
+    report.inserted_total = counter(lb_common::Counter::FlowNew)
+        .saturating_sub(counter(lb_common::Counter::FlowInsertFailed));
     for (i, (_, e)) in flows.iter().enumerate() {
         if expired_set.contains(&i) {
             continue;
@@ -124,7 +137,14 @@ mod tests {
     use super::*;
 
     fn flow(flags: u32, last_seen_ns: u64) -> (FlowKey, FlowEntry) {
-        (FlowKey::default(), FlowEntry { backend_id: 1, flags, last_seen_ns })
+        (
+            FlowKey::default(),
+            FlowEntry {
+                backend_id: 1,
+                flags,
+                last_seen_ns,
+            },
+        )
     }
 
     #[test]
@@ -147,10 +167,10 @@ mod tests {
         let flows = vec![
             flow(FLOW_F_COUNTED | FLOW_F_ESTABLISHED, now - 50 * s), // established, fresh
             flow(FLOW_F_COUNTED | FLOW_F_ESTABLISHED, now - 150 * s), // established, idle
-            flow(FLOW_F_COUNTED, now - 5 * s),                        // half-open, fresh
-            flow(FLOW_F_COUNTED, now - 20 * s),                       // half-open, idle
-            flow(FLOW_F_ESTABLISHED | FLOW_F_CLOSED, now - 2 * s),    // closed, idle
-            flow(FLOW_F_ESTABLISHED, now + s),                        // touched after `now` was read
+            flow(FLOW_F_COUNTED, now - 5 * s),                       // half-open, fresh
+            flow(FLOW_F_COUNTED, now - 20 * s),                      // half-open, idle
+            flow(FLOW_F_ESTABLISHED | FLOW_F_CLOSED, now - 2 * s),   // closed, idle
+            flow(FLOW_F_ESTABLISHED, now + s),                       // touched after `now` was read
         ];
         assert_eq!(expired_flows(&flows, now, &t), vec![1, 3, 4]);
     }

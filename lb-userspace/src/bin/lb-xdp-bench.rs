@@ -115,7 +115,12 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     // While the table has room (at most repeat × (rounds + 1) + 1 flows so far, checked): an
     // insert without eviction.
     let ids = put_backends(m.bench.dataplane(), 64, false)?;
-    put_service(m.bench.dataplane(), IpAddr::V4(VIP4), Scheduler::Maglev, &ids)?;
+    put_service(
+        m.bench.dataplane(),
+        IpAddr::V4(VIP4),
+        Scheduler::Maglev,
+        &ids,
+    )?;
     let inserts = u64::from(args.repeat) * (u64::from(args.rounds) + 1) + 1;
     if inserts < u64::from(FLOW_TABLE_SIZE) / 2 {
         let t = m.case(&syn4, true, XDP_TX)?;

@@ -36,8 +36,7 @@ struct ServiceJson {
     unknown: BTreeMap<String, serde_json::Value>,
 }
 
-const SERVICE_FIELDS: &str =
-    "vip, proto, scheduler, persistence_timeout_s, persistence_netmask, health_check, panic_threshold";
+const SERVICE_FIELDS: &str = "vip, proto, scheduler, persistence_timeout_s, persistence_netmask, health_check, panic_threshold";
 
 /// A service's health check; defaults as in [`HealthCheckSpec::default`].
 #[derive(Deserialize)]

@@ -560,11 +560,20 @@ fn backend_json_rejections() {
 
 #[test]
 fn service_json_panic_threshold() {
-    let (s, warnings) =
-        service_from_json("web", br#"{"vip": "198.18.100.1:80", "panic_threshold": 30}"#).expect("json");
+    let (s, warnings) = service_from_json(
+        "web",
+        br#"{"vip": "198.18.100.1:80", "panic_threshold": 30}"#,
+    )
+    .expect("json");
     assert_eq!(s.panic_threshold, 30);
     assert!(warnings.is_empty(), "{warnings:?}");
-    let err = service_from_json("web", br#"{"vip": "198.18.100.1:80", "panic_threshold": 120}"#)
-        .expect_err("above 100");
-    assert!(err.to_string().contains("panic_threshold 120 is above 100"), "{err}");
+    let err = service_from_json(
+        "web",
+        br#"{"vip": "198.18.100.1:80", "panic_threshold": 120}"#,
+    )
+    .expect_err("above 100");
+    assert!(
+        err.to_string().contains("panic_threshold 120 is above 100"),
+        "{err}"
+    );
 }

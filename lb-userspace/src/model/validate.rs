@@ -7,8 +7,8 @@ use lb_common::VipKey;
 use lb_common::limits::MAX_BACKENDS_PER_SERVICE;
 
 use super::{
-    BackendSpec, DesiredState, HealthCheckKind, HealthCheckSpec, MAX_PANIC_THRESHOLD, MAX_SERVICE_NAME_LEN, MAX_WEIGHT,
-    ModelError, ServiceSpec, address_bits, family_name,
+    BackendSpec, DesiredState, HealthCheckKind, HealthCheckSpec, MAX_PANIC_THRESHOLD,
+    MAX_SERVICE_NAME_LEN, MAX_WEIGHT, ModelError, ServiceSpec, address_bits, family_name,
 };
 
 pub(super) fn desired_state(state: &DesiredState) -> Result<(), ModelError> {
