@@ -293,6 +293,40 @@ fn persistence_keeps_a_client_on_one_backend_until_it_goes_down() {
     );
 }
 
+fn counter(lab: &Lab, name: &str) -> u64 {
+    status_now(lab)["counters"][name].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn persistence_expires_when_the_client_stays_away_longer_than_its_timeout() {
+    const TIMEOUT_S: u64 = 2;
+    let svc = service("web", vip(1, false), "rr", &[1, 1, 1])
+        .with(format!("persistence_timeout_s = {TIMEOUT_S}"));
+    let lab = lab_serving(std::slice::from_ref(&svc), &[]);
+    let first = persistent_spread(&lab, svc.vip, 20);
+    assert_eq!(first.failures, 0, "{:?}", first.failure_samples);
+    assert_eq!(first.per_backend.len(), 1, "{first:?}");
+    // The first connection was scheduled and created the entry; the other 19 followed it.
+    assert_eq!(counter(&lab, "persist_hit"), 19, "{:#}", status_now(&lab));
+
+    // Back within the timeout: the entry still holds.
+    let again = lab.in_client(|| spread(svc.vip, 1, 1)).expect("client");
+    assert!(
+        again.per_backend.keys().eq(first.per_backend.keys()),
+        "{again:?} vs {first:?}"
+    );
+    assert_eq!(counter(&lab, "persist_hit"), 20);
+
+    // Away for longer than the timeout (the passing of time is what is tested): the next connection
+    // is scheduled afresh (no persistence hit, one more new flow) instead of following the old entry.
+    let new_flows = counter(&lab, "flow_new");
+    std::thread::sleep(Duration::from_secs(TIMEOUT_S) + Duration::from_millis(1500));
+    let later = lab.in_client(|| spread(svc.vip, 1, 1)).expect("client");
+    assert_eq!(later.failures, 0, "{:?}", later.failure_samples);
+    assert_eq!(counter(&lab, "persist_hit"), 20, "{:#}", status_now(&lab));
+    assert_eq!(counter(&lab, "flow_new"), new_flows + 1);
+}
+
 #[test]
 fn a_syn_flood_leaves_no_inflated_counters_and_keeps_established_flows() {
     use lb_tests::synflood::syn_flood;
