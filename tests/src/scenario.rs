@@ -211,38 +211,37 @@ pub fn status_serves(status: &serde_json::Value, config: &ServiceConfig) -> bool
     status_shows(&status, config)
 }
 
+/// A backend's entry in `lb status --json`, by service name and address.
+pub fn backend_status<'a>(
+    status: &'a serde_json::Value,
+    service: &str,
+    backend: SocketAddr,
+) -> Option<&'a serde_json::Value> {
+    let svc = status["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == service)?;
+    svc["backends"].as_array()?.iter().find(|b| {
+        b["addr"]
+            .as_str()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            == Some(backend)
+    })
+}
+
 /// A backend's `state` (`active`, `draining`, `down`) and weight in `lb status --json`, by address.
 pub fn backend_state(
     status: &serde_json::Value,
     service: &str,
     backend: SocketAddr,
 ) -> Option<(String, u64)> {
-    let svc = status["services"]
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == service)?;
-    let b = svc["backends"].as_array()?.iter().find(|b| {
-        b["addr"]
-            .as_str()
-            .and_then(|a| a.parse::<SocketAddr>().ok())
-            == Some(backend)
-    })?;
+    let b = backend_status(status, service, backend)?;
     Some((b["state"].as_str()?.to_owned(), b["weight"].as_u64()?))
 }
 
 /// A backend's `active_conns` in `lb status --json`, by address.
 pub fn active_conns(status: &serde_json::Value, service: &str, backend: SocketAddr) -> Option<u64> {
-    let svc = status["services"]
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == service)?;
-    let b = svc["backends"].as_array()?.iter().find(|b| {
-        b["addr"]
-            .as_str()
-            .and_then(|a| a.parse::<SocketAddr>().ok())
-            == Some(backend)
-    })?;
-    b["active_conns"].as_u64()
+    backend_status(status, service, backend)?["active_conns"].as_u64()
 }
 
 /// The non-zero `drop_*` counters of `lb status --json`.

@@ -264,29 +264,10 @@ impl ZkServer {
 
 /// Runs `f` on a thread that joined the named network namespace (or here, without one).
 fn in_netns<T: Send>(netns: Option<&str>, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    use std::os::fd::AsRawFd as _;
-    let Some(netns) = netns else {
-        return Ok(f());
-    };
-    let path = Path::new(NETNS_DIR).join(netns);
-    let ns = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    std::thread::scope(|scope| {
-        let thread = scope.spawn(move || -> anyhow::Result<T> {
-            // SAFETY: setns changes only this thread's network namespace; the fd is open.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!(
-                    "setns into {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                );
-            }
-            Ok(f())
-        });
-        match thread.join() {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
+    match netns {
+        Some(netns) => crate::lab::run_in_netns(netns, f),
+        None => Ok(f()),
+    }
 }
 
 impl Drop for ZkServer {

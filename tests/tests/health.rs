@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use lb_tests::client::held_per_backend;
 use lb_tests::config::{BackendConfig, ServiceConfig, to_toml};
-use lb_tests::scenario::{active_conns, service, status_shows, vip};
+use lb_tests::scenario::{self, active_conns, service, status_shows, vip};
 use lb_tests::{Lab, LabOptions, assert_eventually, hold, spread};
 
 const CONCURRENCY: usize = 8;
@@ -56,17 +56,7 @@ fn status(lab: &Lab) -> serde_json::Value {
 
 /// A backend's `state` in `lb status --json` (`active`, `draining`, `down`).
 fn backend_state(status: &serde_json::Value, service: &str, backend: SocketAddr) -> Option<String> {
-    let svc = status["services"]
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == service)?;
-    let b = svc["backends"].as_array()?.iter().find(|b| {
-        b["addr"]
-            .as_str()
-            .and_then(|a| a.parse::<SocketAddr>().ok())
-            == Some(backend)
-    })?;
-    b["state"].as_str().map(str::to_owned)
+    scenario::backend_state(status, service, backend).map(|(state, _)| state)
 }
 
 /// Polls until backend `i` of `service` shows `state`; returns how long that took.
