@@ -277,18 +277,14 @@ fn cold_start(
         "lb status failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("lb status --json")?;
-    let shown = status["services"].as_array().map_or(0, Vec::len);
+    let status = lb_userspace::status::Status::from_json(&String::from_utf8_lossy(&out.stdout))
+        .context("lb status --json")?;
+    let shown = status.services.len();
     ensure!(
         shown == services as usize,
         "lb status shows {shown} services, not {services}"
     );
-    let shown_backends: usize = status["services"].as_array().map_or(0, |s| {
-        s.iter()
-            .map(|s| s["backends"].as_array().map_or(0, Vec::len))
-            .sum()
-    });
+    let shown_backends: usize = status.services.iter().map(|s| s.backends.len()).sum();
     ensure!(
         shown_backends == (services * backends) as usize,
         "lb status shows {shown_backends} backends, not {}",

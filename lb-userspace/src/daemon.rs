@@ -1,10 +1,14 @@
 //! `lb run`: load the data plane, apply the configuration, attach, then follow the configuration
-//! source (the TOML file: SIGHUP and file changes; or ZooKeeper), sweep idle flows, and detach
-//! cleanly on SIGINT/SIGTERM.
+//! source (any [`Source`]: the TOML file or ZooKeeper), sweep idle flows, report (one
+//! [`DaemonReport`] for `/metrics` and `lb status`), and detach cleanly on SIGINT/SIGTERM.
+//!
+//! Every state from the source passes the one family rule ([`Families`]): a service this host
+//! cannot tunnel is not applied and is reported per service; the others apply. At start-up a state
+//! that names services of which none can be forwarded refuses to start (a misconfigured host:
+//! wrong `--iface`, or `--src-v4`/`--src-v6` missing).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
@@ -15,55 +19,24 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::apply::Applier;
-use crate::config;
-use crate::daemon_status::{self, DaemonStatus};
 use crate::dataplane::{AttachMode, Dataplane, LoadOptions};
 use crate::health::HealthChecker;
-use crate::metrics::{self, DaemonMetrics};
+use crate::metrics;
 use crate::model::DesiredState;
 use crate::netif;
 use crate::nexthop::NextHopKeeper;
+use crate::report::{
+    self, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION, ServiceNotApplied, unix_ms,
+};
+use crate::source::{Families, Source, SourceSpec};
 use crate::sweeper::{self, FlowTimeouts};
-use crate::zk::source::{ZkSource, ZkSourceConfig};
 
-/// How often the configuration file is checked for changes.
-const FILE_POLL: Duration = Duration::from_secs(1);
 /// A backend that left the configuration keeps its id at least this long after its last flow.
 const RETIRED_GRACE: Duration = Duration::from_secs(10);
 /// How often next hops are re-resolved (routes may change under us).
 const NEXTHOP_REFRESH: Duration = Duration::from_secs(30);
 /// How often the status file for `lb status` is rewritten (it is also written after each apply).
 const STATUS_WRITE: Duration = Duration::from_secs(5);
-/// How long start-up waits for ZooKeeper's first state before attaching with none (it is applied
-/// whenever it arrives).
-const FIRST_ZK_STATE_WAIT: Duration = Duration::from_secs(15);
-
-/// Where desired states come from: exactly one of `--config` and `--zk`.
-pub enum SourceSpec {
-    File(PathBuf),
-    ZooKeeper(ZkSourceConfig),
-}
-
-/// Picks the source from `--config` and `--zk`, refusing both or neither.
-pub fn choose_source(
-    config: Option<PathBuf>,
-    zk: Option<ZkSourceConfig>,
-) -> anyhow::Result<SourceSpec> {
-    match (config, zk) {
-        (Some(file), None) => Ok(SourceSpec::File(file)),
-        (None, Some(zk)) => Ok(SourceSpec::ZooKeeper(zk)),
-        (Some(file), Some(zk)) => bail!(
-            "both --config {} and --zk {} were given: the services come either from a static TOML file \
-             or from ZooKeeper, so give only one",
-            file.display(),
-            zk.target.connect
-        ),
-        (None, None) => bail!(
-            "no configuration source: give --config FILE (a static TOML file) or \
-             --zk HOST:PORT[,HOST:PORT...][/chroot] (follow ZooKeeper)"
-        ),
-    }
-}
 
 pub struct RunOptions {
     pub iface: String,
@@ -90,13 +63,6 @@ pub fn require_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A fingerprint of the configuration file, to notice edits (including atomic rename-over).
-fn fingerprint(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len(), m.ino()))
-}
-
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     require_root("lb run")?;
     opts.capacity
@@ -107,21 +73,21 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let signals = Signals::install(&runtime)?;
-    let mut source = Source::open(&opts.source, &runtime);
     let outer = outer_sources(&opts)?;
-    let desired: DesiredState = match &mut source {
-        Source::File { path, .. } => {
-            let desired = config::load_config_file(path)
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .context("the configuration is invalid; nothing was loaded")?;
-            check_families(&desired, &outer)?;
-            desired
-        }
-        Source::Zk(zk) => {
-            let first = runtime.block_on(first_zk_state(zk));
-            forwardable(first.as_deref().cloned().unwrap_or_default(), &outer)
-        }
+    let families = Families::of(&outer);
+    let mut source = {
+        let _enter = runtime.enter();
+        opts.source.open()
     };
+    let first = runtime.block_on(source.first())?;
+    let (desired, not_applied) = families.split(first);
+    if desired.services.is_empty() && !not_applied.is_empty() {
+        bail!(
+            "no service can be forwarded from this host, so nothing was loaded: {}",
+            describe(&not_applied)
+        );
+    }
+    log_not_applied(&not_applied);
 
     let mut dp = Dataplane::load(&LoadOptions {
         capacity: opts.capacity,
@@ -129,16 +95,20 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         kernel_log: opts.kernel_log,
     })?;
     // From here on the maps are pinned: every way out, error or not, unpins them.
+    let first = Accepted {
+        desired,
+        not_applied,
+    };
     let result = serve(
         &opts,
         &runtime,
         &mut dp,
-        &mut source,
+        source.as_mut(),
         signals,
-        &desired,
+        first,
         &outer,
     );
-    let _ = std::fs::remove_file(daemon_status::status_file_path(&opts.pin_dir));
+    let _ = std::fs::remove_file(report::status_file_path(&opts.pin_dir));
     drop(source);
     dp.remove_pins();
     drop(dp);
@@ -146,14 +116,34 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     result
 }
 
+/// A state from the source after the family rule: what is applied, and what is not.
+struct Accepted {
+    desired: DesiredState,
+    not_applied: Vec<ServiceNotApplied>,
+}
+
+fn describe(not_applied: &[ServiceNotApplied]) -> String {
+    not_applied
+        .iter()
+        .map(|n| format!("service {} is not applied: {}", n.service, n.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn log_not_applied(not_applied: &[ServiceNotApplied]) {
+    for n in not_applied {
+        error!(service = %n.service, "service not applied: {}", n.reason);
+    }
+}
+
 /// Applies the first state, attaches, then follows the source until SIGINT/SIGTERM.
 fn serve(
     opts: &RunOptions,
     runtime: &tokio::runtime::Runtime,
     dp: &mut Dataplane,
-    source: &mut Source,
+    source: &mut dyn Source,
     signals: Signals,
-    desired: &DesiredState,
+    first: Accepted,
     outer: &LbConfig,
 ) -> anyhow::Result<()> {
     let mut applied = AppliedTimes::default();
@@ -161,10 +151,10 @@ fn serve(
     let apply_started = Instant::now();
     let mut applier = Applier::new(opts.capacity, opts.hash_seed);
     let report = applier
-        .apply(dp, desired)
+        .apply(dp, &first.desired)
         .context("applying the configuration")?;
     info!(
-        services = desired.services.len(),
+        services = first.desired.services.len(),
         generation = report.generation,
         "configuration applied"
     );
@@ -181,14 +171,16 @@ fn serve(
         dp,
         applier: &mut applier,
         nexthops: &mut nexthops,
-        outer,
+        families: Families::of(outer),
         applied,
-        desired: desired.clone(),
+        desired: first.desired,
+        not_applied: first.not_applied,
         checker: None,
-        metrics: watch::channel(DaemonMetrics::default()).0,
+        reports: None,
         flows: 0,
         swept_total: 0,
         evictions: 0,
+        status_warned: false,
     };
     let result = runtime.block_on(follow(&mut ctx, source, signals));
     nexthops.release();
@@ -213,45 +205,30 @@ fn outer_sources(opts: &RunOptions) -> anyhow::Result<LbConfig> {
     Ok(cfg)
 }
 
-/// IPv4 services need an IPv4 outer source, IPv6 services an IPv6 one.
-fn check_families(desired: &DesiredState, outer: &LbConfig) -> anyhow::Result<()> {
-    for s in desired.services.values() {
-        if s.vip.is_ipv4() && outer.src_v4 == 0 {
-            bail!(
-                "service {} has an IPv4 VIP but the interface has no IPv4 address: pass --src-v4",
-                s.name
-            );
-        }
-        if s.vip.is_ipv6() && outer.src_v6 == [0; 4] {
-            bail!(
-                "service {} has an IPv6 VIP but the interface has no global IPv6 address: pass --src-v6",
-                s.name
-            );
-        }
-    }
-    Ok(())
-}
-
 /// What the follow loop works on.
 struct Ctx<'a> {
     opts: &'a RunOptions,
     dp: &'a mut Dataplane,
     applier: &'a mut Applier,
     nexthops: &'a mut NextHopKeeper,
-    outer: &'a LbConfig,
+    families: Families,
     applied: AppliedTimes,
-    /// The last state the source delivered (and this host can forward); health changes re-apply it.
+    /// The last state the source delivered that this host can forward; health changes re-apply it.
     desired: DesiredState,
+    /// The services of that state this host cannot forward.
+    not_applied: Vec<ServiceNotApplied>,
     /// The health checks (started inside the runtime by `follow`).
     checker: Option<HealthChecker>,
-    /// What the metrics server shows besides the maps.
-    metrics: watch::Sender<DaemonMetrics>,
+    /// The last report, for the metrics server (`None` until the first one is built).
+    reports: Option<watch::Sender<DaemonReport>>,
     /// Flows in the table at the last sweep.
     flows: usize,
     /// Flows the sweeper deleted since start.
     swept_total: u64,
     /// Flows the LRU table evicted since start (inferred; see `sweeper::estimate_evictions`).
     evictions: u64,
+    /// A failure to write the status file was logged (it is logged once until a write succeeds).
+    status_warned: bool,
 }
 
 /// When the source last delivered a state, and when the data plane last changed (for `lb status`).
@@ -271,131 +248,6 @@ impl AppliedTimes {
             self.last_change = Some(now);
         }
     }
-}
-
-/// The configuration source being followed.
-enum Source {
-    File {
-        path: PathBuf,
-        poll: tokio::time::Interval,
-        last_seen: Option<(SystemTime, u64, u64)>,
-    },
-    Zk(ZkSource),
-}
-
-impl Source {
-    fn open(spec: &SourceSpec, runtime: &tokio::runtime::Runtime) -> Source {
-        match spec {
-            SourceSpec::File(path) => {
-                let _enter = runtime.enter();
-                Source::File {
-                    path: path.clone(),
-                    poll: tokio::time::interval(FILE_POLL),
-                    last_seen: fingerprint(path),
-                }
-            }
-            SourceSpec::ZooKeeper(config) => {
-                let _enter = runtime.enter();
-                info!(zk = %config.target.connect, root = %config.target.schema.root(), "following ZooKeeper");
-                Source::Zk(ZkSource::spawn(config.clone()))
-            }
-        }
-    }
-
-    /// Waits for the next desired state. File errors are logged here (the last good configuration
-    /// keeps forwarding) and waited past.
-    async fn next(&mut self) -> DesiredState {
-        match self {
-            Source::File {
-                path,
-                poll,
-                last_seen,
-            } => loop {
-                poll.tick().await;
-                let now = fingerprint(path);
-                if now != *last_seen {
-                    *last_seen = now;
-                    info!(file = %path.display(), "configuration file changed: reloading");
-                    if let Some(desired) = load_file(path) {
-                        return desired;
-                    }
-                }
-            },
-            Source::Zk(zk) => loop {
-                if zk.states.changed().await.is_err() {
-                    // The source task ended (it never does on its own): forward the last state.
-                    error!(
-                        "the ZooKeeper source stopped; forwarding continues with the last state"
-                    );
-                    std::future::pending::<()>().await;
-                }
-                let latest: Option<Arc<DesiredState>> = zk.states.borrow_and_update().clone();
-                if let Some(state) = latest {
-                    return (*state).clone();
-                }
-            },
-        }
-    }
-
-    /// SIGHUP: re-read the file now, or ask ZooKeeper for a full resync.
-    fn hangup(&mut self) -> Option<DesiredState> {
-        match self {
-            Source::File {
-                path, last_seen, ..
-            } => {
-                info!(file = %path.display(), "SIGHUP: reloading");
-                *last_seen = fingerprint(path);
-                load_file(path)
-            }
-            Source::Zk(zk) => {
-                info!("SIGHUP: full ZooKeeper resync");
-                zk.resync();
-                None
-            }
-        }
-    }
-}
-
-/// Waits (bounded) for the first state from ZooKeeper, so a (re)started daemon attaches with it.
-async fn first_zk_state(zk: &mut ZkSource) -> Option<Arc<DesiredState>> {
-    let wait = async {
-        loop {
-            if let Some(state) = zk.states.borrow_and_update().clone() {
-                return Some(state);
-            }
-            if zk.states.changed().await.is_err() {
-                return None;
-            }
-        }
-    };
-    match tokio::time::timeout(FIRST_ZK_STATE_WAIT, wait).await {
-        Ok(state) => state,
-        Err(_) => {
-            warn!(
-                "no state from ZooKeeper within {FIRST_ZK_STATE_WAIT:?}; attaching with no services, \
-                 they are applied as soon as ZooKeeper answers"
-            );
-            None
-        }
-    }
-}
-
-/// ZooKeeper states are validated per znode, so a service this host cannot tunnel (no outer address
-/// of its family) is left out with an error instead of refusing the whole state.
-fn forwardable(mut desired: DesiredState, outer: &LbConfig) -> DesiredState {
-    desired.services.retain(|name, s| {
-        let single = DesiredState {
-            services: [(name.clone(), s.clone())].into(),
-        };
-        match check_families(&single, outer) {
-            Ok(()) => true,
-            Err(e) => {
-                error!("service not applied: {e:#}");
-                false
-            }
-        }
-    });
-    desired
 }
 
 /// The signals the daemon acts on, installed before anything is loaded or pinned: a signal that
@@ -418,7 +270,11 @@ impl Signals {
     }
 }
 
-async fn follow(ctx: &mut Ctx<'_>, source: &mut Source, signals: Signals) -> anyhow::Result<()> {
+async fn follow(
+    ctx: &mut Ctx<'_>,
+    source: &mut dyn Source,
+    signals: Signals,
+) -> anyhow::Result<()> {
     let Signals {
         mut hup,
         mut int,
@@ -427,40 +283,39 @@ async fn follow(ctx: &mut Ctx<'_>, source: &mut Source, signals: Signals) -> any
     let mut sweep = tokio::time::interval(ctx.opts.sweep_interval);
     let mut status_tick = tokio::time::interval(STATUS_WRITE);
     let mut last_nexthop = Instant::now();
-    let mut status_warned = false;
     let mut checker = HealthChecker::default();
     checker.sync(&ctx.desired);
     ctx.checker = Some(checker);
-    let _metrics_server = match ctx.opts.metrics {
-        Some(addr) => match metrics::bind(addr).await {
+    publish(ctx, source);
+    let reports = ctx.reports.as_ref().map(watch::Sender::subscribe);
+    let _metrics_server = match (ctx.opts.metrics, reports) {
+        (Some(addr), Some(reports)) => match metrics::bind(addr).await {
             Some(listener) => {
                 info!(%addr, "serving metrics on /metrics");
-                let server =
-                    metrics::serve(listener, ctx.opts.pin_dir.clone(), ctx.metrics.subscribe());
+                let server = metrics::serve(listener, ctx.opts.pin_dir.clone(), reports);
                 Some(AbortOnDrop(tokio::spawn(server)))
             }
             None => None,
         },
-        None => None,
+        _ => None,
     };
-    publish_metrics(ctx, source);
     loop {
         tokio::select! {
             changed = health_changed(&mut ctx.checker) => {
                 if changed {
                     apply_health(ctx);
-                    write_status(ctx, source, &mut status_warned);
+                    write_report(ctx, source);
                 }
             }
             _ = hup.recv() => {
                 if let Some(desired) = source.hangup() {
-                    apply_desired(ctx, source, desired);
-                    write_status(ctx, source, &mut status_warned);
+                    apply_desired(ctx, desired);
+                    write_report(ctx, source);
                 }
             }
             desired = source.next() => {
-                apply_desired(ctx, source, desired);
-                write_status(ctx, source, &mut status_warned);
+                apply_desired(ctx, desired);
+                write_report(ctx, source);
             }
             _ = sweep.tick() => {
                 if let Some(report) = sweep_once(ctx.opts, ctx.dp, ctx.applier) {
@@ -472,44 +327,24 @@ async fn follow(ctx: &mut Ctx<'_>, source: &mut Source, signals: Signals) -> any
                     }
                     ctx.evictions = ctx.evictions.max(evictions);
                 }
-                publish_metrics(ctx, source);
+                publish(ctx, source);
                 if last_nexthop.elapsed() >= NEXTHOP_REFRESH {
                     last_nexthop = Instant::now();
                     ctx.nexthops.refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
                 }
             }
-            _ = status_tick.tick() => write_status(ctx, source, &mut status_warned),
+            _ = status_tick.tick() => write_report(ctx, source),
             _ = int.recv() => { info!("SIGINT: detaching"); return Ok(()); }
             _ = term.recv() => { info!("SIGTERM: detaching"); return Ok(()); }
         }
     }
 }
 
-/// Reads the file; an invalid file is rejected with its line and field (the last good
-/// configuration keeps forwarding).
-fn load_file(path: &Path) -> Option<DesiredState> {
-    match config::load_config_file(path) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            error!("configuration rejected, the last good configuration keeps forwarding: {e}");
-            None
-        }
-    }
-}
-
-fn apply_desired(ctx: &mut Ctx<'_>, source: &Source, desired: DesiredState) {
-    let desired = match source {
-        Source::File { .. } => {
-            if let Err(e) = check_families(&desired, ctx.outer) {
-                error!(
-                    "configuration rejected, the last good configuration keeps forwarding: {e:#}"
-                );
-                return;
-            }
-            desired
-        }
-        Source::Zk(_) => forwardable(desired, ctx.outer),
-    };
+/// Applies a state from the source: the services this host can forward, with the current health.
+fn apply_desired(ctx: &mut Ctx<'_>, desired: DesiredState) {
+    let (desired, not_applied) = ctx.families.split(desired);
+    log_not_applied(&not_applied);
+    ctx.not_applied = not_applied;
     if let Some(checker) = &mut ctx.checker {
         checker.sync(&desired);
     }
@@ -576,8 +411,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Backends of checked services that their checks report down: (service, backend).
-fn down_backends(ctx: &Ctx<'_>) -> Vec<(String, std::net::SocketAddr)> {
+/// Backends of checked services that their checks report down.
+fn down_backends(ctx: &Ctx<'_>) -> Vec<BackendRef> {
     let Some(checker) = &ctx.checker else {
         return Vec::new();
     };
@@ -588,7 +423,10 @@ fn down_backends(ctx: &Ctx<'_>) -> Vec<(String, std::net::SocketAddr)> {
             s.backends
                 .keys()
                 .filter(|addr| checker.view().is_down(**addr, s.health_check.as_ref()))
-                .map(|addr| (s.name.clone(), *addr))
+                .map(|addr| BackendRef {
+                    service: s.name.clone(),
+                    backend: *addr,
+                })
         })
         .collect()
 }
@@ -602,66 +440,53 @@ fn panicking_services(ctx: &Ctx<'_>) -> Vec<String> {
         .collect()
 }
 
-/// Hands the metrics server what only the daemon knows.
-fn publish_metrics(ctx: &Ctx<'_>, source: &Source) {
-    let zookeeper = match source {
-        Source::File { .. } => None,
-        Source::Zk(zk) => Some(zk.status.borrow().connection),
-    };
-    ctx.metrics.send_replace(DaemonMetrics {
-        generation: ctx.applier.generation(),
-        last_apply: ctx.applied.last_apply,
-        zookeeper,
-        down: down_backends(ctx),
-        panic: panicking_services(ctx),
-        flows: ctx.flows as u64,
-        flow_evictions: ctx.evictions,
-    });
-}
-
-/// Writes the status file `lb status` shows; a failure is logged once.
-fn write_status(ctx: &Ctx<'_>, source: &Source, warned: &mut bool) {
-    publish_metrics(ctx, source);
-    let ms = |t: Option<SystemTime>| t.map(crate::zk::source::unix_ms);
-    let (kind, config_file, zookeeper) = match source {
-        Source::File { path, .. } => ("file", Some(path.clone()), None),
-        Source::Zk(zk) => {
-            let status = zk.status.borrow().clone();
-            ("zookeeper", None, Some(status))
-        }
-    };
-    // With ZooKeeper the state is current as of the last full read, even when nothing changed.
-    let last_sync = match &zookeeper {
-        Some(z) => z.last_sync_unix_ms.or(ms(ctx.applied.last_sync)),
-        None => ms(ctx.applied.last_sync),
-    };
-    let status = DaemonStatus {
+/// The daemon's report of itself, now.
+fn build_report(ctx: &Ctx<'_>, source: &dyn Source) -> DaemonReport {
+    let ms = |t: Option<SystemTime>| t.map(unix_ms);
+    DaemonReport {
+        schema_version: SCHEMA_VERSION,
         pid: std::process::id(),
         iface: ctx.opts.iface.clone(),
-        source: kind,
-        config_file,
+        source: source.status(),
         generation: ctx.applier.generation(),
         services: ctx.applier.applied_state().services.len(),
-        last_sync_unix_ms: last_sync,
+        not_applied: ctx.not_applied.clone(),
+        // With ZooKeeper the state is current as of the last full read, even when nothing changed.
+        last_sync_unix_ms: source.last_sync_unix_ms().or(ms(ctx.applied.last_sync)),
         last_change_unix_ms: ms(ctx.applied.last_change),
-        written_unix_ms: crate::zk::source::unix_ms(SystemTime::now()),
-        zookeeper,
-        health: daemon_status::HealthStatus {
+        written_unix_ms: unix_ms(SystemTime::now()),
+        health: HealthStatus {
             probes: ctx.checker.as_ref().map_or(0, HealthChecker::probes),
-            down: down_backends(ctx)
-                .into_iter()
-                .map(|(service, backend)| format!("{service} {backend}"))
-                .collect(),
+            down: down_backends(ctx),
             panic: panicking_services(ctx),
         },
         last_apply_ms: ctx.applied.last_apply.map(|d| d.as_secs_f64() * 1000.0),
+        flows: ctx.flows as u64,
         flow_evictions: ctx.evictions,
-    };
-    let path = daemon_status::status_file_path(&ctx.opts.pin_dir);
-    match daemon_status::write(&path, &status) {
-        Ok(()) => *warned = false,
-        Err(e) if !*warned => {
-            *warned = true;
+    }
+}
+
+/// Builds the report and hands it to the metrics server.
+fn publish(ctx: &mut Ctx<'_>, source: &dyn Source) -> DaemonReport {
+    let report = build_report(ctx, source);
+    match &ctx.reports {
+        Some(reports) => {
+            reports.send_replace(report.clone());
+        }
+        None => ctx.reports = Some(watch::channel(report.clone()).0),
+    }
+    report
+}
+
+/// Publishes the report and writes it as the status file `lb status` shows; a failure is logged
+/// once.
+fn write_report(ctx: &mut Ctx<'_>, source: &dyn Source) {
+    let report = publish(ctx, source);
+    let path = report::status_file_path(&ctx.opts.pin_dir);
+    match report::write(&path, &report) {
+        Ok(()) => ctx.status_warned = false,
+        Err(e) if !ctx.status_warned => {
+            ctx.status_warned = true;
             warn!(
                 "writing the status file {} failed: {e}; `lb status` will not show the daemon's state",
                 path.display()

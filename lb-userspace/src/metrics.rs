@@ -3,8 +3,9 @@
 //!
 //! Traffic, connections and drop counters live in the eBPF maps, so every scrape reads them (through
 //! the pins, like `lb status`) and renders a fresh registry; what only the daemon knows (health,
-//! generation, apply duration, ZooKeeper session, flow count of the last sweep) comes from a
-//! [`DaemonMetrics`] the daemon publishes on a watch channel.
+//! generation, apply duration, ZooKeeper session, flow count of the last sweep) comes from the
+//! [`DaemonReport`] the daemon publishes on a watch channel (the same report it writes for
+//! `lb status`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,38 +22,13 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::dataplane::MapsView;
-use crate::status::{Status, collect_without_flows};
-use crate::zk::source::ZkConnection;
+use crate::report::{DaemonReport, ZkConnection};
+use crate::status::{BackendMapState, Status, collect_without_flows};
 
 /// Longest request head the server reads.
 const MAX_REQUEST: usize = 8 * 1024;
 /// A client gets this long to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the daemon knows that the maps do not.
-#[derive(Clone, Debug, Default)]
-pub struct DaemonMetrics {
-    pub generation: u32,
-    pub last_apply: Option<Duration>,
-    /// `None` with a file source.
-    pub zookeeper: Option<ZkConnection>,
-    /// Backends of checked services whose checks say down: (service, backend).
-    pub down: Vec<(String, SocketAddr)>,
-    /// Services in panic mode.
-    pub panic: Vec<String>,
-    /// Flows in the table at the last sweep.
-    pub flows: u64,
-    /// Flows the LRU table evicted to make room since start (inferred at each sweep).
-    pub flow_evictions: u64,
-}
-
-const ZK_STATES: [(ZkConnection, &str); 5] = [
-    (ZkConnection::Connecting, "connecting"),
-    (ZkConnection::Connected, "connected"),
-    (ZkConnection::Disconnected, "disconnected"),
-    (ZkConnection::Expired, "expired"),
-    (ZkConnection::AuthFailed, "auth_failed"),
-];
 
 type Labels = Vec<(String, String)>;
 
@@ -81,7 +57,7 @@ fn gauge(v: u64) -> i64 {
 }
 
 /// Renders one scrape (pure: maps already read).
-pub fn render(status: &Status, daemon: &DaemonMetrics) -> Result<String, std::fmt::Error> {
+pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt::Error> {
     let mut r = Registry::with_prefix("lb");
     let svc_packets = counters(
         &mut r,
@@ -170,26 +146,24 @@ pub fn render(status: &Status, daemon: &DaemonMetrics) -> Result<String, std::fm
         svc_drops.get_or_create(&l).inc_by(s.drops);
         svc_panic
             .get_or_create(&l)
-            .set(i64::from(daemon.panic.contains(&s.name)));
+            .set(i64::from(daemon.health.panic.contains(&s.name)));
         for b in &s.backends {
             let l = labels(&[("service", &s.name), ("backend", &b.addr)]);
             be_packets.get_or_create(&l).inc_by(b.packets);
             be_bytes.get_or_create(&l).inc_by(b.bytes);
             be_flows.get_or_create(&l).inc_by(b.new_flows);
             be_conns.get_or_create(&l).set(gauge(b.active_conns));
-            let down = daemon
-                .down
-                .iter()
-                .any(|(svc, addr)| *svc == s.name && addr.to_string() == b.addr);
+            let down = b
+                .socket_addr()
+                .is_some_and(|addr| daemon.is_down(&s.name, addr));
             be_up.get_or_create(&l).set(i64::from(!down));
             be_draining
                 .get_or_create(&l)
-                .set(i64::from(b.state == "draining"));
+                .set(i64::from(b.state == BackendMapState::Draining));
             be_weight.get_or_create(&l).set(i64::from(b.weight));
         }
     }
-    for (name, value) in &status.counters {
-        let v = value.as_u64().unwrap_or(0);
+    for (name, &v) in &status.counters {
         events.get_or_create(&labels(&[("event", name)])).inc_by(v);
         if let Some(reason) = name.strip_prefix("drop_") {
             drops
@@ -200,16 +174,16 @@ pub fn render(status: &Status, daemon: &DaemonMetrics) -> Result<String, std::fm
     flows.set(gauge(daemon.flows));
     evictions.inc_by(daemon.flow_evictions);
     generation.set(i64::from(daemon.generation));
-    apply.set(daemon.last_apply.map_or(0.0, |d| d.as_secs_f64()));
-    if let Some(zk) = daemon.zookeeper {
+    apply.set(daemon.last_apply().map_or(0.0, |d| d.as_secs_f64()));
+    if let Some(zk) = daemon.source.zookeeper_connection() {
         let state = gauges(
             &mut r,
             "zookeeper_session_state",
             "1 for the ZooKeeper session's current state",
         );
-        for (s, name) in ZK_STATES {
+        for s in ZkConnection::ALL {
             state
-                .get_or_create(&labels(&[("state", name)]))
+                .get_or_create(&labels(&[("state", s.name())]))
                 .set(i64::from(s == zk));
         }
     }
@@ -233,11 +207,7 @@ pub async fn bind(addr: SocketAddr) -> Option<TcpListener> {
 }
 
 /// Serves `/metrics` until the task is dropped. One request per connection.
-pub async fn serve(
-    listener: TcpListener,
-    pin_dir: PathBuf,
-    daemon: watch::Receiver<DaemonMetrics>,
-) {
+pub async fn serve(listener: TcpListener, pin_dir: PathBuf, daemon: watch::Receiver<DaemonReport>) {
     let mut maps: Option<MapsView> = None;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -258,7 +228,7 @@ async fn answer(
     mut stream: TcpStream,
     pin_dir: &std::path::Path,
     maps: &mut Option<MapsView>,
-    daemon: &watch::Receiver<DaemonMetrics>,
+    daemon: &watch::Receiver<DaemonReport>,
 ) -> std::io::Result<()> {
     let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream))
         .await
@@ -306,7 +276,7 @@ async fn answer(
 fn scrape(
     pin_dir: &std::path::Path,
     maps: &mut Option<MapsView>,
-    daemon: &watch::Receiver<DaemonMetrics>,
+    daemon: &watch::Receiver<DaemonReport>,
 ) -> anyhow::Result<String> {
     if maps.is_none() {
         *maps = Some(MapsView::open_pinned(pin_dir)?);
@@ -346,6 +316,7 @@ mod tests {
     #[test]
     fn renders_services_backends_and_daemon_state() {
         let status = Status {
+            schema_version: crate::report::SCHEMA_VERSION,
             services: vec![ServiceStatus {
                 name: "web".into(),
                 id: 0,
@@ -362,26 +333,21 @@ mod tests {
                     id: 0,
                     addr: "198.18.2.11:80".into(),
                     weight: 2,
-                    state: "active",
+                    state: BackendMapState::Active,
                     active_conns: 1,
                     packets: 9,
                     bytes: 900,
                     new_flows: 2,
                 }],
             }],
-            counters: [("drop_no_backend".to_owned(), serde_json::Value::from(1u64))]
-                .into_iter()
-                .collect(),
+            counters: [("drop_no_backend".to_owned(), 1)].into_iter().collect(),
             flows: 0,
             daemon: None,
         };
-        let daemon = DaemonMetrics {
-            generation: 3,
-            zookeeper: Some(ZkConnection::Connected),
-            down: vec![("web".into(), "198.18.2.11:80".parse().unwrap())],
-            flows: 5,
-            ..Default::default()
-        };
+        let mut zk = crate::report::tests::zk_status();
+        zk.connection = ZkConnection::Connected;
+        let mut daemon = crate::report::tests::report(crate::report::SourceStatus::Zookeeper(zk));
+        daemon.flows = 5;
         let text = render(&status, &daemon).unwrap();
         for line in [
             "lb_service_new_flows_total{service=\"web\"} 2",

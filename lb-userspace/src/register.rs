@@ -14,34 +14,13 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 use zookeeper_client::{Client, CreateMode, Error as ZkErr, SessionState};
 
-use crate::model::{self, BackendSpec, BackendState, MAX_WEIGHT, service_from_json};
+use crate::model::{self, BackendSpec, BackendState, service_from_json};
 use crate::zk::acl::node_acls;
 use crate::zk::backoff::Backoff;
-use crate::zk::client::{ZkArgs, ZkTarget};
+use crate::zk::client::ZkTarget;
 
 /// How often the node and the check are looked after.
 const TICK: Duration = Duration::from_secs(1);
-
-#[derive(clap::Args, Debug)]
-pub struct RegisterArgs {
-    #[command(flatten)]
-    pub zk: ZkArgs,
-    /// The service to join (its node must exist: `lb service put`).
-    #[arg(long)]
-    pub service: String,
-    /// This backend's address, IP:PORT; the port must be the service's VIP port (DSR).
-    #[arg(long)]
-    pub addr: SocketAddr,
-    #[arg(long, default_value_t = 1)]
-    pub weight: u32,
-    /// Register only while this local check passes: `tcp` (connect to --addr) or
-    /// `http://HOST:PORT/PATH` (status 200-399). Checked every second.
-    #[arg(long)]
-    pub check: Option<String>,
-    /// On SIGTERM/SIGINT, how long to stay registered as draining before the node is deleted (s).
-    #[arg(long, default_value_t = 10)]
-    pub drain_s: u64,
-}
 
 /// A local health check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,28 +126,6 @@ pub struct Registration {
 }
 
 impl Registration {
-    pub fn from_args(args: &RegisterArgs) -> anyhow::Result<Registration> {
-        if args.weight > MAX_WEIGHT {
-            bail!("--weight {} is above the maximum {MAX_WEIGHT}", args.weight);
-        }
-        let target = args.zk.target()?;
-        let check = args
-            .check
-            .as_deref()
-            .map(|c| LocalCheck::parse(c, args.addr))
-            .transpose()?;
-        let mut backend = BackendSpec::new(args.addr);
-        backend.weight = args.weight;
-        Ok(Registration {
-            target,
-            session_timeout: args.zk.session_timeout(),
-            service: args.service.clone(),
-            backend,
-            check,
-            drain: Duration::from_secs(args.drain_s),
-        })
-    }
-
     fn path(&self) -> String {
         self.target
             .schema
@@ -183,8 +140,7 @@ impl Registration {
 }
 
 /// `lb register`: runs until SIGTERM/SIGINT, then drains and leaves.
-pub fn run(args: &RegisterArgs) -> anyhow::Result<()> {
-    let registration = Registration::from_args(args)?;
+pub fn run(registration: Registration) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -1,28 +1,65 @@
-//! `lb status`: what the data plane is doing, read from the pinned maps (no daemon needed).
+//! `lb status`: what the data plane is doing, read from the pinned maps (no daemon needed), plus
+//! the running daemon's report (see `report`).
+//!
+//! `lb status --json` prints one [`Status`] document: `schema_version` ([`SCHEMA_VERSION`]),
+//! `services` (each with its `backends`), `counters` (every data-plane counter by name), `flows`, and
+//! `daemon` (a [`DaemonView`]; absent when no daemon writes a status file for these pins). Readers
+//! decode it with [`Status::from_json`], which refuses other versions and missing fields.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use lb_common::{
     BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, Scheduler, ServiceEntry, VipKey,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dataplane::MapsView;
+use crate::report::{self, DaemonView, ReportError, SCHEMA_VERSION};
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    /// [`SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
     pub services: Vec<ServiceStatus>,
-    pub counters: serde_json::Map<String, serde_json::Value>,
+    /// Every data-plane counter, by name (`drop_*` are the drop reasons).
+    pub counters: BTreeMap<String, u64>,
     /// Entries in the flow table (established, half-open and closing).
     pub flows: usize,
-    /// What the running daemon reports about its source (see `daemon_status`); absent without one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub daemon: Option<serde_json::Value>,
+    /// What the running daemon reports; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonView>,
 }
 
-#[derive(Debug, Serialize)]
+impl Status {
+    /// Decodes `lb status --json`.
+    pub fn from_json(text: &str) -> Result<Status, ReportError> {
+        report::decode("`lb status --json`", text)
+    }
+
+    /// A service by name.
+    pub fn service(&self, name: &str) -> Option<&ServiceStatus> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// A backend of a service, by address.
+    pub fn backend(&self, service: &str, addr: SocketAddr) -> Option<&BackendStatus> {
+        self.service(service)?
+            .backends
+            .iter()
+            .find(|b| b.socket_addr() == Some(addr))
+    }
+
+    /// A counter by name; `None` when the data plane has no counter of that name.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.counters.get(name).copied()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
     pub id: u32,
@@ -38,17 +75,44 @@ pub struct ServiceStatus {
     pub backends: Vec<BackendStatus>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub id: u32,
+    /// `IP:PORT` (`<family N>` for an entry of unknown family).
     pub addr: String,
     pub weight: u32,
-    /// `active`, `draining` (no new flows) or `down` (failed health check).
-    pub state: &'static str,
+    pub state: BackendMapState,
     pub active_conns: u64,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+}
+
+impl BackendStatus {
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.addr.parse().ok()
+    }
+}
+
+/// A backend's state in the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendMapState {
+    Active,
+    /// No new flows (draining, or weight 0).
+    Draining,
+    /// Failed its health check.
+    Down,
+}
+
+impl BackendMapState {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendMapState::Active => "active",
+            BackendMapState::Draining => "draining",
+            BackendMapState::Down => "down",
+        }
+    }
 }
 
 fn socket_addr(words: [u32; 4], family: u8, port_be: u16) -> String {
@@ -89,12 +153,13 @@ pub fn collect_without_flows(maps: &MapsView) -> anyhow::Result<Status> {
         }
         let stats = maps.backend_stats(id)?;
         let state = if b.flags & BACKEND_F_DOWN != 0 {
-            "down"
+            BackendMapState::Down
         } else if b.flags & BACKEND_F_DRAINING != 0 || b.weight == 0 {
-            "draining"
+            BackendMapState::Draining
         } else {
-            "active"
+            BackendMapState::Active
         };
+
         backends_by_service
             .entry(b.service_id)
             .or_default()
@@ -139,9 +204,10 @@ pub fn collect_without_flows(maps: &MapsView) -> anyhow::Result<Status> {
     let counters = maps
         .counters()?
         .into_iter()
-        .map(|(c, n)| (c.name().to_string(), serde_json::Value::from(n)))
+        .map(|(c, n)| (c.name().to_string(), n))
         .collect();
     Ok(Status {
+        schema_version: SCHEMA_VERSION,
         services: out,
         counters,
         flows: 0,
@@ -153,7 +219,13 @@ pub fn run(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     let maps = MapsView::open_pinned(pin_dir)?;
     let mut status = collect(&maps)
         .with_context(|| format!("reading the maps pinned under {}", pin_dir.display()))?;
-    status.daemon = crate::daemon_status::read_for_status(pin_dir);
+    status.daemon = match report::read(pin_dir) {
+        Ok(daemon) => daemon.map(|r| DaemonView::at(r, SystemTime::now())),
+        Err(e) => {
+            eprintln!("lb: warning: the daemon's state is not shown: {e}");
+            None
+        }
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -167,7 +239,7 @@ pub fn render(s: &Status) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     if let Some(daemon) = &s.daemon {
-        o.push_str(&crate::daemon_status::render(daemon));
+        o.push_str(&daemon.render());
     }
     let _ = writeln!(
         o,
@@ -191,14 +263,19 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(
                 o,
                 "  -> {:<40} weight {:>5} {:<9} conns {:>7} packets {:>10} new flows {:>8}",
-                b.addr, b.weight, b.state, b.active_conns, b.packets, b.new_flows
+                b.addr,
+                b.weight,
+                b.state.name(),
+                b.active_conns,
+                b.packets,
+                b.new_flows
             );
         }
     }
     let _ = writeln!(o, "\nflows in table: {}", s.flows);
     let _ = writeln!(o, "counters:");
     for (name, v) in &s.counters {
-        if v.as_u64().unwrap_or(0) > 0 {
+        if *v > 0 {
             let _ = writeln!(o, "  {name:<24} {v}");
         }
     }

@@ -110,7 +110,7 @@ fn render(
             row(
                 &mut o,
                 &format!("  -> {}", b.addr),
-                b.state,
+                b.state.name(),
                 b.weight.to_string(),
                 b.active_conns.to_string(),
                 r,
@@ -130,10 +130,7 @@ fn render(
 }
 
 fn counter_totals(s: &Status) -> BTreeMap<String, u64> {
-    s.counters
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-        .collect()
+    s.counters.iter().map(|(k, v)| (k.clone(), *v)).collect()
 }
 
 /// Prints `count` frames (forever without one), `interval` apart.

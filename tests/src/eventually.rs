@@ -35,7 +35,7 @@ pub fn retry_until<T, E>(timeout: Duration, mut f: impl FnMut() -> Result<T, E>)
 /// Asserts that a condition becomes true within a timeout, polling it.
 ///
 /// ```text
-/// assert_eventually!(lab.lb_status_json(0)?["flows"] == 0, Duration::from_secs(5));
+/// assert_eventually!(lab.lb_status_json(0)?.flows == 0, Duration::from_secs(5));
 /// assert_eventually!(ready(), Duration::from_secs(5), "backend {} never came up", i);
 /// ```
 #[macro_export]

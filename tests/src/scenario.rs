@@ -4,6 +4,9 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
+use lb_userspace::report::{DaemonReport, SourceStatus, ZkStatus};
+pub use lb_userspace::status::{BackendMapState, BackendStatus, Status};
+
 use crate::client::Spread;
 use crate::config::{BackendConfig, ServiceConfig};
 use crate::lab::{Lab, SERVER_PORT};
@@ -156,25 +159,30 @@ pub fn render(rows: &[ShareRow]) -> String {
     out
 }
 
-/// Checks the status JSON of `lb status --json` for a service named `name` with `config`'s scheduler
-/// and backends (address, weight, state) — i.e. the daemon has applied that configuration. Backends
-/// the status shows beyond the configured ones (retired, still draining their flows) must not be
-/// active.
-pub fn status_shows(status: &serde_json::Value, config: &ServiceConfig) -> bool {
-    let Some(services) = status["services"].as_array() else {
+/// Checks `lb status --json` for a service named `name` with `config`'s scheduler and backends
+/// (address, weight, state) — i.e. the daemon has applied that configuration. Backends the status
+/// shows beyond the configured ones (retired, still draining their flows) must not be active.
+pub fn status_shows(status: &Status, config: &ServiceConfig) -> bool {
+    shows(status, config, |_| true)
+}
+
+/// Like [`status_shows`], but ignores backends that left the service and are only kept (weight 0,
+/// draining) until their established flows end: the daemon serves exactly `config` to new connections.
+pub fn status_serves(status: &Status, config: &ServiceConfig) -> bool {
+    shows(status, config, |b| {
+        !(b.state == BackendMapState::Draining && b.weight == 0)
+    })
+}
+
+fn shows(
+    status: &Status,
+    config: &ServiceConfig,
+    counted: impl Fn(&BackendStatus) -> bool,
+) -> bool {
+    let Some(svc) = status.service(&config.name) else {
         return false;
     };
-    let Some(svc) = services.iter().find(|s| s["name"] == config.name.as_str()) else {
-        return false;
-    };
-    let Some(backends) = svc["backends"].as_array() else {
-        return false;
-    };
-    let addr_of = |b: &serde_json::Value| {
-        b["addr"]
-            .as_str()
-            .and_then(|a| a.parse::<SocketAddr>().ok())
-    };
+    let backends: Vec<&BackendStatus> = svc.backends.iter().filter(|b| counted(b)).collect();
     let configured_shown = config.backends.iter().all(|want| {
         let expected_state = if want.weight == 0 {
             "draining"
@@ -182,79 +190,74 @@ pub fn status_shows(status: &serde_json::Value, config: &ServiceConfig) -> bool 
             want.state.as_str()
         };
         backends.iter().any(|b| {
-            addr_of(b) == Some(want.addr)
-                && b["weight"].as_u64() == Some(u64::from(want.weight))
-                && b["state"] == expected_state
+            b.socket_addr() == Some(want.addr)
+                && b.weight == want.weight
+                && b.state.name() == expected_state
         })
     });
     let extras_inactive = backends.iter().all(|b| {
         config
             .backends
             .iter()
-            .any(|want| addr_of(b) == Some(want.addr))
-            || b["state"] != "active"
+            .any(|want| b.socket_addr() == Some(want.addr))
+            || b.state != BackendMapState::Active
     });
-    svc["scheduler"] == config.scheduler.as_str() && configured_shown && extras_inactive
+    svc.scheduler == config.scheduler && configured_shown && extras_inactive
 }
 
-/// Like [`status_shows`], but ignores backends that left the service and are only kept (weight 0,
-/// draining) until their established flows end: the daemon serves exactly `config` to new connections.
-pub fn status_serves(status: &serde_json::Value, config: &ServiceConfig) -> bool {
-    let mut status = status.clone();
-    if let Some(services) = status["services"].as_array_mut() {
-        for svc in services {
-            if let Some(backends) = svc["backends"].as_array_mut() {
-                backends.retain(|b| !(b["state"] == "draining" && b["weight"] == 0));
-            }
-        }
-    }
-    status_shows(&status, config)
-}
-
-/// A backend's entry in `lb status --json`, by service name and address.
-pub fn backend_status<'a>(
-    status: &'a serde_json::Value,
-    service: &str,
-    backend: SocketAddr,
-) -> Option<&'a serde_json::Value> {
-    let svc = status["services"]
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == service)?;
-    svc["backends"].as_array()?.iter().find(|b| {
-        b["addr"]
-            .as_str()
-            .and_then(|a| a.parse::<SocketAddr>().ok())
-            == Some(backend)
-    })
-}
-
-/// A backend's `state` (`active`, `draining`, `down`) and weight in `lb status --json`, by address.
-pub fn backend_state(
-    status: &serde_json::Value,
-    service: &str,
-    backend: SocketAddr,
-) -> Option<(String, u64)> {
-    let b = backend_status(status, service, backend)?;
-    Some((b["state"].as_str()?.to_owned(), b["weight"].as_u64()?))
+/// A backend's state (`active`, `draining`, `down`) and weight in `lb status --json`, by address.
+pub fn backend_state(status: &Status, service: &str, backend: SocketAddr) -> Option<(String, u32)> {
+    let b = status.backend(service, backend)?;
+    Some((b.state.name().to_owned(), b.weight))
 }
 
 /// A backend's `active_conns` in `lb status --json`, by address.
-pub fn active_conns(status: &serde_json::Value, service: &str, backend: SocketAddr) -> Option<u64> {
-    backend_status(status, service, backend)?["active_conns"].as_u64()
+pub fn active_conns(status: &Status, service: &str, backend: SocketAddr) -> Option<u64> {
+    Some(status.backend(service, backend)?.active_conns)
 }
 
-/// The non-zero `drop_*` counters of `lb status --json`.
-pub fn drops(status: &serde_json::Value) -> Vec<(String, u64)> {
-    let Some(counters) = status["counters"].as_object() else {
-        return Vec::new();
-    };
-    counters
+/// The non-zero `drop_*` counters of `lb status --json`. Panics when the status has no `drop_*`
+/// counter at all: the counters were renamed, and "no drops" would be a false pass.
+pub fn drops(status: &Status) -> Vec<(String, u64)> {
+    assert!(
+        status.counters.keys().any(|k| k.starts_with("drop_")),
+        "`lb status --json` has no drop_* counters (renamed?): {:?}",
+        status.counters.keys().collect::<Vec<_>>()
+    );
+    status
+        .counters
         .iter()
-        .filter(|(k, _)| k.starts_with("drop_"))
-        .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-        .filter(|(_, v)| *v > 0)
+        .filter(|(k, v)| k.starts_with("drop_") && **v > 0)
+        .map(|(k, v)| (k.clone(), *v))
         .collect()
+}
+
+/// A data-plane counter of `lb status --json`. Panics on an unknown name (a renamed counter must
+/// not read as zero).
+pub fn counter(status: &Status, name: &str) -> u64 {
+    status.counter(name).unwrap_or_else(|| {
+        panic!(
+            "`lb status --json` has no counter {name:?}; it has {:?}",
+            status.counters.keys().collect::<Vec<_>>()
+        )
+    })
+}
+
+/// What the daemon reports in `lb status --json`. Panics when the status carries no daemon report.
+pub fn daemon(status: &Status) -> &DaemonReport {
+    &status
+        .daemon
+        .as_ref()
+        .expect("`lb status --json` has no daemon report: is the daemon writing its status file?")
+        .report
+}
+
+/// The ZooKeeper part of the daemon's report. Panics with another source.
+pub fn zookeeper(status: &Status) -> &ZkStatus {
+    match &daemon(status).source {
+        SourceStatus::Zookeeper(zk) => zk,
+        other => panic!("the daemon follows {}, not ZooKeeper", other.kind()),
+    }
 }
 
 #[cfg(test)]
@@ -287,12 +290,20 @@ mod tests {
     #[test]
     fn status_matching_compares_addresses_and_weights() {
         let cfg = service("web", vip(1, false), "wrr", &[1, 2]);
-        let status = serde_json::json!({"services": [{"name": "web", "scheduler": "wrr", "backends": [
-            {"addr": "198.18.2.12:80", "weight": 2, "state": "active", "active_conns": 3},
-            {"addr": "198.18.2.13:80", "weight": 0, "state": "draining", "active_conns": 1},
-            {"addr": "198.18.2.11:80", "weight": 1, "state": "active", "active_conns": 0}]}],
-            "counters": {"drop_mtu": 0, "drop_no_route": 2, "rx_packets": 9}});
+        let status = Status::from_json(
+            &serde_json::json!({"schema_version": lb_userspace::report::SCHEMA_VERSION,
+            "services": [{"name": "web", "id": 0, "vip": "198.18.100.1:80", "scheduler": "wrr",
+            "generation": 1, "table_len": 3, "persistence_timeout_s": 0, "packets": 0, "bytes": 0,
+            "new_flows": 0, "drops": 0, "backends": [
+            {"id": 1, "addr": "198.18.2.12:80", "weight": 2, "state": "active", "active_conns": 3, "packets": 0, "bytes": 0, "new_flows": 0},
+            {"id": 2, "addr": "198.18.2.13:80", "weight": 0, "state": "draining", "active_conns": 1, "packets": 0, "bytes": 0, "new_flows": 0},
+            {"id": 0, "addr": "198.18.2.11:80", "weight": 1, "state": "active", "active_conns": 0, "packets": 0, "bytes": 0, "new_flows": 0}]}],
+            "counters": {"drop_mtu": 0, "drop_no_route": 2, "rx_packets": 9}, "flows": 0})
+            .to_string(),
+        )
+        .unwrap();
         assert!(status_shows(&status, &cfg));
+        assert!(status_serves(&status, &cfg));
         assert!(!status_shows(
             &status,
             &service("web", vip(1, false), "wrr", &[1, 3])
@@ -302,5 +313,19 @@ mod tests {
             Some(3)
         );
         assert_eq!(drops(&status), vec![("drop_no_route".to_string(), 2)]);
+        assert_eq!(counter(&status, "rx_packets"), 9);
+    }
+
+    #[test]
+    #[should_panic(expected = "no counter \"flow_new\"")]
+    fn an_unknown_counter_fails_loudly() {
+        let status = Status {
+            schema_version: lb_userspace::report::SCHEMA_VERSION,
+            services: Vec::new(),
+            counters: [("drop_mtu".to_owned(), 0)].into_iter().collect(),
+            flows: 0,
+            daemon: None,
+        };
+        counter(&status, "flow_new");
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use lb_tests::client::held_per_backend;
 use lb_tests::config::{ServiceConfig, to_toml};
 use lb_tests::scenario::{
-    Tolerance, active_conns, compare, drops, expected_shares, render, service, status_shows, vip,
+    Status, Tolerance, active_conns, compare, drops, expected_shares, render, service,
+    status_shows, vip,
 };
 use lb_tests::{Lab, LabOptions, assert_eventually, hold, spread};
 
@@ -39,11 +40,11 @@ fn wait_applied(lab: &Lab, lb: usize, services: &[ServiceConfig]) {
             .is_ok_and(|s| services.iter().all(|svc| status_shows(&s, svc))),
         RELOAD_TIMEOUT,
         "lb{lb} never showed the configuration; last status: {:?}",
-        lab.lb_status_json(lb).map(|s| s.to_string())
+        lab.lb_status_json(lb)
     );
 }
 
-fn status(lab: &Lab) -> serde_json::Value {
+fn status(lab: &Lab) -> Status {
     lab.lb_status_json(0).expect("lb status")
 }
 
@@ -62,7 +63,7 @@ fn spread_follows(scheduler: &str, weights: &[u32], v6: bool) -> Lab {
     let status = status(&lab);
     assert_eq!(
         spread.failures, 0,
-        "{scheduler}: failed connections: {:?}\nstatus: {status:#}",
+        "{scheduler}: failed connections: {:?}\nstatus: {status:#?}",
         spread.failure_samples
     );
     assert_eq!(spread.succeeded(), CONNS);
@@ -92,15 +93,9 @@ fn wrr_follows_weights_and_counts_every_new_flow() {
     let lab = spread_follows("wrr", &weights, false);
     // Every connection was one new flow on the backend that answered it.
     let status = status(&lab);
-    let backends = status["services"][0]["backends"]
-        .as_array()
-        .expect("backends in status");
-    let flows: u64 = backends
-        .iter()
-        .filter_map(|b| b["new_flows"].as_u64())
-        .sum();
-    assert_eq!(flows, CONNS as u64, "new flows in status: {status:#}");
-    assert_eq!(status["services"][0]["name"], svc.name.as_str());
+    let web = status.service(&svc.name).expect("the service in status");
+    let flows: u64 = web.backends.iter().map(|b| b.new_flows).sum();
+    assert_eq!(flows, CONNS as u64, "new flows in status: {status:#?}");
 }
 
 #[test]
@@ -157,7 +152,7 @@ fn least_conn_follows_weights_of_open_connections() {
         assert_eq!(
             got,
             Some(held_here),
-            "b{i} (weight {w}) active connections in status: {status:#}"
+            "b{i} (weight {w}) active connections in status: {status:#?}"
         );
     }
     // Short connections on top still all succeed.
@@ -371,7 +366,7 @@ fn two_load_balancers_behind_ecmp_agree() {
     // The router hashes on ports, so both load balancers carried new flows.
     for lb in 0..2 {
         let status = lab.lb_status_json(lb).expect("lb status");
-        let flows = status["services"][0]["new_flows"].as_u64().unwrap_or(0);
-        assert!(flows > 0, "lb{lb} carried no flow: {status:#}");
+        let flows = status.services[0].new_flows;
+        assert!(flows > 0, "lb{lb} carried no flow: {status:#?}");
     }
 }

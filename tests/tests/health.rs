@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use lb_tests::client::held_per_backend;
 use lb_tests::config::{BackendConfig, ServiceConfig, to_toml};
-use lb_tests::scenario::{self, active_conns, service, status_shows, vip};
+use lb_tests::scenario::{self, Status, active_conns, service, status_shows, vip};
 use lb_tests::{Lab, LabOptions, assert_eventually, hold, spread};
 
 const CONCURRENCY: usize = 8;
@@ -46,16 +46,16 @@ fn wait_applied(lab: &Lab, services: &[ServiceConfig]) {
             .is_ok_and(|s| services.iter().all(|svc| status_shows(&s, svc))),
         RELOAD_TIMEOUT,
         "lb0 never showed the configuration; last status: {:?}",
-        lab.lb_status_json(0).map(|s| s.to_string())
+        lab.lb_status_json(0)
     );
 }
 
-fn status(lab: &Lab) -> serde_json::Value {
+fn status(lab: &Lab) -> Status {
     lab.lb_status_json(0).expect("lb status")
 }
 
 /// A backend's `state` in `lb status --json` (`active`, `draining`, `down`).
-fn backend_state(status: &serde_json::Value, service: &str, backend: SocketAddr) -> Option<String> {
+fn backend_state(status: &Status, service: &str, backend: SocketAddr) -> Option<String> {
     scenario::backend_state(status, service, backend).map(|(state, _)| state)
 }
 
@@ -68,7 +68,7 @@ fn time_until_state(lab: &Lab, service: &str, i: usize, state: &str, limit: Dura
             .is_ok_and(|s| backend_state(&s, service, addr).as_deref() == Some(state)),
         limit + Duration::from_secs(5),
         "b{i} never became {state}; status: {:?}",
-        lab.lb_status_json(0).map(|s| s.to_string())
+        lab.lb_status_json(0)
     );
     start.elapsed()
 }
@@ -159,22 +159,24 @@ fn a_draining_backend_keeps_its_connections_and_gets_no_new_ones() {
     assert_eq!(
         active_conns(&status, "web", Lab::backend_addr(1, false)),
         Some(on_b1 as u64),
-        "{status:#}"
+        "{status:#?}"
     );
     drop(held);
     assert_eventually!(
-        active_conns(&status_now(&lab), "web", Lab::backend_addr(1, false)) == Some(0),
+        status_now(&lab).and_then(|s| active_conns(&s, "web", Lab::backend_addr(1, false)))
+            == Some(0),
         Duration::from_secs(5),
-        "b1's connections never drained: {:#}",
+        "b1's connections never drained: {:#?}",
         status_now(&lab)
     );
 }
 
-fn status_now(lab: &Lab) -> serde_json::Value {
-    lab.lb_status_json(0).unwrap_or_default()
+/// The status now, `None` while `lb status` fails (for polling).
+fn status_now(lab: &Lab) -> Option<Status> {
+    lab.lb_status_json(0).ok()
 }
 
-fn all_counters_zero(status: &serde_json::Value) -> bool {
+fn all_counters_zero(status: &Status) -> bool {
     (0..3).all(|i| active_conns(status, "web", Lab::backend_addr(i, false)) == Some(0))
 }
 
@@ -188,9 +190,9 @@ fn connection_counters_return_to_zero_and_least_conn_uses_them() {
     assert_eq!(opened.failures, 0, "{:?}", opened.failure_samples);
     let closed_at = Instant::now();
     assert_eventually!(
-        all_counters_zero(&status_now(&lab)),
+        status_now(&lab).is_some_and(|s| all_counters_zero(&s)),
         Duration::from_secs(2),
-        "counters not back to 0 within a sweep interval: {:#}",
+        "counters not back to 0 within a sweep interval: {:#?}",
         status_now(&lab)
     );
     assert!(closed_at.elapsed() <= Duration::from_secs(2));
@@ -225,9 +227,9 @@ fn connection_counters_return_to_zero_and_least_conn_uses_them() {
     drop(first);
     drop(next);
     assert_eventually!(
-        all_counters_zero(&status_now(&lab)),
+        status_now(&lab).is_some_and(|s| all_counters_zero(&s)),
         Duration::from_secs(2),
-        "counters not back to 0: {:#}",
+        "counters not back to 0: {:#?}",
         status_now(&lab)
     );
 }
@@ -284,7 +286,7 @@ fn persistence_keeps_a_client_on_one_backend_until_it_goes_down() {
 }
 
 fn counter(lab: &Lab, name: &str) -> u64 {
-    status_now(lab)["counters"][name].as_u64().unwrap_or(0)
+    scenario::counter(&status(lab), name)
 }
 
 #[test]
@@ -297,7 +299,7 @@ fn persistence_expires_when_the_client_stays_away_longer_than_its_timeout() {
     assert_eq!(first.failures, 0, "{:?}", first.failure_samples);
     assert_eq!(first.per_backend.len(), 1, "{first:?}");
     // The first connection was scheduled and created the entry; the other 19 followed it.
-    assert_eq!(counter(&lab, "persist_hit"), 19, "{:#}", status_now(&lab));
+    assert_eq!(counter(&lab, "persist_hit"), 19, "{:#?}", status_now(&lab));
 
     // Back within the timeout: the entry still holds.
     let again = lab.in_client(|| spread(svc.vip, 1, 1)).expect("client");
@@ -313,7 +315,7 @@ fn persistence_expires_when_the_client_stays_away_longer_than_its_timeout() {
     std::thread::sleep(Duration::from_secs(TIMEOUT_S) + Duration::from_millis(1500));
     let later = lab.in_client(|| spread(svc.vip, 1, 1)).expect("client");
     assert_eq!(later.failures, 0, "{:?}", later.failure_samples);
-    assert_eq!(counter(&lab, "persist_hit"), 20, "{:#}", status_now(&lab));
+    assert_eq!(counter(&lab, "persist_hit"), 20, "{:#?}", status_now(&lab));
     assert_eq!(counter(&lab, "flow_new"), new_flows + 1);
 }
 
@@ -350,7 +352,7 @@ fn a_syn_flood_leaves_no_inflated_counters_and_keeps_established_flows() {
         .expect("flood");
     assert_eq!(sent, SYNS);
     let flooded = status(&lab);
-    let new_flows = flooded["counters"]["flow_new"].as_u64().unwrap_or(0);
+    let new_flows = scenario::counter(&flooded, "flow_new");
     assert!(
         new_flows >= 30 + SYNS as u64 * 9 / 10,
         "the flood reached the balancer: {new_flows} new flows"
@@ -379,13 +381,13 @@ fn a_syn_flood_leaves_no_inflated_counters_and_keeps_established_flows() {
 
     // Half-open flows expire after 2 s; the next sweep (1 s) puts the counters back to the held ones.
     let held_on = |i: usize| per.get(&Lab::backend_name(i)).copied().unwrap_or(0) as u64;
-    let exact = |s: &serde_json::Value| {
+    let exact = |s: &Status| {
         (0..3).all(|i| active_conns(s, "web", Lab::backend_addr(i, false)) == Some(held_on(i)))
     };
     assert_eventually!(
-        exact(&status_now(&lab)),
+        status_now(&lab).is_some_and(|s| exact(&s)),
         Duration::from_secs(6),
-        "counters stayed inflated after the flood: {:#}",
+        "counters stayed inflated after the flood: {:#?}",
         status_now(&lab)
     );
     for c in &mut held {
@@ -398,9 +400,9 @@ fn a_syn_flood_leaves_no_inflated_counters_and_keeps_established_flows() {
     }
     let after = status(&lab);
     assert_eq!(
-        after["counters"]["flow_rescheduled"].as_u64(),
-        Some(0),
-        "{after:#}"
+        scenario::counter(&after, "flow_rescheduled"),
+        0,
+        "{after:#?}"
     );
 }
 
@@ -426,7 +428,7 @@ fn panic_mode_keeps_every_backend_when_too_few_are_healthy() {
         assert_eq!(
             backend_state(&status, "web", Lab::backend_addr(i, false)).as_deref(),
             Some("active"),
-            "b{i} in panic mode: {status:#}"
+            "b{i} in panic mode: {status:#?}"
         );
     }
     let text = lab.lb_status_text(0).expect("lb status");

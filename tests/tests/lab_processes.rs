@@ -30,7 +30,7 @@ case "$cmd" in
     for _ in $(seq 1 600); do sleep 0.1; done ;;
   status)
     [ -d "$pin/ready" ] || { echo "no maps pinned under $pin" >&2; exit 1; }
-    echo '{"services":[],"counters":{},"flows":0}' ;;
+    echo '{"schema_version":1,"services":[],"counters":{},"flows":0}' ;;
   *) exit 2 ;;
 esac
 "#;
@@ -79,7 +79,7 @@ fn start_lb_waits_for_status_and_rewrite_config_signals() {
     lab.start_lb(0, "# first\n", &["--src-v4", "198.18.3.2"])
         .expect("fake lb starts");
     assert!(lab.lb_pin_dir(0).join("ready").is_dir());
-    assert_eq!(lab.lb_status_json(0).expect("status")["flows"], 0);
+    assert_eq!(lab.lb_status_json(0).expect("status").flows, 0);
     assert!(lab.lb_log(0).expect("log").contains("running with # first"));
 
     lab.rewrite_config(0, "# second\n").expect("rewrite");

@@ -13,10 +13,12 @@ use lb_tests::config::{BackendConfig, ServiceConfig};
 use lb_tests::lab::run_in_netns;
 use lb_tests::lab::topology::{CLIENT_V4, ROUTER_BACKENDS_V4, ROUTER_LBS_V4};
 use lb_tests::scenario::{
-    Tolerance, backend_state, compare, expected_shares, render, service, status_serves, vip,
+    Status, Tolerance, backend_state, compare, expected_shares, render, service, status_serves,
+    vip, zookeeper,
 };
 use lb_tests::zk_server::{ZkServer, ZkServerOptions};
 use lb_tests::{Lab, LabOptions, assert_eventually, hold, spread};
+use lb_userspace::report::ZkConnection;
 
 /// How long a ZooKeeper change may take to reach the data plane (debounce 100 ms, status polling).
 const APPLY: Duration = Duration::from_secs(15);
@@ -112,7 +114,7 @@ impl ZkLab {
             .expect("lb run --zk starts");
     }
 
-    fn status(&self, lb: usize) -> serde_json::Value {
+    fn status(&self, lb: usize) -> Status {
         self.lab.lb_status_json(lb).expect("lb status --json")
     }
 
@@ -124,7 +126,7 @@ impl ZkLab {
                 .is_ok_and(|s| status_serves(&s, svc)),
             APPLY,
             "lb{lb} never served {svc:?}; status: {:?}\nlog: {:?}",
-            self.lab.lb_status_json(lb).map(|s| s.to_string()),
+            self.lab.lb_status_json(lb),
             self.lab.lb_log(lb)
         );
     }
@@ -171,11 +173,6 @@ fn assert_held_stay(held: &mut [HeldConn], what: &str) {
     }
 }
 
-/// The ZooKeeper part of `lb status --json`'s daemon section.
-fn zk_field(status: &serde_json::Value, field: &str) -> serde_json::Value {
-    status["daemon"]["zookeeper"][field].clone()
-}
-
 #[test]
 fn zkcli_added_backend_takes_new_connections() {
     let mut t = ZkLab::start(1);
@@ -187,10 +184,10 @@ fn zkcli_added_backend_takes_new_connections() {
     assert_eq!(s.count("b2"), 0, "{s:?}");
     assert!(s.count("b0") > 50 && s.count("b1") > 50, "{s:?}");
     assert_eventually!(
-        zk_field(&t.status(0), "connection") == "connected",
+        zookeeper(&t.status(0)).connection == ZkConnection::Connected,
         APPLY,
-        "{:#}",
-        t.status(0)["daemon"]
+        "{:#?}",
+        t.status(0).daemon
     );
 
     // An operator's hand edit: an empty node is weight 1, active.
@@ -234,7 +231,7 @@ fn zkcli_removed_backend_gets_no_new_connections_while_held_ones_stay() {
     assert_eq!(
         backend_state(&t.status(0), "web", b(1)),
         Some(("draining".to_owned(), 0)),
-        "{:#}",
+        "{:#?}",
         t.status(0)
     );
     assert_held_stay(&mut held, "after the removal");
@@ -317,7 +314,7 @@ fn registered_backend_appears_drains_on_sigterm_and_expires_on_sigkill() {
     assert_eventually!(
         backend_state(&t.status(0), "web", b(2)) == Some(("draining".to_owned(), 2)),
         APPLY,
-        "b2 never showed as draining: {:#}\nregister log: {:?}",
+        "b2 never showed as draining: {:#?}\nregister log: {:?}",
         t.status(0),
         t.lab.register_log(2)
     );
@@ -369,7 +366,10 @@ fn zookeeper_outage_under_traffic_fails_static_then_applies_changes() {
     t.start_lb(0, &[]);
     t.wait_serves(0, &two);
     let mut held = t.hold(two.vip, 16);
-    assert_eventually!(zk_field(&t.status(0), "connection") == "connected", APPLY);
+    assert_eventually!(
+        zookeeper(&t.status(0)).connection == ZkConnection::Connected,
+        APPLY
+    );
 
     t.zk.stop().expect("ZooKeeper stops");
     let started = Instant::now();
@@ -405,7 +405,7 @@ fn zookeeper_outage_under_traffic_fails_static_then_applies_changes() {
         let mut states = Vec::new();
         while started.elapsed() < OUTAGE {
             if let Ok(s) = t.lab.lb_status_json(0) {
-                let state = zk_field(&s, "connection");
+                let state = zookeeper(&s).connection;
                 if states.last() != Some(&state) {
                     states.push(state);
                 }
@@ -429,7 +429,7 @@ fn zookeeper_outage_under_traffic_fails_static_then_applies_changes() {
         "{pings} pings: {ping_failures:?}"
     );
     assert!(
-        states.contains(&serde_json::json!("disconnected")),
+        states.contains(&ZkConnection::Disconnected),
         "lb status showed ZooKeeper as {states:?} during the outage"
     );
 
@@ -437,7 +437,10 @@ fn zookeeper_outage_under_traffic_fails_static_then_applies_changes() {
     t.put_backend("web", b(2), 1);
     let three = service("web", vip(1, false), "maglev", &[1, 1, 1]);
     t.wait_serves(0, &three);
-    assert_eventually!(zk_field(&t.status(0), "connection") == "connected", APPLY);
+    assert_eventually!(
+        zookeeper(&t.status(0)).connection == ZkConnection::Connected,
+        APPLY
+    );
     let s = t.spread(three.vip, 300);
     assert!(
         s.count("b2") > 30,
@@ -476,12 +479,12 @@ fn malformed_nodes_leave_every_other_service_forwarding() {
     // A bad edit of a serving service: it keeps its last good version.
     t.zkcli(&["set", &bad_nodes[2], "garbage{"]);
     assert_eventually!(
-        zk_field(&t.status(0), "current_rejections") == 3,
+        zookeeper(&t.status(0)).current_rejections == 3,
         APPLY,
-        "{:#}",
-        t.status(0)["daemon"]
+        "{:#?}",
+        t.status(0).daemon
     );
-    assert!(zk_field(&t.status(0), "rejections").as_u64() >= Some(3));
+    assert!(zookeeper(&t.status(0)).rejections >= 3);
     let log = t.lab.lb_log(0).expect("lb log");
     for node in &bad_nodes {
         assert!(
@@ -589,7 +592,7 @@ fn two_lbs_choose_alike_and_take_over_each_others_flows() {
     // Connections opened through LB0 survive a move to LB1, which never saw their SYN.
     t.lab.route_vips_via(&[0]).expect("route the VIPs to lb0");
     let mut held = t.hold(svc.vip, 30);
-    let lb1_packets = |t: &ZkLab| t.status(1)["services"][0]["packets"].as_u64().unwrap_or(0);
+    let lb1_packets = |t: &ZkLab| t.status(1).services[0].packets;
     let before = lb1_packets(&t);
     t.lab.route_vips_via(&[1]).expect("route the VIPs to lb1");
     assert_held_stay(&mut held, "moved from lb0 to lb1");

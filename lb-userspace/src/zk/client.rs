@@ -1,13 +1,12 @@
 //! Connecting to ZooKeeper: the connect string, the root, the credentials, and the options every
 //! `lb` subcommand that talks to ZooKeeper shares.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use zookeeper_client::Client;
 
 use super::auth::{AuthError, DigestAuth};
-use super::schema::{DEFAULT_ROOT, Schema, SchemaError};
+use super::schema::{Schema, SchemaError};
 
 /// Where the data lives: the ensemble (with an optional chroot), the root under it, the credentials.
 #[derive(Clone, Debug)]
@@ -103,33 +102,5 @@ impl ZkTarget {
                 },
                 source,
             })
-    }
-}
-
-/// The ZooKeeper options of `lb register`, `lb service` and `lb backend`.
-#[derive(clap::Args, Clone, Debug)]
-pub struct ZkArgs {
-    /// ZooKeeper ensemble: HOST:PORT[,HOST:PORT...][/chroot].
-    #[arg(long, env = "LB_ZK")]
-    pub zk: String,
-    /// Root of the balancer's nodes in ZooKeeper.
-    #[arg(long, default_value = DEFAULT_ROOT)]
-    pub zk_root: String,
-    /// File holding `user:password` for ZooKeeper digest auth (default: $LB_ZK_AUTH if set).
-    #[arg(long)]
-    pub zk_auth_file: Option<PathBuf>,
-    /// ZooKeeper session timeout in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
-    pub zk_session_timeout_ms: u64,
-}
-
-impl ZkArgs {
-    pub fn target(&self) -> Result<ZkTarget, ZkError> {
-        let auth = DigestAuth::load(self.zk_auth_file.as_deref())?;
-        ZkTarget::new(&self.zk, &self.zk_root, auth)
-    }
-
-    pub fn session_timeout(&self) -> Duration {
-        Duration::from_millis(self.zk_session_timeout_ms)
     }
 }

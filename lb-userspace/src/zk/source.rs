@@ -11,9 +11,8 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
@@ -25,6 +24,8 @@ use super::client::{ZkError, ZkTarget};
 use super::guard::{GuardConfig, GuardEvent, MassRemovalGuard};
 use super::snapshot::{RawService, RawTree, Rejection, Warning, build_snapshot};
 use crate::model::DesiredState;
+use crate::report::unix_ms;
+pub use crate::report::{ZkConnection, ZkStatus};
 
 /// How the source behaves; [`ZkSourceConfig::new`] has the defaults.
 #[derive(Clone, Debug)]
@@ -52,42 +53,6 @@ impl ZkSourceConfig {
             guard: GuardConfig::default(),
         }
     }
-}
-
-/// The session as the daemon last saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ZkConnection {
-    /// No session yet (starting, or reconnecting after a failure).
-    Connecting,
-    Connected,
-    /// The session exists but the connection is lost; the client is reconnecting.
-    Disconnected,
-    /// The session expired; a new one is being opened.
-    Expired,
-    /// The server refused the credentials; retrying (the operator must fix them).
-    AuthFailed,
-}
-
-/// What `lb status` shows about ZooKeeper.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ZkStatus {
-    pub connect: String,
-    pub root: String,
-    pub connection: ZkConnection,
-    /// `0x...` while a session exists.
-    pub session_id: Option<String>,
-    /// When the last full read succeeded (milliseconds since the Unix epoch).
-    pub last_sync_unix_ms: Option<u64>,
-    /// Distinct rejected znodes seen so far (each counted when first seen).
-    pub rejections: u64,
-    /// Rejected znodes in the current tree.
-    pub current_rejections: usize,
-    /// Backends kept by the mass-removal guard.
-    pub held_backends: usize,
-    /// Full reads of the tree so far (a burst of writes should cost one).
-    pub full_reads: u64,
-    pub services: usize,
 }
 
 /// A running source. Dropping it stops the task (and closes the session).
@@ -562,67 +527,4 @@ pub async fn read_tree(
         }
     }
     Ok(Some(tree))
-}
-
-pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The ZooKeeper options of `lb run` (`--zk` is optional there: `--config` is the other source).
-#[derive(clap::Args, Clone, Debug)]
-pub struct ZkRunArgs {
-    /// Follow this ZooKeeper ensemble, HOST:PORT[,HOST:PORT...][/chroot] (instead of --config).
-    #[arg(long)]
-    pub zk: Option<String>,
-    /// Root of the balancer's nodes in ZooKeeper.
-    #[arg(long, default_value = super::schema::DEFAULT_ROOT)]
-    pub zk_root: String,
-    /// File holding `user:password` for ZooKeeper digest auth (default: $LB_ZK_AUTH if set). The
-    /// daemon only reads, so read access is enough.
-    #[arg(long)]
-    pub zk_auth_file: Option<std::path::PathBuf>,
-    /// ZooKeeper session timeout in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
-    pub zk_session_timeout_ms: u64,
-    /// Debounce: a full read happens once no change came for this long (ms)...
-    #[arg(long, default_value_t = 100)]
-    pub zk_debounce_ms: u64,
-    /// ...or this long after the first change of a burst (ms), whichever comes first.
-    #[arg(long, default_value_t = 1000)]
-    pub zk_debounce_max_ms: u64,
-    /// Mass-removal guard: the share (0 to 1) of a service's backends one update may remove
-    /// without the removal being held.
-    #[arg(long, default_value_t = super::guard::DEFAULT_MAX_REMOVAL_SHARE)]
-    pub zk_guard_share: f64,
-    /// Mass-removal guard: how long backends that vanished in a mass removal keep forwarding (s).
-    #[arg(long, default_value_t = super::guard::DEFAULT_GRACE.as_secs())]
-    pub zk_guard_grace_s: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("--zk-guard-share {0} is outside 0..=1; give the share of backends, e.g. 0.5 for half")]
-pub struct GuardShareError(f64);
-
-impl ZkRunArgs {
-    /// The source configuration, or `None` without `--zk`.
-    pub fn source_config(&self) -> anyhow::Result<Option<ZkSourceConfig>> {
-        let Some(connect) = &self.zk else {
-            return Ok(None);
-        };
-        if !(0.0..=1.0).contains(&self.zk_guard_share) {
-            return Err(GuardShareError(self.zk_guard_share).into());
-        }
-        let auth = super::auth::DigestAuth::load(self.zk_auth_file.as_deref())?;
-        let mut config = ZkSourceConfig::new(ZkTarget::new(connect, &self.zk_root, auth)?);
-        config.session_timeout = Duration::from_millis(self.zk_session_timeout_ms);
-        config.debounce_quiet = Duration::from_millis(self.zk_debounce_ms);
-        config.debounce_max =
-            Duration::from_millis(self.zk_debounce_max_ms.max(self.zk_debounce_ms));
-        config.guard = GuardConfig {
-            max_removal_share: self.zk_guard_share,
-            grace: Duration::from_secs(self.zk_guard_grace_s),
-        };
-        Ok(Some(config))
-    }
 }

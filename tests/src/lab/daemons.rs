@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
+use lb_userspace::status::Status;
 
 use super::cmd::{self, ip};
 use super::process::{NsProcess, log_tail};
@@ -172,7 +173,7 @@ impl Lab {
             let link = ip(&ns, &["link", "show", "dev", "eth0"])?;
             ensure!(link.contains("prog/xdp"), "no XDP program on eth0 of {ns}");
             ensure!(
-                status["daemon"]["pid"].as_u64() == Some(pid),
+                status.daemon.map(|d| u64::from(d.report.pid)) == Some(pid),
                 "`lb status` does not show the daemon (pid {pid}) running yet"
             );
             Ok(())
@@ -330,8 +331,8 @@ impl Lab {
         }
     }
 
-    /// `lb status --json` of load balancer `lb`.
-    pub fn lb_status_json(&self, lb: usize) -> anyhow::Result<serde_json::Value> {
+    /// `lb status --json` of load balancer `lb`, decoded.
+    pub fn lb_status_json(&self, lb: usize) -> anyhow::Result<Status> {
         lb_status(&self.lb_bin()?, &self.lb_pin_dir(lb)).with_context(|| format!("lb{lb}"))
     }
 
@@ -457,14 +458,16 @@ fn path_arg(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("path {} is not UTF-8", path.display()))
 }
 
-fn lb_status(lb_bin: &Path, pin_dir: &Path) -> anyhow::Result<serde_json::Value> {
+/// `lb status --json`, decoded into the types `lb` writes it from: a missing or renamed field, or
+/// another schema version, is an error here rather than a value that reads as absent.
+fn lb_status(lb_bin: &Path, pin_dir: &Path) -> anyhow::Result<Status> {
     let out = cmd::run(
         &path_arg(lb_bin)?,
         &["status", "--pin-dir", &path_arg(pin_dir)?, "--json"],
     )?;
-    serde_json::from_str(&out).with_context(|| {
+    Status::from_json(&out).with_context(|| {
         format!(
-            "`lb status --json` for {} printed no JSON: {out}",
+            "decoding `lb status --json` for {}: {out}",
             pin_dir.display()
         )
     })

@@ -1,0 +1,190 @@
+//! `lb run` options, turned into the daemon's plain [`RunOptions`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use lb_userspace::daemon::RunOptions;
+use lb_userspace::source::SourceSpec;
+use lb_userspace::sweeper::FlowTimeouts;
+use lb_userspace::zk::auth::DigestAuth;
+use lb_userspace::zk::client::ZkTarget;
+use lb_userspace::zk::guard::{DEFAULT_GRACE, DEFAULT_MAX_REMOVAL_SHARE, GuardConfig};
+use lb_userspace::zk::schema::DEFAULT_ROOT;
+use lb_userspace::zk::source::ZkSourceConfig;
+
+use super::XdpMode;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Interface that receives VIP traffic (and sends encapsulated packets back out: one-arm).
+    #[arg(long)]
+    iface: String,
+    /// Static configuration (TOML). Reloaded on SIGHUP and when the file changes. Or use --zk.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    zk: ZkRunArgs,
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: XdpMode,
+    /// Where the maps are pinned (on bpffs).
+    #[arg(long, default_value = lb_common::maps::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    #[arg(long, default_value_t = lb_common::limits::DEFAULT_MAX_SERVICES)]
+    max_services: u32,
+    #[arg(long, default_value_t = lb_common::limits::DEFAULT_MAX_BACKENDS)]
+    max_backends: u32,
+    /// Entries of each service's table (Maglev M; a prime).
+    #[arg(long, default_value_t = lb_common::limits::DEFAULT_TABLE_SIZE)]
+    table_size: u32,
+    #[arg(long, default_value_t = lb_common::limits::DEFAULT_FLOW_TABLE_SIZE)]
+    flow_table_size: u32,
+    #[arg(long, default_value_t = lb_common::limits::DEFAULT_PERSIST_TABLE_SIZE)]
+    persist_table_size: u32,
+    /// Outer source address of IPIP packets (default: the interface's first IPv4 address).
+    #[arg(long)]
+    src_v4: Option<std::net::Ipv4Addr>,
+    /// Outer source address of ip6ip6 packets (default: the interface's first global IPv6 address).
+    #[arg(long)]
+    src_v6: Option<std::net::Ipv6Addr>,
+    /// Seed of the flow hash; every LB of a fleet must use the same one.
+    #[arg(long, default_value_t = 0x4c42_5345)]
+    hash_seed: u32,
+    /// Forward the XDP program's debug log into this log (costs ~100 ns per packet).
+    #[arg(long)]
+    kernel_log: bool,
+    /// Idle timeout of established flows (seconds).
+    #[arg(long, default_value_t = 900)]
+    idle_timeout_s: u64,
+    /// Idle timeout of flows that never got past the SYN (seconds).
+    #[arg(long, default_value_t = 30)]
+    half_open_timeout_s: u64,
+    /// How long a closed flow (client FIN/RST seen) is kept for its last packets (seconds).
+    #[arg(long, default_value_t = 10)]
+    closed_timeout_s: u64,
+    /// How often idle flows are expired and connection counters reconciled (seconds).
+    #[arg(long, default_value_t = 5)]
+    sweep_interval_s: u64,
+    /// Serve Prometheus metrics on ADDR (`/metrics`), or `off`. Loopback by default.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR|off")]
+    metrics: String,
+}
+
+/// The ZooKeeper options of `lb run` (`--zk` is optional there: `--config` is the other source).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ZkRunArgs {
+    /// Follow this ZooKeeper ensemble, HOST:PORT[,HOST:PORT...][/chroot] (instead of --config).
+    #[arg(long)]
+    pub zk: Option<String>,
+    /// Root of the balancer's nodes in ZooKeeper.
+    #[arg(long, default_value = DEFAULT_ROOT)]
+    pub zk_root: String,
+    /// File holding `user:password` for ZooKeeper digest auth (default: $LB_ZK_AUTH if set). The
+    /// daemon only reads, so read access is enough.
+    #[arg(long)]
+    pub zk_auth_file: Option<PathBuf>,
+    /// ZooKeeper session timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub zk_session_timeout_ms: u64,
+    /// Debounce: a full read happens once no change came for this long (ms)...
+    #[arg(long, default_value_t = 100)]
+    pub zk_debounce_ms: u64,
+    /// ...or this long after the first change of a burst (ms), whichever comes first.
+    #[arg(long, default_value_t = 1000)]
+    pub zk_debounce_max_ms: u64,
+    /// Mass-removal guard: the share (0 to 1) of a service's backends one update may remove
+    /// without the removal being held.
+    #[arg(long, default_value_t = DEFAULT_MAX_REMOVAL_SHARE)]
+    pub zk_guard_share: f64,
+    /// Mass-removal guard: how long backends that vanished in a mass removal keep forwarding (s).
+    #[arg(long, default_value_t = DEFAULT_GRACE.as_secs())]
+    pub zk_guard_grace_s: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("--zk-guard-share {0} is outside 0..=1; give the share of backends, e.g. 0.5 for half")]
+pub struct GuardShareError(f64);
+
+impl ZkRunArgs {
+    /// The source configuration, or `None` without `--zk`.
+    pub fn source_config(&self) -> anyhow::Result<Option<ZkSourceConfig>> {
+        let Some(connect) = &self.zk else {
+            return Ok(None);
+        };
+        if !(0.0..=1.0).contains(&self.zk_guard_share) {
+            return Err(GuardShareError(self.zk_guard_share).into());
+        }
+        let auth = DigestAuth::load(self.zk_auth_file.as_deref())?;
+        let mut config = ZkSourceConfig::new(ZkTarget::new(connect, &self.zk_root, auth)?);
+        config.session_timeout = Duration::from_millis(self.zk_session_timeout_ms);
+        config.debounce_quiet = Duration::from_millis(self.zk_debounce_ms);
+        config.debounce_max =
+            Duration::from_millis(self.zk_debounce_max_ms.max(self.zk_debounce_ms));
+        config.guard = GuardConfig {
+            max_removal_share: self.zk_guard_share,
+            grace: Duration::from_secs(self.zk_guard_grace_s),
+        };
+        Ok(Some(config))
+    }
+}
+
+/// Picks the source from `--config` and `--zk`, refusing both or neither.
+fn choose_source(
+    config: Option<PathBuf>,
+    zk: Option<ZkSourceConfig>,
+) -> anyhow::Result<SourceSpec> {
+    match (config, zk) {
+        (Some(file), None) => Ok(SourceSpec::File(file)),
+        (None, Some(zk)) => Ok(SourceSpec::ZooKeeper(zk)),
+        (Some(file), Some(zk)) => bail!(
+            "both --config {} and --zk {} were given: the services come either from a static TOML file \
+             or from ZooKeeper, so give only one",
+            file.display(),
+            zk.target.connect
+        ),
+        (None, None) => bail!(
+            "no configuration source: give --config FILE (a static TOML file) or \
+             --zk HOST:PORT[,HOST:PORT...][/chroot] (follow ZooKeeper)"
+        ),
+    }
+}
+
+/// `--metrics`: an address, or `off`.
+fn metrics_addr(arg: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if arg == "off" {
+        return Ok(None);
+    }
+    arg.parse().map(Some).map_err(|_| {
+        anyhow::anyhow!("--metrics {arg:?} is neither IP:PORT (e.g. 127.0.0.1:9464) nor `off`")
+    })
+}
+
+impl RunArgs {
+    pub fn options(self) -> anyhow::Result<RunOptions> {
+        let source = choose_source(self.config, self.zk.source_config()?)?;
+        Ok(RunOptions {
+            iface: self.iface,
+            source,
+            attach_mode: self.xdp_mode.into(),
+            pin_dir: self.pin_dir,
+            capacity: lb_common::limits::Capacity {
+                max_services: self.max_services,
+                max_backends: self.max_backends,
+                table_size: self.table_size,
+                flow_table_size: self.flow_table_size,
+                persist_table_size: self.persist_table_size,
+            },
+            src_v4: self.src_v4,
+            src_v6: self.src_v6,
+            hash_seed: self.hash_seed,
+            kernel_log: self.kernel_log,
+            timeouts: FlowTimeouts {
+                established: Duration::from_secs(self.idle_timeout_s),
+                half_open: Duration::from_secs(self.half_open_timeout_s),
+                closed: Duration::from_secs(self.closed_timeout_s),
+            },
+            sweep_interval: Duration::from_secs(self.sweep_interval_s.max(1)),
+            metrics: metrics_addr(&self.metrics)?,
+        })
+    }
+}

@@ -1,0 +1,61 @@
+//! Where desired states come from. A [`Source`] (as pingora's `ServiceDiscovery`) yields validated
+//! desired states and reports how it is doing; the daemon loop is written once over it. Two
+//! implement it: [`file::FileSource`] (a TOML file) and [`zk::ZooKeeperSource`] (a ZooKeeper tree).
+//! Both answer to one address-family rule, [`Families`].
+
+mod family;
+pub mod file;
+pub mod zk;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+pub use family::Families;
+
+use crate::model::DesiredState;
+use crate::report::SourceStatus;
+use crate::zk::source::ZkSourceConfig;
+
+/// A future borrowing its source.
+pub type SourceFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+pub trait Source {
+    /// The state to start with. The file's content must be valid (an error refuses start-up);
+    /// ZooKeeper is waited for (bounded), else it is an empty state and the first answer is applied
+    /// when it comes.
+    fn first(&mut self) -> SourceFuture<'_, anyhow::Result<DesiredState>>;
+
+    /// Waits for the next state. Invalid input is logged and recorded in the status by the source,
+    /// and waited past: the last good state keeps forwarding.
+    fn next(&mut self) -> SourceFuture<'_, DesiredState>;
+
+    /// SIGHUP: a state to apply now, if the source has one at hand (ZooKeeper resyncs instead and
+    /// delivers through [`Source::next`]).
+    fn hangup(&mut self) -> Option<DesiredState>;
+
+    /// The source's part of the daemon report.
+    fn status(&self) -> SourceStatus;
+
+    /// When the source last confirmed its state, if it knows better than the daemon (ZooKeeper:
+    /// the last full read, even when it changed nothing).
+    fn last_sync_unix_ms(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Where desired states come from: exactly one of `--config` and `--zk`.
+pub enum SourceSpec {
+    File(PathBuf),
+    ZooKeeper(ZkSourceConfig),
+}
+
+impl SourceSpec {
+    /// Starts the source on the current tokio runtime.
+    pub fn open(&self) -> Box<dyn Source> {
+        match self {
+            SourceSpec::File(path) => Box::new(file::FileSource::open(path.clone())),
+            SourceSpec::ZooKeeper(config) => Box::new(zk::ZooKeeperSource::spawn(config.clone())),
+        }
+    }
+}
