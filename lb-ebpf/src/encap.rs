@@ -13,8 +13,15 @@ use crate::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
         Ipv4Hdr, Ipv6Hdr, Packet, ptr_at,
     },
-    route::NextHop,
 };
+
+/// Where the encapsulated packet leaves (a route lookup's result, or fixed for the bench floor).
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
 
 /// IPv4 "don't fragment": the inner packet must not be fragmented on the way to the backend.
 const IP_DF: u16 = 0x4000;

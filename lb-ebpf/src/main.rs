@@ -1,20 +1,18 @@
 //! The XDP programs of the load balancer: `lb_balancer` (Katran-style DSR: parse → VIP → flow →
 //! schedule → IPIP / ip6ip6 → TX) and `lb_decap` (the backend side). Each step is a module; this
-//! file only wires them and turns every outcome into a counter and a verdict.
+//! file only wires them and turns every outcome into a counter and a verdict. The packet code
+//! (`parse`, `csum`, `encap`) is the crate's library, shared with the bench programs
+//! (`lb-bench-ebpf`); the modules that own maps are this binary's.
 #![no_std]
 #![no_main]
 // Inline BPF assembly (the atomic add on a map value, `parse::opaque`) is unstable; the eBPF crate
 // builds with nightly anyway (build-std).
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
-mod bench;
-mod csum;
 mod decap;
-mod encap;
 mod flow;
 mod lookup;
 mod maps;
-mod parse;
 mod route;
 mod select;
 mod stats;
@@ -27,6 +25,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{Counter, ServiceEntry};
+
+// The modules of the library are reached as `crate::parse` etc., like the binary's own.
+use lb_ebpf::{encap, parse};
 
 use crate::{
     parse::Packet,
@@ -41,24 +42,6 @@ pub fn lb_balancer(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
     decap::decap(&ctx)
-}
-
-/// Bench only: restores the template frame, then tail-calls the program under test.
-#[xdp]
-pub fn lb_reset(ctx: XdpContext) -> u32 {
-    bench::reset_then_jump(&ctx)
-}
-
-/// Bench only: restores the template frame (the harness cost).
-#[xdp]
-pub fn lb_reset_only(ctx: XdpContext) -> u32 {
-    bench::reset_only(&ctx)
-}
-
-/// Bench only: the floor every IPIP balancer pays (parse, encapsulate, transmit).
-#[xdp]
-pub fn lb_floor(ctx: XdpContext) -> u32 {
-    bench::floor(&ctx)
 }
 
 #[inline(always)]

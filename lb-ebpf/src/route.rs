@@ -15,6 +15,7 @@ use aya_ebpf::{
 use lb_common::{AF_INET, Counter, LbConfig};
 
 use crate::{
+    encap::NextHop,
     maps::LB_NH_CACHE,
     parse::{IPPROTO_IPIP, IPPROTO_IPV6},
 };
@@ -45,14 +46,6 @@ pub struct CachedHop {
 /// The kernel's address family numbers (not `lb_common`'s tags).
 const KERNEL_AF_INET: u8 = 2;
 const KERNEL_AF_INET6: u8 = 10;
-
-/// Where the encapsulated packet leaves.
-#[derive(Clone, Copy)]
-pub struct NextHop {
-    pub ifindex: u32,
-    pub smac: [u8; 6],
-    pub dmac: [u8; 6],
-}
 
 /// Routes the outer packet (`outer_len` bytes of IP) from our source address to the backend.
 #[inline(always)]

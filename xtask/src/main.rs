@@ -44,8 +44,9 @@ enum Command {
     Demo,
     /// Remove namespaces and directories left by lab tests that were killed before cleaning up.
     CleanLabs,
-    /// Build, then run the XDP benchmark binary, then the ZooKeeper control-plane benchmark
-    /// (`lb-userspace/examples/lb-zk-bench.rs`: write → map latency, cold start of 1,000 services).
+    /// Build, then run the benchmarks of the `lb-bench` crate (`bench/`): `lb-xdp-bench` (ns per
+    /// packet of the XDP balancer, BPF_PROG_TEST_RUN), then `lb-zk-bench` (ZooKeeper control plane:
+    /// write → map latency, cold start of 1,000 services).
     Bench {
         /// Only the ZooKeeper benchmark.
         #[arg(long)]
@@ -53,7 +54,7 @@ enum Command {
         /// Only the XDP benchmark.
         #[arg(long, conflicts_with = "zk_only")]
         no_zk: bool,
-        /// Passed on to the XDP benchmark.
+        /// Passed on to the XDP benchmark (e.g. `--repeat 20000 --rounds 3`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
@@ -92,28 +93,12 @@ fn main() -> anyhow::Result<()> {
             args,
         } => {
             build(&root)?;
+            cargo::cargo(&root, &["build", "--release", "-p", "lb-bench", "--bins"])?;
             if !zk_only {
-                let bench = cargo::release_bin(&root, "lb-xdp-bench");
-                run_bin(&bench, &args, &root)?;
+                run_bin(&cargo::release_bin(&root, "lb-xdp-bench"), &args, &root)?;
             }
             if !no_zk {
-                cargo::cargo(
-                    &root,
-                    &[
-                        "build",
-                        "--release",
-                        "-p",
-                        "lb-userspace",
-                        "--example",
-                        "lb-zk-bench",
-                    ],
-                )?;
-                let bench = root
-                    .join("target")
-                    .join("release")
-                    .join("examples")
-                    .join("lb-zk-bench");
-                run_bin(&bench, &[], &root)?;
+                run_bin(&cargo::release_bin(&root, "lb-zk-bench"), &[], &root)?;
             }
             Ok(())
         }

@@ -117,9 +117,6 @@ pub enum DataplaneError {
     #[error("invalid capacity: {0}")]
     Capacity(&'static str),
 
-    #[error("bench harness: {0}")]
-    Bench(String),
-
     #[error("forwarding kernel logs failed: {0}")]
     KernelLog(String),
 }

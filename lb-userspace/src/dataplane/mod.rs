@@ -1,7 +1,6 @@
 //! The only module that touches eBPF: loads the XDP object, attaches its programs, and reads and
 //! writes its maps. Everything above it speaks in `lb_common` types.
 
-mod bench;
 mod error;
 mod forwarding;
 mod kernel_log;
@@ -22,7 +21,6 @@ use lb_common::{
     maps::{self, PROG_BALANCER, PROG_DECAP},
 };
 
-pub use bench::{BenchFrame, BenchRun, BenchTarget, XdpBench};
 pub use error::DataplaneError;
 pub use view::MapsView;
 
@@ -362,4 +360,28 @@ pub fn now_coarse_ns() -> u64 {
     (ts.tv_sec as u64)
         .wrapping_mul(1_000_000_000)
         .wrapping_add(ts.tv_nsec as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// `lb run` creates every map and may load every program of the embedded object, so the object
+    /// holds the product and nothing else (the bench programs are `lb-bench-ebpf`'s).
+    #[test]
+    fn embedded_object_holds_only_the_production_programs_and_maps() {
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        let programs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+        assert_eq!(programs, BTreeSet::from([PROG_BALANCER, PROG_DECAP]));
+        let maps: Vec<&str> = obj.maps.keys().map(String::as_str).collect();
+        assert!(
+            maps.iter().all(|m| !m.starts_with("LB_BENCH_")),
+            "bench maps in the production object: {maps:?}"
+        );
+        for name in pins::PINNED_MAPS {
+            assert!(maps.contains(&name), "{name} is missing from {maps:?}");
+        }
+    }
 }

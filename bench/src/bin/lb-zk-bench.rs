@@ -6,9 +6,8 @@
 //! 2. cold start: a daemon started against a populated ZooKeeper (1,000 services × 100 backends by
 //!    default), until every service is in `LB_SERVICES` and `lb status` shows them all.
 //!
-//! Prints a markdown table. An example rather than a binary because it uses the lab and the test
-//! ZooKeeper server of `lb-tests` (a dev-dependency of this crate). Needs root, bpffs and Debian's
-//! `zookeeper`; `LB_BIN` names the `lb` binary the daemon runs as.
+//! Prints a markdown table. Uses the lab and the test ZooKeeper server of `lb-tests`. Needs root,
+//! bpffs and Debian's `zookeeper`; `LB_BIN` names the `lb` binary the daemon runs as.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -476,10 +475,9 @@ fn lb_bin() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    // target/release/examples/lb-zk-bench → target/release/lb
+    // target/release/lb-zk-bench → target/release/lb
     let candidate = exe
         .parent()
-        .and_then(Path::parent)
         .map(|d| d.join("lb"))
         .context("cannot find the lb binary; set LB_BIN")?;
     ensure!(

@@ -2,13 +2,18 @@
 //!
 //! The kernel repeats a program on one buffer without restoring it, so every measured run goes
 //! through `lb_reset` (restore the template frame, optionally with a new flow, then tail-call the
-//! program under test); `lb_reset_only` measures that harness so it can be subtracted.
+//! program under test); `lb_reset_only` measures that harness so it can be subtracted. Those
+//! programs are in the bench object (`lb-bench-ebpf`), loaded next to the production one: the jump
+//! slot `LB_BENCH_JMP[0]` takes the production `lb_balancer` (from [`Dataplane::balancer_program`])
+//! or the bench's `lb_floor`.
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use aya::{
+    Ebpf,
     maps::{Array, ProgramArray},
-    programs::{TestRun, TestRunOptions},
+    programs::{TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
     bench::{
@@ -17,8 +22,11 @@ use lb_common::{
     },
     maps::PROG_BALANCER,
 };
+use lb_userspace::dataplane::Dataplane;
 
-use super::{Dataplane, DataplaneError, error::map_op, missing_map, xdp_program};
+/// The bench object built from `lb-bench-ebpf` by the build script.
+static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-bench-ebpf"));
 
 /// The program a measured run jumps into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,40 +55,36 @@ pub struct BenchFrame<'a> {
     pub vary_flow: bool,
 }
 
-/// The bench programs of a loaded data plane.
+/// The bench programs, next to a loaded data plane.
 pub struct XdpBench<'a> {
     dp: &'a mut Dataplane,
+    bench: Ebpf,
     frame: Vec<u8>,
 }
 
-impl Dataplane {
-    /// Loads the bench programs (once) and returns the harness.
-    pub fn bench(&mut self) -> Result<XdpBench<'_>, DataplaneError> {
+impl<'a> XdpBench<'a> {
+    /// Loads the bench object and its programs (needs root) for measuring `dp`.
+    pub fn load(dp: &'a mut Dataplane) -> anyhow::Result<Self> {
+        let mut bench = Ebpf::load(BENCH_OBJECT).context("loading the bench object")?;
         for program in [PROG_RESET, PROG_RESET_ONLY, PROG_FLOOR] {
-            let xdp = xdp_program(&mut self.ebpf, program)?;
-            if xdp.fd().is_err() {
-                xdp.load()
-                    .map_err(|source| DataplaneError::Load { program, source })?;
-            }
+            xdp_program(&mut bench, program)?
+                .load()
+                .with_context(|| format!("loading the bench program {program}"))?;
         }
         Ok(XdpBench {
-            dp: self,
+            dp,
+            bench,
             frame: Vec::new(),
         })
     }
-}
 
-impl XdpBench<'_> {
     /// Sets the frame every repetition starts from.
-    pub fn set_frame(&mut self, f: &BenchFrame<'_>) -> Result<(), DataplaneError> {
-        if f.frame.is_empty() || f.frame.len() > BENCH_FRAME_MAX {
-            return Err(DataplaneError::OutOfRange {
-                map: MAP_TEMPLATE,
-                index: 0,
-                len: f.frame.len() as u64,
-                capacity: BENCH_FRAME_MAX as u64,
-            });
-        }
+    pub fn set_frame(&mut self, f: &BenchFrame<'_>) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !f.frame.is_empty() && f.frame.len() <= BENCH_FRAME_MAX,
+            "a bench frame has 1..={BENCH_FRAME_MAX} bytes, not {}",
+            f.frame.len()
+        );
         let mut t = BenchTemplate {
             len: f.frame.len() as u32,
             flags: if f.vary_flow { BENCH_F_VARY_FLOW } else { 0 },
@@ -90,58 +94,46 @@ impl XdpBench<'_> {
         };
         t.frame[..f.frame.len()].copy_from_slice(f.frame);
         let map = self
-            .dp
-            .ebpf
+            .bench
             .map_mut(MAP_TEMPLATE)
-            .ok_or_else(|| missing_map(MAP_TEMPLATE))?;
+            .with_context(|| format!("the bench object has no map {MAP_TEMPLATE}"))?;
         let mut array: Array<_, BenchTemplate> =
-            Array::try_from(map).map_err(|source| DataplaneError::MissingMap {
-                map: MAP_TEMPLATE,
-                source,
-            })?;
-        array.set(0, t, 0).map_err(map_op(MAP_TEMPLATE, "update"))?;
+            Array::try_from(map).with_context(|| format!("{MAP_TEMPLATE} is not an array"))?;
+        array
+            .set(0, t, 0)
+            .with_context(|| format!("writing {MAP_TEMPLATE}"))?;
         self.frame = f.frame.to_vec();
         Ok(())
     }
 
     /// Chooses the program `run` measures.
-    pub fn set_target(&mut self, target: BenchTarget) -> Result<(), DataplaneError> {
-        let name = match target {
-            BenchTarget::Balancer => PROG_BALANCER,
-            BenchTarget::Floor => PROG_FLOOR,
+    pub fn set_target(&mut self, target: BenchTarget) -> anyhow::Result<()> {
+        let (name, program) = match target {
+            BenchTarget::Balancer => (PROG_BALANCER, self.dp.balancer_program()),
+            BenchTarget::Floor => (PROG_FLOOR, xdp_program(&mut self.bench, PROG_FLOOR)?),
         };
-        let fd = xdp_program(&mut self.dp.ebpf, name)?
+        let fd = program
             .fd()
-            .map_err(|source| DataplaneError::Load {
-                program: name,
-                source,
-            })?
+            .with_context(|| format!("{name} is not loaded"))?
             .try_clone()
-            .map_err(|e| DataplaneError::Bench(format!("duplicating the fd of {name}: {e}")))?;
+            .with_context(|| format!("duplicating the fd of {name}"))?;
         let map = self
-            .dp
-            .ebpf
+            .bench
             .map_mut(MAP_JUMP)
-            .ok_or_else(|| missing_map(MAP_JUMP))?;
-        let mut jump =
-            ProgramArray::try_from(map).map_err(|source| DataplaneError::MissingMap {
-                map: MAP_JUMP,
-                source,
-            })?;
-        jump.set(0, &fd, 0).map_err(map_op(MAP_JUMP, "update"))
+            .with_context(|| format!("the bench object has no map {MAP_JUMP}"))?;
+        let mut jump = ProgramArray::try_from(map)
+            .with_context(|| format!("{MAP_JUMP} is not a program array"))?;
+        jump.set(0, &fd, 0)
+            .with_context(|| format!("putting {name} into {MAP_JUMP}"))
     }
 
     /// Runs restore + target `repeat` times, as if received on `ifindex` (0: loopback).
-    pub fn run(&mut self, ifindex: u32, repeat: u32) -> Result<BenchRun, DataplaneError> {
+    pub fn run(&mut self, ifindex: u32, repeat: u32) -> anyhow::Result<BenchRun> {
         self.run_program(PROG_RESET, ifindex, repeat)
     }
 
     /// Runs only the restore `repeat` times: the harness cost.
-    pub fn run_reset_only(
-        &mut self,
-        ifindex: u32,
-        repeat: u32,
-    ) -> Result<BenchRun, DataplaneError> {
+    pub fn run_reset_only(&mut self, ifindex: u32, repeat: u32) -> anyhow::Result<BenchRun> {
         self.run_program(PROG_RESET_ONLY, ifindex, repeat)
     }
 
@@ -150,7 +142,7 @@ impl XdpBench<'_> {
         program: &'static str,
         ifindex: u32,
         repeat: u32,
-    ) -> Result<BenchRun, DataplaneError> {
+    ) -> anyhow::Result<BenchRun> {
         let frame = self.frame.clone();
         let mut out = vec![0u8; frame.len() + 256];
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
@@ -165,9 +157,9 @@ impl XdpBench<'_> {
             repeat: repeat.max(1),
             ..Default::default()
         };
-        let result = xdp_program(&mut self.dp.ebpf, program)?
+        let result = xdp_program(&mut self.bench, program)?
             .test_run(opts)
-            .map_err(|source| DataplaneError::Load { program, source })?;
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
         Ok(BenchRun {
             verdict: result.return_value,
             per_packet: result.duration,
@@ -178,4 +170,10 @@ impl XdpBench<'_> {
     pub fn dataplane(&mut self) -> &mut Dataplane {
         self.dp
     }
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> anyhow::Result<&'a mut Xdp> {
+    ebpf.program_mut(program)
+        .and_then(|p| <&mut Xdp>::try_from(p).ok())
+        .with_context(|| format!("the bench object has no XDP program {program}"))
 }

@@ -14,7 +14,6 @@
 //! state: each insert also evicts, as in a balancer under a flood of new connections.
 
 use std::{
-    ffi::CString,
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
@@ -24,11 +23,15 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
+use lb_bench::harness::{BenchFrame, BenchRun, BenchTarget, XdpBench};
 use lb_common::{
     BACKEND_F_VALID, BackendEntry, Counter, IPPROTO_TCP, LbConfig, Scheduler, ServiceEntry, VipKey,
     addr::to_words, limits::Capacity,
 };
-use lb_userspace::dataplane::{BenchFrame, BenchTarget, Dataplane, LoadOptions, XdpBench};
+use lb_userspace::{
+    dataplane::{Dataplane, LoadOptions},
+    netif,
+};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -94,7 +97,7 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
         hash_seed: 0x1234_5678,
         _reserved: [0; 2],
     })?;
-    let mut bench = dp.bench()?;
+    let mut bench = XdpBench::load(&mut dp)?;
     let mut m = Measure {
         bench: &mut bench,
         args,
@@ -257,14 +260,7 @@ impl Measure<'_, '_> {
 
     fn median(
         &mut self,
-        mut run: impl FnMut(
-            &mut XdpBench<'_>,
-            u32,
-            u32,
-        ) -> Result<
-            lb_userspace::dataplane::BenchRun,
-            lb_userspace::dataplane::DataplaneError,
-        >,
+        mut run: impl FnMut(&mut XdpBench<'_>, u32, u32) -> anyhow::Result<BenchRun>,
         verdict: u32,
     ) -> anyhow::Result<Duration> {
         let mut times = Vec::with_capacity(self.args.rounds as usize);
@@ -528,9 +524,5 @@ fn enter_lab() -> anyhow::Result<u32> {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
-    let c = CString::new(IFACE)?;
-    // SAFETY: valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    ensure!(ifindex != 0, "{IFACE} is missing in the bench namespace");
-    Ok(ifindex)
+    netif::ifindex(IFACE).with_context(|| format!("{IFACE} in the bench namespace"))
 }
