@@ -5,6 +5,7 @@ mod bench;
 mod error;
 mod forwarding;
 mod kernel_log;
+mod map_writer;
 mod pins;
 mod schedule;
 mod view;
@@ -24,6 +25,7 @@ use lb_common::{
 
 pub use bench::{BenchFrame, BenchRun, BenchTarget, XdpBench};
 pub use error::DataplaneError;
+pub use map_writer::MapWriter;
 pub use view::MapsView;
 
 use error::map_op;
