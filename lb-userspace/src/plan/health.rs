@@ -51,12 +51,8 @@ impl ServiceHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{Health, ProbeTarget};
     use crate::model::{BackendSpec, BackendState, HealthCheckSpec};
-
-    fn addr(i: u8) -> SocketAddr {
-        SocketAddr::from(([198, 18, 2, 10 + i], 80))
-    }
+    use crate::plan::tests::{addr, down};
 
     fn service(backends: u8, panic_threshold: u8) -> ServiceSpec {
         let mut s = ServiceSpec::new("web", SocketAddr::from(([198, 18, 100, 1], 80)));
@@ -66,18 +62,6 @@ mod tests {
             s = s.with_backend(BackendSpec::new(addr(i)));
         }
         s
-    }
-
-    fn down(spec: &ServiceSpec, which: &[u8]) -> HealthView {
-        let mut view = HealthView::default();
-        for i in which {
-            let target = ProbeTarget {
-                addr: addr(*i),
-                check: spec.health_check.clone().unwrap_or_default(),
-            };
-            view.set(target, Health::Down);
-        }
-        view
     }
 
     #[test]
