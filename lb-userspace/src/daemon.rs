@@ -443,7 +443,18 @@ fn build_report(ctx: &Ctx<'_>, source: &dyn Source) -> DaemonReport {
         source: source.status(),
         generation: ctx.applier.generation(),
         services: ctx.applier.applied_state().services.len(),
-        not_applied: ctx.not_applied.clone(),
+        // The family rule's rejections, then the services the applier could not apply.
+        not_applied: (ctx.not_applied.iter().cloned())
+            .chain(
+                ctx.applier
+                    .failures()
+                    .iter()
+                    .map(|(service, reason)| ServiceNotApplied {
+                        service: service.clone(),
+                        reason: reason.clone(),
+                    }),
+            )
+            .collect(),
         // With ZooKeeper the state is current as of the last full read, even when nothing changed.
         last_sync_unix_ms: source.last_sync_unix_ms().or(ms(ctx.applied.last_sync)),
         last_change_unix_ms: ms(ctx.applied.last_change),

@@ -42,21 +42,23 @@ fn wait_serves(lab: &Lab, svc: &ServiceConfig) {
         RELOAD_TIMEOUT,
         "lb0 never served {}; status: {:?}\nlog:\n{}",
         svc.name,
-        lab.lb_status_json(0).map(|s| s.to_string()),
+        lab.lb_status_json(0),
         lab.lb_log(0).unwrap_or_default()
     );
 }
 
-/// `wide` is not in the data plane.
+/// `wide` is not in the data plane, and `lb status` says why.
 fn assert_wide_left_out(lab: &Lab) {
     let status = lab.lb_status_json(0).expect("lb status");
-    let names: Vec<&str> = status["services"]
-        .as_array()
-        .expect("services in lb status")
-        .iter()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
-    assert_eq!(names, ["web"], "{status:#}");
+    let names: Vec<&str> = status.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["web"], "{status:?}");
+    let not_applied = &scenario::daemon(&status).not_applied;
+    assert!(
+        not_applied
+            .iter()
+            .any(|n| n.service == "wide" && n.reason.contains("--max-backends")),
+        "lb status does not report wide as not applied: {not_applied:?}"
+    );
 }
 
 /// Log lines that report `wide` as failing for lack of backend ids.
@@ -135,7 +137,7 @@ fn a_service_over_capacity_does_not_block_the_others() {
         }),
         RELOAD_TIMEOUT,
         "b1 never went down in web; status: {:?}",
-        lab.lb_status_json(0).map(|s| s.to_string())
+        lab.lb_status_json(0)
     );
     let flipped = web_spread(&lab);
     assert_eq!(flipped.count("b1"), 0, "{flipped:?}");
