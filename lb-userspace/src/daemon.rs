@@ -150,9 +150,7 @@ fn serve(
     dp.set_config(outer)?;
     let apply_started = Instant::now();
     let mut applier = Applier::new(opts.capacity, opts.hash_seed);
-    let report = applier
-        .apply(dp, &first.desired)
-        .context("applying the configuration")?;
+    let report = applier.apply(dp, &first.desired);
     info!(
         services = first.desired.services.len(),
         generation = report.generation,
@@ -355,21 +353,19 @@ fn apply_desired(ctx: &mut Ctx<'_>, desired: DesiredState) {
         .map(|c| c.view().clone())
         .unwrap_or_default();
     let started = Instant::now();
+    // Services that fail are logged by the applier, one line each.
     match ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health) {
-        Ok(r) if r.is_empty() => {
+        r if r.is_empty() => {
             ctx.applied.synced(false);
             info!("configuration unchanged");
         }
-        Ok(r) => {
+        r => {
             ctx.applied.synced(true);
             ctx.applied.last_apply = Some(started.elapsed());
             info!(generation = r.generation, added = ?r.added, changed = ?r.changed, removed = ?r.removed, "configuration applied");
             ctx.nexthops
                 .refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
         }
-        Err(e) => error!(
-            "applying the configuration failed part-way (services before the failing one are applied, the failing one keeps its last version): {e}"
-        ),
     }
 }
 
@@ -390,15 +386,12 @@ fn apply_health(ctx: &mut Ctx<'_>) {
         .unwrap_or_default();
     let started = Instant::now();
     match ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health) {
-        Ok(r) if r.is_empty() => {}
-        Ok(r) => {
+        r if r.is_empty() => {}
+        r => {
             ctx.applied.synced(true);
             ctx.applied.last_apply = Some(started.elapsed());
             info!(generation = r.generation, services = ?r.health_changed, "backend health applied");
         }
-        Err(e) => error!(
-            "applying a health change failed (the services keep their last tables; retried on the next change): {e}"
-        ),
     }
 }
 
@@ -450,7 +443,18 @@ fn build_report(ctx: &Ctx<'_>, source: &dyn Source) -> DaemonReport {
         source: source.status(),
         generation: ctx.applier.generation(),
         services: ctx.applier.applied_state().services.len(),
-        not_applied: ctx.not_applied.clone(),
+        // The family rule's rejections, then the services the applier could not apply.
+        not_applied: (ctx.not_applied.iter().cloned())
+            .chain(
+                ctx.applier
+                    .failures()
+                    .iter()
+                    .map(|(service, reason)| ServiceNotApplied {
+                        service: service.clone(),
+                        reason: reason.clone(),
+                    }),
+            )
+            .collect(),
         // With ZooKeeper the state is current as of the last full read, even when nothing changed.
         last_sync_unix_ms: source.last_sync_unix_ms().or(ms(ctx.applied.last_sync)),
         last_change_unix_ms: ms(ctx.applied.last_change),

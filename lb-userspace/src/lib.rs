@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;
+pub mod execute;
 pub mod health;
 pub mod metrics;
 pub mod model;

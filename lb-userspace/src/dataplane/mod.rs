@@ -4,6 +4,7 @@
 mod error;
 mod forwarding;
 mod kernel_log;
+mod map_writer;
 mod pins;
 mod schedule;
 mod view;
@@ -22,6 +23,7 @@ use lb_common::{
 };
 
 pub use error::DataplaneError;
+pub use map_writer::MapWriter;
 pub use view::MapsView;
 
 use error::map_op;

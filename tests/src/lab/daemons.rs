@@ -82,7 +82,7 @@ impl Lab {
     }
 
     /// Writes `config_toml` to the lab directory and starts `lb run` in load balancer `lb`'s
-    /// namespace with small map sizes and `extra_args`; waits (20 s at most) until `lb status`
+    /// namespace with small map sizes (each overridable by `extra_args`) and `extra_args`; waits (20 s at most) until `lb status`
     /// answers. On failure the error carries the daemon's log tail.
     pub fn start_lb(
         &mut self,
@@ -128,26 +128,22 @@ impl Lab {
     ) -> anyhow::Result<()> {
         self.attach_pass_to_router_port(lb)?;
         let pin_dir = self.lb_pin_dir(lb);
-        let mut args: Vec<String> = [
-            "run",
-            "--iface",
-            "eth0",
-            "--pin-dir",
-            &path_arg(&pin_dir)?,
-            "--max-services",
-            "16",
-            "--max-backends",
-            "256",
-            "--table-size",
-            "4099",
-            "--flow-table-size",
-            "65536",
-            "--persist-table-size",
-            "4096",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = ["run", "--iface", "eth0", "--pin-dir", &path_arg(&pin_dir)?]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // Small map sizes, each unless `extra_args` sets it.
+        for (flag, value) in [
+            ("--max-services", "16"),
+            ("--max-backends", "256"),
+            ("--table-size", "4099"),
+            ("--flow-table-size", "65536"),
+            ("--persist-table-size", "4096"),
+        ] {
+            if !extra_args.contains(&flag) {
+                args.extend([flag.to_string(), value.to_string()]);
+            }
+        }
         args.extend(source_args);
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let log = self.lb_log_path(lb);

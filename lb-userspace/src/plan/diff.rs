@@ -1,19 +1,17 @@
-//! What must change in the data plane to go from the applied state to the desired one.
+//! Which services differ between the applied state and the desired one (by name and spec).
 
-use std::net::SocketAddr;
-
-use crate::model::{DesiredState, ServiceSpec};
+use crate::model::DesiredState;
 
 /// Service names to add, change and remove, each list sorted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct NameDiff {
     pub added: Vec<String>,
     /// In both states but with any field, backend, weight or state different.
     pub changed: Vec<String>,
     pub removed: Vec<String>,
 }
 
-impl Plan {
+impl NameDiff {
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
@@ -21,8 +19,8 @@ impl Plan {
 }
 
 /// Compares the applied state with the desired one, service by service.
-pub fn diff(applied: &DesiredState, desired: &DesiredState) -> Plan {
-    let mut plan = Plan::default();
+pub fn diff(applied: &DesiredState, desired: &DesiredState) -> NameDiff {
+    let mut plan = NameDiff::default();
     // BTreeMap iteration is in name order, so every list comes out sorted.
     for (name, want) in &desired.services {
         match applied.services.get(name) {
@@ -40,45 +38,14 @@ pub fn diff(applied: &DesiredState, desired: &DesiredState) -> Plan {
     plan
 }
 
-/// Backend addresses to add, remove and update (weight or state) within one service, each sorted.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BackendChanges {
-    pub added: Vec<SocketAddr>,
-    pub removed: Vec<SocketAddr>,
-    pub changed: Vec<SocketAddr>,
-}
-
-impl BackendChanges {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
-    }
-}
-
-/// Compares the backends of two versions of a service.
-pub fn backend_changes(old: &ServiceSpec, new: &ServiceSpec) -> BackendChanges {
-    let mut changes = BackendChanges::default();
-    for (addr, want) in &new.backends {
-        match old.backends.get(addr) {
-            None => changes.added.push(*addr),
-            Some(have) if have != want => changes.changed.push(*addr),
-            Some(_) => {}
-        }
-    }
-    changes.removed = old
-        .backends
-        .keys()
-        .filter(|addr| !new.backends.contains_key(*addr))
-        .copied()
-        .collect();
-    changes
-}
-
 #[cfg(test)]
 mod tests {
     use lb_common::Scheduler;
 
     use super::*;
-    use crate::model::{BackendSpec, BackendState, HealthCheckSpec};
+    use std::net::SocketAddr;
+
+    use crate::model::{BackendSpec, BackendState, HealthCheckSpec, ServiceSpec};
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().expect("test address")
@@ -182,42 +149,5 @@ mod tests {
             assert_eq!(plan.changed, names(&["web"]), "{what}");
             assert!(plan.added.is_empty() && plan.removed.is_empty(), "{what}");
         }
-    }
-
-    #[test]
-    fn backend_changes_by_address() {
-        let old = service(
-            "web",
-            "198.18.100.1:80",
-            &["198.18.2.11:80", "198.18.2.12:80", "198.18.2.13:80"],
-        );
-        let mut new = service(
-            "web",
-            "198.18.100.1:80",
-            &[
-                "198.18.2.15:80",
-                "198.18.2.12:80",
-                "198.18.2.13:80",
-                "198.18.2.14:80",
-            ],
-        );
-        new.backends
-            .get_mut(&addr("198.18.2.13:80"))
-            .expect("present")
-            .state = BackendState::Draining;
-        let changes = backend_changes(&old, &new);
-        assert_eq!(
-            changes.added,
-            vec![addr("198.18.2.14:80"), addr("198.18.2.15:80")]
-        );
-        assert_eq!(changes.removed, vec![addr("198.18.2.11:80")]);
-        assert_eq!(changes.changed, vec![addr("198.18.2.13:80")]);
-        assert!(backend_changes(&old, &old).is_empty());
-        // A scheduler change alone touches no backend.
-        let other = ServiceSpec {
-            scheduler: Scheduler::RoundRobin,
-            ..old.clone()
-        };
-        assert!(backend_changes(&old, &other).is_empty());
     }
 }
