@@ -10,6 +10,7 @@
 //! persistence_timeout_s = 0
 //! persistence_netmask = 32
 //! health_check = { kind = "tcp", interval_ms = 1000, timeout_ms = 500, rise = 2, fall = 3 }
+//! # http: health_check = { kind = "http", path = "/healthz", expect = "200-399" }  (or expect = 200)
 //! panic_threshold = 0                # percent; below this share healthy, send to all (0 = off)
 //! backends = [
 //!   { addr = "198.18.2.11:80", weight = 1 },
@@ -20,7 +21,12 @@
 //! The file is written by an operator, so it is read strictly: unknown fields are errors, and every
 //! error names `FILE:LINE:COLUMN` and the field path (`services[0].scheduler`). A file with any error
 //! is rejected as a whole.
+//!
+//! The fields, their types, defaults and ranges are ZooKeeper's too (`model::fields`): the file is
+//! decoded through the same serde definitions, by a deserializer over the spanned TOML tree that
+//! tags every error with the line and field it is about (`config::de`).
 
+mod de;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -31,12 +37,12 @@ use std::path::Path;
 
 use lb_common::VipKey;
 
-use crate::model::{
-    BackendSpec, BackendState, DesiredState, ErrorField, HealthCheckKind, HealthCheckSpec,
-    MAX_PANIC_THRESHOLD, MAX_WEIGHT, ModelError, Proto, ServiceSpec, parse_expect, parse_scheduler,
-    parse_socket_addr,
-};
-use tree::{Entry, Node, Value};
+use serde::Deserialize;
+
+use crate::model::fields::ServiceFields;
+use crate::model::{DesiredState, ErrorField, ModelError, ServiceSpec};
+use de::{DecodeError, NodeDeserializer};
+use tree::{Node, Value};
 
 /// A place in a configuration file; shown as `FILE:LINE:COLUMN` (both 1-based).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,26 +107,21 @@ pub fn load_config_file(path: &Path) -> Result<DesiredState, ConfigError> {
 pub fn parse_config(text: &str, origin: &str) -> Result<DesiredState, ConfigError> {
     let source = Source { origin, text };
     let root = tree::parse(text).map_err(|e| source.syntax_error(&e))?;
-    let root = Table {
+    let file = FileFields::deserialize(NodeDeserializer {
+        node: &root,
         path: String::new(),
-        span: 0..0,
-        entries: &root,
-    };
-    root.reject_unknown(&source, &["services"])?;
-    let services = match root.get("services") {
-        Some(node) => source.array(node, "services")?,
-        None => &[],
-    };
+    })
+    .map_err(|e| source.decode_error(e))?;
+    let nodes = root.get("services").map_or(&[][..], Node::items);
 
     let mut state = DesiredState::default();
     let mut names: BTreeMap<String, Range<usize>> = BTreeMap::new();
     let mut vips: BTreeMap<VipKey, String> = BTreeMap::new();
-    for (index, node) in services.iter().enumerate() {
-        let decoded = decode_service(&source, node, index)?;
-        let spec = decoded.spec;
+    for (index, (fields, node)) in file.services.iter().zip(nodes).enumerate() {
+        let (spec, spans) = service(&source, fields, node, index)?;
         if let Some(first) = names.get(&spec.name) {
             return Err(source.invalid(
-                &decoded.spans.name,
+                &spans.name,
                 &format!("services[{index}].name"),
                 format!(
                     "service name \"{}\" is used twice (first at {}); service names must be unique",
@@ -130,20 +131,83 @@ pub fn parse_config(text: &str, origin: &str) -> Result<DesiredState, ConfigErro
             ));
         }
         spec.validate()
-            .map_err(|error| decoded.spans.model_error(&source, index, error))?;
+            .map_err(|error| spans.model_error(&source, index, error))?;
         if let Some(first) = vips.insert(spec.vip_key(), spec.name.clone()) {
             let error = ModelError::DuplicateVip {
                 first,
                 second: spec.name.clone(),
                 vip: spec.vip,
             };
-            return Err(decoded.spans.model_error(&source, index, error));
+            return Err(spans.model_error(&source, index, error));
         }
-        names.insert(spec.name.clone(), decoded.spans.name.clone());
+        names.insert(spec.name.clone(), spans.name.clone());
         state.services.insert(spec.name.clone(), spec);
     }
     debug_assert_eq!(state.validate(), Ok(()));
     Ok(state)
+}
+
+/// The whole file.
+#[derive(Deserialize)]
+#[serde(expecting = "a table")]
+struct FileFields {
+    #[serde(default)]
+    services: Vec<ServiceFields>,
+}
+
+/// Builds service `index` from its decoded fields and notes where its parts are in the file.
+fn service(
+    source: &Source<'_>,
+    fields: &ServiceFields,
+    node: &Node,
+    index: usize,
+) -> Result<(ServiceSpec, ServiceSpans), ConfigError> {
+    let path = format!("services[{index}]");
+    let (Some(name), Some(name_node)) = (&fields.name, node.get("name")) else {
+        return Err(source.invalid(&node.span, &path, "missing field \"name\""));
+    };
+    let spans_of = |node: Option<&Node>| -> BTreeMap<String, Range<usize>> {
+        match node.map(|n| &n.value) {
+            Some(Value::Table(entries)) => entries
+                .iter()
+                .map(|e| (e.key.clone(), e.node.span.clone()))
+                .collect(),
+            _ => BTreeMap::new(),
+        }
+    };
+    let mut spans = ServiceSpans {
+        table: node.span.clone(),
+        name: name_node.span.clone(),
+        fields: spans_of(Some(node)),
+        health_check: spans_of(node.get("health_check")),
+        backends: BTreeMap::new(),
+    };
+    let mut spec = fields.to_spec(name);
+    let backend_nodes = node.get("backends").map_or(&[][..], Node::items);
+    for (i, (backend, backend_node)) in fields
+        .backends
+        .iter()
+        .flatten()
+        .zip(backend_nodes)
+        .enumerate()
+    {
+        let field = format!("{path}.backends[{i}]");
+        let (Some(addr), Some(addr_node)) = (backend.addr, backend_node.get("addr")) else {
+            return Err(source.invalid(&backend_node.span, &field, "missing field \"addr\""));
+        };
+        if let Some((first, _)) = spans.backends.get(&addr) {
+            return Err(source.invalid(
+                &addr_node.span,
+                &format!("{field}.addr"),
+                format!(
+                    "backend {addr} is listed twice (first as {path}.backends[{first}]); list each backend once"
+                ),
+            ));
+        }
+        spans.backends.insert(addr, (i, addr_node.span.clone()));
+        spec.backends.insert(addr, backend.to_spec(addr));
+    }
+    Ok((spec, spans))
 }
 
 /// The text being read, for turning byte offsets into locations.
@@ -184,136 +248,22 @@ impl Source<'_> {
         }
     }
 
-    fn wrong_type(&self, node: &Node, field: &str, expected: &str) -> ConfigError {
-        self.invalid(
-            &node.span,
+    fn decode_error(&self, error: DecodeError) -> ConfigError {
+        let (span, field) = error.place.unwrap_or_default();
+        ConfigError::Invalid {
+            location: self.location(span.start),
             field,
-            format!("expected {expected}, found {}", node.value.kind()),
-        )
-    }
-
-    fn string<'n>(&self, node: &'n Node, field: &str) -> Result<&'n str, ConfigError> {
-        match &node.value {
-            Value::String(s) => Ok(s),
-            _ => Err(self.wrong_type(node, field, "a string")),
-        }
-    }
-
-    fn integer(&self, node: &Node, field: &str, min: i64, max: i64) -> Result<i64, ConfigError> {
-        match node.value {
-            Value::Integer(v) if (min..=max).contains(&v) => Ok(v),
-            Value::Integer(v) => Err(self.invalid(
-                &node.span,
-                field,
-                format!("{v} is out of range; it must be between {min} and {max}"),
-            )),
-            _ => Err(self.wrong_type(node, field, "an integer")),
-        }
-    }
-
-    fn u32(&self, node: &Node, field: &str) -> Result<u32, ConfigError> {
-        let v = self.integer(node, field, 0, i64::from(u32::MAX))?;
-        Ok(u32::try_from(v).unwrap_or(u32::MAX))
-    }
-
-    fn array<'n>(&self, node: &'n Node, field: &str) -> Result<&'n [Node], ConfigError> {
-        match &node.value {
-            Value::Array(items) => Ok(items),
-            _ => Err(self.wrong_type(node, field, "an array")),
-        }
-    }
-
-    fn table<'n>(&self, node: &'n Node, path: String) -> Result<Table<'n>, ConfigError> {
-        match &node.value {
-            Value::Table(entries) => Ok(Table {
-                path,
-                span: node.span.clone(),
-                entries,
-            }),
-            _ => Err(self.wrong_type(node, &path, "a table")),
+            message: error.message,
         }
     }
 }
 
-/// A table being decoded, with the field path that leads to it (`services[0]`).
-struct Table<'n> {
-    path: String,
-    span: Range<usize>,
-    entries: &'n [Entry],
-}
-
-impl<'n> Table<'n> {
-    fn field(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<&'n Node> {
-        self.entries.iter().find(|e| e.key == key).map(|e| &e.node)
-    }
-
-    fn require(&self, source: &Source<'_>, key: &str) -> Result<&'n Node, ConfigError> {
-        self.get(key).ok_or_else(|| {
-            source.invalid(&self.span, &self.path, format!("missing field \"{key}\""))
-        })
-    }
-
-    fn reject_unknown(&self, source: &Source<'_>, known: &[&str]) -> Result<(), ConfigError> {
-        match self
-            .entries
-            .iter()
-            .find(|e| !known.contains(&e.key.as_str()))
-        {
-            Some(entry) => Err(source.invalid(
-                &entry.key_span,
-                &self.field(&entry.key),
-                format!(
-                    "unknown field \"{}\", expected one of {}",
-                    entry.key,
-                    known.join(", ")
-                ),
-            )),
-            None => Ok(()),
-        }
-    }
-}
-
-const SERVICE_FIELDS: &[&str] = &[
-    "name",
-    "vip",
-    "proto",
-    "scheduler",
-    "persistence_timeout_s",
-    "persistence_netmask",
-    "health_check",
-    "panic_threshold",
-    "backends",
-];
-const HEALTH_CHECK_FIELDS: &[&str] = &[
-    "kind",
-    "path",
-    "expect",
-    "interval_ms",
-    "timeout_ms",
-    "rise",
-    "fall",
-];
-const BACKEND_FIELDS: &[&str] = &["addr", "weight", "state"];
-
-/// A service read from the file and where its parts are, for pointing model errors at lines.
-struct DecodedService {
-    spec: ServiceSpec,
-    spans: ServiceSpans,
-}
-
+/// Where a service's parts are in the file, for pointing model errors at lines.
 struct ServiceSpans {
     table: Range<usize>,
     name: Range<usize>,
-    fields: BTreeMap<&'static str, Range<usize>>,
-    health_check: BTreeMap<&'static str, Range<usize>>,
+    fields: BTreeMap<String, Range<usize>>,
+    health_check: BTreeMap<String, Range<usize>>,
     /// Address → (index in `backends`, span of its `addr`).
     backends: BTreeMap<SocketAddr, (usize, Range<usize>)>,
 }
@@ -350,146 +300,6 @@ impl ServiceSpans {
             error: Box::new(error),
         }
     }
-}
-
-fn decode_service(
-    source: &Source<'_>,
-    node: &Node,
-    index: usize,
-) -> Result<DecodedService, ConfigError> {
-    let table = source.table(node, format!("services[{index}]"))?;
-    table.reject_unknown(source, SERVICE_FIELDS)?;
-    let value_error = |node: &Node, field: &str, error: crate::model::ValueError| {
-        source.invalid(&node.span, &table.field(field), error.to_string())
-    };
-
-    let name_node = table.require(source, "name")?;
-    let name = source.string(name_node, &table.field("name"))?;
-    let vip_node = table.require(source, "vip")?;
-    let vip = parse_socket_addr("VIP", source.string(vip_node, &table.field("vip"))?)
-        .map_err(|e| value_error(vip_node, "vip", e))?;
-    let mut spec = ServiceSpec::new(name, vip);
-    let mut spans = ServiceSpans {
-        table: table.span.clone(),
-        name: name_node.span.clone(),
-        fields: SERVICE_FIELDS
-            .iter()
-            .filter_map(|f| table.get(f).map(|n| (*f, n.span.clone())))
-            .collect(),
-        health_check: BTreeMap::new(),
-        backends: BTreeMap::new(),
-    };
-
-    if let Some(node) = table.get("proto") {
-        spec.proto = Proto::from_name(source.string(node, &table.field("proto"))?)
-            .map_err(|e| value_error(node, "proto", e))?;
-    }
-    if let Some(node) = table.get("scheduler") {
-        spec.scheduler = parse_scheduler(source.string(node, &table.field("scheduler"))?)
-            .map_err(|e| value_error(node, "scheduler", e))?;
-    }
-    if let Some(node) = table.get("persistence_timeout_s") {
-        spec.persistence_timeout_s = source.u32(node, &table.field("persistence_timeout_s"))?;
-    }
-    if let Some(node) = table.get("persistence_netmask") {
-        let bits = source.integer(node, &table.field("persistence_netmask"), 0, 128)?;
-        spec.persistence_netmask = Some(u8::try_from(bits).unwrap_or(u8::MAX));
-    }
-    if let Some(node) = table.get("panic_threshold") {
-        let field = table.field("panic_threshold");
-        let percent = source.integer(node, &field, 0, i64::from(MAX_PANIC_THRESHOLD))?;
-        spec.panic_threshold = u8::try_from(percent).unwrap_or(MAX_PANIC_THRESHOLD);
-    }
-    if let Some(node) = table.get("health_check") {
-        let check = source.table(node, table.field("health_check"))?;
-        spec.health_check = Some(decode_health_check(source, &check)?);
-        spans.health_check = HEALTH_CHECK_FIELDS
-            .iter()
-            .filter_map(|f| check.get(f).map(|n| (*f, n.span.clone())))
-            .collect();
-    }
-    if let Some(node) = table.get("backends") {
-        let field = table.field("backends");
-        for (i, node) in source.array(node, &field)?.iter().enumerate() {
-            let backend = source.table(node, format!("{field}[{i}]"))?;
-            let (spec_backend, addr_span) = decode_backend(source, &backend)?;
-            let addr = spec_backend.addr;
-            if let Some((first, _)) = spans.backends.get(&addr) {
-                return Err(source.invalid(
-                    &addr_span,
-                    &backend.field("addr"),
-                    format!(
-                        "backend {addr} is listed twice (first as {field}[{first}]); list each backend once"
-                    ),
-                ));
-            }
-            spans.backends.insert(addr, (i, addr_span));
-            spec.backends.insert(addr, spec_backend);
-        }
-    }
-    Ok(DecodedService { spec, spans })
-}
-
-fn decode_health_check(
-    source: &Source<'_>,
-    table: &Table<'_>,
-) -> Result<HealthCheckSpec, ConfigError> {
-    table.reject_unknown(source, HEALTH_CHECK_FIELDS)?;
-    let mut check = HealthCheckSpec::default();
-    if let Some(node) = table.get("kind") {
-        check.kind = HealthCheckKind::from_name(source.string(node, &table.field("kind"))?)
-            .map_err(|e| source.invalid(&node.span, &table.field("kind"), e.to_string()))?;
-    }
-    if let Some(node) = table.get("path") {
-        check.path = source.string(node, &table.field("path"))?.to_owned();
-    }
-    if let Some(node) = table.get("expect") {
-        let field = table.field("expect");
-        check.expect = match &node.value {
-            // `expect = 200` is one status code.
-            Value::Integer(_) => {
-                let code = source.integer(node, &field, 0, i64::from(u16::MAX))?;
-                let code = u16::try_from(code).unwrap_or(u16::MAX);
-                (code, code)
-            }
-            _ => parse_expect(source.string(node, &field)?)
-                .map_err(|e| source.invalid(&node.span, &field, e.to_string()))?,
-        };
-    }
-    for (key, slot) in [
-        ("interval_ms", &mut check.interval_ms),
-        ("timeout_ms", &mut check.timeout_ms),
-        ("rise", &mut check.rise),
-        ("fall", &mut check.fall),
-    ] {
-        if let Some(node) = table.get(key) {
-            *slot = source.u32(node, &table.field(key))?;
-        }
-    }
-    Ok(check)
-}
-
-fn decode_backend(
-    source: &Source<'_>,
-    table: &Table<'_>,
-) -> Result<(BackendSpec, Range<usize>), ConfigError> {
-    table.reject_unknown(source, BACKEND_FIELDS)?;
-    let addr_node = table.require(source, "addr")?;
-    let addr = parse_socket_addr(
-        "backend address",
-        source.string(addr_node, &table.field("addr"))?,
-    )
-    .map_err(|e| source.invalid(&addr_node.span, &table.field("addr"), e.to_string()))?;
-    let mut backend = BackendSpec::new(addr);
-    if let Some(node) = table.get("weight") {
-        let weight = source.integer(node, &table.field("weight"), 0, i64::from(MAX_WEIGHT))?;
-        backend.weight = u32::try_from(weight).unwrap_or(MAX_WEIGHT);
-    }
-    if let Some(node) = table.get("state") {
-        backend.state = BackendState::from_name(source.string(node, &table.field("state"))?)
-            .map_err(|e| source.invalid(&node.span, &table.field("state"), e.to_string()))?;
-    }
-    Ok((backend, addr_node.span.clone()))
 }
 
 #[cfg(test)]

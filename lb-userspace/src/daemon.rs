@@ -54,17 +54,8 @@ pub struct RunOptions {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
-/// Checks we run as root (loading XDP programs needs CAP_BPF + CAP_NET_ADMIN; we do not try to be clever).
-pub fn require_root(what: &str) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("{what} must run as root (it loads XDP programs and pins maps); try `sudo`");
-    }
-    Ok(())
-}
-
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
-    require_root("lb run")?;
+    crate::privilege::require_root("lb run")?;
     opts.capacity
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid capacity: {e}"))?;

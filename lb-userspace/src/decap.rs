@@ -13,9 +13,9 @@ use lb_common::limits::Capacity;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-use crate::daemon::require_root;
 use crate::dataplane::{AttachMode, Dataplane, LoadOptions};
 use crate::netif;
+use crate::privilege::require_root;
 
 /// The decap program shares the object with the balancer; its maps are created at the smallest size.
 pub const DECAP_CAPACITY: Capacity = Capacity {

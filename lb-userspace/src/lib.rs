@@ -14,6 +14,7 @@ pub mod model;
 pub mod netif;
 pub mod nexthop;
 pub mod plan;
+pub mod privilege;
 pub mod register;
 pub mod report;
 pub mod source;

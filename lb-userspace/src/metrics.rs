@@ -7,17 +7,25 @@
 //! [`DaemonReport`] the daemon publishes on a watch channel (the same report it writes for
 //! `lb status`).
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -25,7 +33,9 @@ use crate::dataplane::MapsView;
 use crate::report::{DaemonReport, ZkConnection};
 use crate::status::{BackendMapState, Status, collect_without_flows};
 
-/// Longest request head the server reads.
+/// The content type of a scrape.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Longest request head the server reads (hyper's smallest buffer).
 const MAX_REQUEST: usize = 8 * 1024;
 /// A client gets this long to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -206,9 +216,11 @@ pub async fn bind(addr: SocketAddr) -> Option<TcpListener> {
     }
 }
 
-/// Serves `/metrics` until the task is dropped. One request per connection.
+/// Serves `/metrics` until the task is dropped (hyper's HTTP/1.1 server). One request per
+/// connection; a client gets [`REQUEST_TIMEOUT`] to send its request head.
 pub async fn serve(listener: TcpListener, pin_dir: PathBuf, daemon: watch::Receiver<DaemonReport>) {
-    let mut maps: Option<MapsView> = None;
+    let maps: Arc<Mutex<Option<MapsView>>> = Arc::default();
+    let pin_dir = Arc::new(pin_dir);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -218,59 +230,60 @@ pub async fn serve(listener: TcpListener, pin_dir: PathBuf, daemon: watch::Recei
                 continue;
             }
         };
-        if let Err(e) = answer(stream, &pin_dir, &mut maps, &daemon).await {
-            debug!(%peer, "metrics request failed: {e}");
-        }
+        let (pin_dir, maps, daemon) = (pin_dir.clone(), maps.clone(), daemon.clone());
+        let answer = service_fn(move |request| {
+            let response = answer(&request, &pin_dir, &maps, &daemon);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        tokio::spawn(async move {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .max_buf_size(MAX_REQUEST)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), answer);
+            if let Err(e) = connection.await {
+                debug!(%peer, "metrics request failed: {e}");
+            }
+        });
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
+fn answer(
+    request: &Request<Incoming>,
     pin_dir: &std::path::Path,
-    maps: &mut Option<MapsView>,
+    maps: &Mutex<Option<MapsView>>,
     daemon: &watch::Receiver<DaemonReport>,
-) -> std::io::Result<()> {
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
-    let line = head.lines().next().unwrap_or_default();
-    let mut parts = line.split_ascii_whitespace();
-    let (method, path) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let (status, content_type, body) = if method != "GET" {
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = if request.method() != Method::GET {
         (
-            "405 Method Not Allowed",
+            StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "only GET\n".to_owned(),
         )
-    } else if path != "/metrics" && !path.starts_with("/metrics?") {
+    } else if request.uri().path() != "/metrics" {
         (
-            "404 Not Found",
+            StatusCode::NOT_FOUND,
             "text/plain",
             "metrics are at /metrics\n".to_owned(),
         )
     } else {
-        match scrape(pin_dir, maps, daemon) {
-            Ok(body) => (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body,
-            ),
+        let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
+        match scrape(pin_dir, &mut maps, daemon) {
+            Ok(body) => (StatusCode::OK, OPENMETRICS, body),
             Err(e) => (
-                "500 Internal Server Error",
+                StatusCode::INTERNAL_SERVER_ERROR,
                 "text/plain",
                 format!("reading the maps failed: {e:#}\n"),
             ),
         }
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 fn scrape(
@@ -289,29 +302,60 @@ fn scrape(
     Ok(render(&status, &daemon)?)
 }
 
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        if head.len() >= MAX_REQUEST {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "request head too long",
-            ));
-        }
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    Ok(String::from_utf8_lossy(&head).into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::status::{BackendStatus, ServiceStatus};
+
+    /// One request on a new connection to a server without maps; returns the whole response.
+    async fn exchange(request: &str) -> String {
+        use crate::report::{FileStatus, SourceStatus};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, daemon) = watch::channel(crate::report::tests::report(SourceStatus::File(
+            FileStatus {
+                config_file: "/etc/lb.toml".into(),
+                rejected: None,
+            },
+        )));
+        let server = tokio::spawn(serve(listener, "/nonexistent/lb-pins".into(), daemon));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        server.abort();
+        response
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_only_on_get_of_metrics_and_closes() {
+        let scrape = exchange("GET /metrics?x=1 HTTP/1.1\r\nHost: lb\r\n\r\n").await;
+        // No maps are pinned there: the scrape fails, and says why.
+        assert!(scrape.starts_with("HTTP/1.1 500 "), "{scrape}");
+        assert!(scrape.contains("reading the maps failed"), "{scrape}");
+        let lower = scrape.to_ascii_lowercase();
+        assert!(lower.contains("connection: close\r\n"), "{scrape}");
+        assert!(lower.contains("content-length: "), "{scrape}");
+        let elsewhere = exchange("GET / HTTP/1.1\r\nHost: lb\r\n\r\n").await;
+        assert!(elsewhere.starts_with("HTTP/1.1 404 "), "{elsewhere}");
+        assert!(
+            elsewhere.ends_with("metrics are at /metrics\n"),
+            "{elsewhere}"
+        );
+        let post =
+            exchange("POST /metrics HTTP/1.1\r\nHost: lb\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_disables_metrics_only() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        assert!(bind(taken.local_addr().unwrap()).await.is_none());
+    }
 
     #[test]
     fn renders_services_backends_and_daemon_state() {

@@ -8,25 +8,28 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum NetifError {
-    #[error("interface {iface:?} does not exist (see `ip link`)")]
-    NoSuchInterface { iface: String },
     #[error("listing the addresses of this host failed: {0}")]
     GetIfAddrs(std::io::Error),
 }
 
-/// Index of an interface, or a clear error.
-pub fn ifindex(iface: &str) -> Result<u32, NetifError> {
-    let name = CString::new(iface).map_err(|_| NetifError::NoSuchInterface {
-        iface: iface.to_string(),
-    })?;
+/// An interface name that names no interface.
+#[derive(Debug, Error)]
+#[error("interface {iface:?} does not exist (see `ip link`)")]
+pub struct NoSuchInterface {
+    pub iface: String,
+}
+
+/// Index of an interface, or a clear error. The one `if_nametoindex` of the product.
+pub fn ifindex(iface: &str) -> Result<u32, NoSuchInterface> {
+    let missing = || NoSuchInterface {
+        iface: iface.to_owned(),
+    };
+    let name = CString::new(iface).map_err(|_| missing())?;
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if idx == 0 {
-        return Err(NetifError::NoSuchInterface {
-            iface: iface.to_string(),
-        });
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(missing()),
+        idx => Ok(idx),
     }
-    Ok(idx)
 }
 
 /// Every address on this host, with the name of its interface.

@@ -9,11 +9,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tracing::{info, warn};
 use zookeeper_client::{Client, CreateMode, Error as ZkErr, SessionState};
 
+use crate::health::check::{self, HttpProbe};
 use crate::model::{self, BackendSpec, BackendState, service_from_json};
 use crate::zk::acl::node_acls;
 use crate::zk::backoff::Backoff;
@@ -65,52 +64,19 @@ impl LocalCheck {
 
     /// Runs the check once; `Err` says why it failed.
     pub async fn run(&self, timeout: Duration) -> Result<(), String> {
-        match tokio::time::timeout(timeout, self.run_unbounded()).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
-        }
-    }
-
-    async fn run_unbounded(&self) -> Result<(), String> {
-        match self {
-            LocalCheck::Tcp(addr) => TcpStream::connect(addr)
-                .await
-                .map(drop)
-                .map_err(|e| format!("connecting to {addr}: {e}")),
+        let result = match self {
+            LocalCheck::Tcp(addr) => check::within(timeout, check::probe_tcp(*addr)).await,
             LocalCheck::Http { addr, host, path } => {
-                let mut stream = TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| format!("connecting to {addr}: {e}"))?;
-                let request = format!(
-                    "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: lb-register\r\n\r\n"
-                );
-                stream
-                    .write_all(request.as_bytes())
-                    .await
-                    .map_err(|e| format!("sending to {addr}: {e}"))?;
-                // The status line is all we need.
-                let mut head = [0u8; 64];
-                let mut len = 0;
-                while len < head.len() && !head[..len].contains(&b'\n') {
-                    match stream.read(&mut head[len..]).await {
-                        Ok(0) => break,
-                        Ok(n) => len += n,
-                        Err(e) => return Err(format!("reading from {addr}: {e}")),
-                    }
-                }
-                let line = String::from_utf8_lossy(&head[..len]);
-                let status: Option<u16> = line
-                    .lines()
-                    .next()
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|s| s.parse().ok());
-                match status {
-                    Some(code) if (200..400).contains(&code) => Ok(()),
-                    Some(code) => Err(format!("GET {path} answered {code}")),
-                    None => Err(format!("GET {path}: no HTTP status line in {line:?}")),
-                }
+                let probe = HttpProbe {
+                    addr: *addr,
+                    host: host.clone(),
+                    path: path.clone(),
+                    expect: (200, 399),
+                };
+                check::within(timeout, probe.run()).await
             }
-        }
+        };
+        result.map_err(|e| e.to_string())
     }
 }
 
@@ -409,6 +375,7 @@ impl Keeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     fn backend() -> SocketAddr {
         "198.18.2.11:80".parse().unwrap()

@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use lb_common::Scheduler;
 
 use super::*;
-use crate::model::{BackendState, HealthCheckKind};
+use crate::model::{BackendSpec, BackendState, HealthCheckKind, HealthCheckSpec, Proto};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")

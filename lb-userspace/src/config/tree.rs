@@ -18,8 +18,8 @@ pub(super) struct Node {
 pub(super) enum Value {
     String(String),
     Integer(i64),
-    Float,
-    Boolean,
+    Float(f64),
+    Boolean(bool),
     Array(Vec<Node>),
     Table(Vec<Entry>),
 }
@@ -32,14 +32,32 @@ pub(super) struct Entry {
     pub node: Node,
 }
 
+impl Node {
+    /// The value of `key` if this is a table that has it.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.value {
+            Value::Table(entries) => entries.iter().find(|e| e.key == key).map(|e| &e.node),
+            _ => None,
+        }
+    }
+
+    /// The items if this is an array.
+    pub fn items(&self) -> &[Node] {
+        match &self.value {
+            Value::Array(items) => items,
+            _ => &[],
+        }
+    }
+}
+
 impl Value {
     /// "a string", "an integer", ... for "expected X, found Y".
     pub fn kind(&self) -> &'static str {
         match self {
             Value::String(_) => "a string",
             Value::Integer(_) => "an integer",
-            Value::Float => "a float",
-            Value::Boolean => "a boolean",
+            Value::Float(_) => "a float",
+            Value::Boolean(_) => "a boolean",
             Value::Array(_) => "an array",
             Value::Table(_) => "a table",
         }
@@ -47,12 +65,11 @@ impl Value {
 }
 
 /// Parses a whole document; the root is a table without a span of its own.
-pub(super) fn parse(text: &str) -> Result<Vec<Entry>, toml::de::Error> {
-    match toml::from_str::<Value>(text)? {
-        Value::Table(entries) => Ok(entries),
-        // A TOML document is always a table.
-        _ => Ok(Vec::new()),
-    }
+pub(super) fn parse(text: &str) -> Result<Node, toml::de::Error> {
+    Ok(Node {
+        span: 0..0,
+        value: toml::from_str::<Value>(text)?,
+    })
 }
 
 impl<'de> Deserialize<'de> for Node {
@@ -80,8 +97,8 @@ impl<'de> Visitor<'de> for ValueVisitor {
         f.write_str("a TOML value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Value, E> {
-        Ok(Value::Boolean)
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Boolean(v))
     }
 
     fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
@@ -94,8 +111,8 @@ impl<'de> Visitor<'de> for ValueVisitor {
             .map_err(|_| E::custom("integer is too large"))
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<Value, E> {
-        Ok(Value::Float)
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Float(v))
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {

@@ -6,8 +6,8 @@ use aya::{EbpfError, maps::MapError, pin::PinError, programs::ProgramError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("loading XDP programs needs root: run `lb` as root (or with sudo)")]
-    NotRoot,
+    #[error(transparent)]
+    NotRoot(#[from] crate::privilege::NotRoot),
 
     #[error(
         "{path} is not on a BPF filesystem, so maps cannot be pinned there; mount one with `mount -t bpf bpf /sys/fs/bpf`"
@@ -69,8 +69,8 @@ pub enum DataplaneError {
         source: MapError,
     },
 
-    #[error("no network interface named {iface:?} (see `ip link`)")]
-    NoSuchInterface { iface: String },
+    #[error(transparent)]
+    NoSuchInterface(#[from] crate::netif::NoSuchInterface),
 
     #[error("attaching XDP to {iface} failed: {source}")]
     Attach {

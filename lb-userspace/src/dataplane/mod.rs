@@ -9,7 +9,7 @@ mod pins;
 mod schedule;
 mod view;
 
-use std::{ffi::CString, io, path::PathBuf};
+use std::{io, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -75,10 +75,7 @@ impl Dataplane {
     pub fn load(opts: &LoadOptions) -> Result<Self, DataplaneError> {
         let cap = opts.capacity;
         cap.validate().map_err(DataplaneError::Capacity)?;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(DataplaneError::NotRoot);
-        }
+        crate::privilege::require_root("loading the data plane")?;
         if let Some(dir) = &opts.pin_dir {
             pins::prepare(dir)?;
         }
@@ -146,7 +143,7 @@ impl Dataplane {
         iface: &str,
         mode: AttachMode,
     ) -> Result<AttachedMode, DataplaneError> {
-        if_index(iface)?;
+        crate::netif::ifindex(iface)?;
         forwarding::enable(iface)?;
         self.attach(PROG_BALANCER, iface, mode)
     }
@@ -166,7 +163,7 @@ impl Dataplane {
         iface: &str,
         mode: AttachMode,
     ) -> Result<AttachedMode, DataplaneError> {
-        let if_index = if_index(iface)?;
+        let if_index = crate::netif::ifindex(iface)?;
         let xdp = xdp_program(&mut self.ebpf, program)?;
         let attach = |xdp: &mut Xdp, m: XdpMode| {
             xdp.attach_to_if_index(if_index, m)
@@ -329,20 +326,6 @@ fn missing_map(map: &'static str) -> DataplaneError {
     DataplaneError::MissingMap {
         map,
         source: MapError::InvalidName { name: map.into() },
-    }
-}
-
-fn if_index(iface: &str) -> Result<u32, DataplaneError> {
-    let missing = || DataplaneError::NoSuchInterface {
-        iface: iface.to_string(),
-    };
-    let c = CString::new(iface).map_err(|_| missing())?;
-    // SAFETY: `c` is a valid C string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        Err(missing())
-    } else {
-        Ok(index)
     }
 }
 

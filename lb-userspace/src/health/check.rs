@@ -1,17 +1,19 @@
-//! One probe of one backend: a TCP connect, or an HTTP GET whose status must fall into a range.
-//! Every probe ends within its timeout, whatever the backend does.
+//! The one probe of the product: a TCP connect, or an HTTP/1.1 GET (hyper's client, `Connection:
+//! close`) whose status must fall into a range. Used by the health checks of services and by
+//! `lb register --check`. Every probe ends within its timeout, whatever the backend does.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper::header::{CONNECTION, HOST, USER_AGENT};
+use hyper_util::rt::TokioIo;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::model::{HealthCheckKind, HealthCheckSpec};
-
-/// The most of an HTTP response a probe reads: the status line is all it needs.
-const MAX_RESPONSE_HEAD: usize = 1024;
 
 /// Why a probe failed (logged on a transition, so it says what the operator would check).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -22,84 +24,113 @@ pub enum ProbeError {
     Connect(String),
     #[error("HTTP exchange failed: {0}")]
     Io(String),
-    #[error("not an HTTP response: {0:?}")]
+    #[error("not an HTTP response: {0}")]
     BadResponse(String),
     #[error("HTTP status {status} is outside the expected {low}-{high}")]
     Status { status: u16, low: u16, high: u16 },
 }
 
+/// An HTTP probe: `GET path` from `addr` with `Host: host`; up when the status is in `expect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpProbe {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+    /// Accepted status codes, both ends included.
+    pub expect: (u16, u16),
+}
+
 /// Probes `addr` once as `check` says, within `check.timeout_ms`.
 pub async fn probe(addr: SocketAddr, check: &HealthCheckSpec) -> Result<(), ProbeError> {
     let timeout = Duration::from_millis(u64::from(check.timeout_ms));
-    match tokio::time::timeout(timeout, probe_unbounded(addr, check)).await {
-        Ok(result) => result,
-        Err(_) => Err(ProbeError::Timeout(timeout)),
-    }
-}
-
-async fn probe_unbounded(addr: SocketAddr, check: &HealthCheckSpec) -> Result<(), ProbeError> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| ProbeError::Connect(e.to_string()))?;
     match check.kind {
-        HealthCheckKind::Tcp => Ok(()),
+        HealthCheckKind::Tcp => within(timeout, probe_tcp(addr)).await,
         HealthCheckKind::Http => {
-            let request = format!(
-                "GET {} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: lb-health-check\r\nConnection: close\r\n\r\n",
-                check.path
-            );
-            stream
-                .write_all(request.as_bytes())
-                .await
-                .map_err(|e| ProbeError::Io(e.to_string()))?;
-            let head = read_status_line(&mut stream).await?;
-            let status = parse_status(&head)?;
-            let (low, high) = check.expect;
-            if (low..=high).contains(&status) {
-                Ok(())
-            } else {
-                Err(ProbeError::Status { status, low, high })
-            }
+            let http = HttpProbe {
+                addr,
+                host: addr.to_string(),
+                path: check.path.clone(),
+                expect: check.expect,
+            };
+            within(timeout, http.run()).await
         }
     }
 }
 
-/// Reads until the end of the first line (or [`MAX_RESPONSE_HEAD`] bytes, or the end of the stream).
-async fn read_status_line(stream: &mut TcpStream) -> Result<String, ProbeError> {
-    let mut head = Vec::with_capacity(128);
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < MAX_RESPONSE_HEAD {
-        let n = stream
-            .read(&mut buf)
+/// Runs `probe`, failing with [`ProbeError::Timeout`] when it takes longer than `timeout`.
+pub async fn within(
+    timeout: Duration,
+    probe: impl Future<Output = Result<(), ProbeError>>,
+) -> Result<(), ProbeError> {
+    tokio::time::timeout(timeout, probe)
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(timeout)))
+}
+
+/// A TCP connect (the connection is closed at once).
+pub async fn probe_tcp(addr: SocketAddr) -> Result<(), ProbeError> {
+    TcpStream::connect(addr)
+        .await
+        .map(drop)
+        .map_err(|e| ProbeError::Connect(format!("{addr}: {e}")))
+}
+
+impl HttpProbe {
+    /// One GET on a new connection; unbounded in time (see [`within`]).
+    pub async fn run(&self) -> Result<(), ProbeError> {
+        let status = self.status().await?;
+        let (low, high) = self.expect;
+        if (low..=high).contains(&status) {
+            Ok(())
+        } else {
+            Err(ProbeError::Status { status, low, high })
+        }
+    }
+
+    async fn status(&self) -> Result<u16, ProbeError> {
+        let stream = TcpStream::connect(self.addr)
             .await
-            .map_err(|e| ProbeError::Io(e.to_string()))?;
-        if n == 0 {
-            break;
+            .map_err(|e| ProbeError::Connect(format!("{}: {e}", self.addr)))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(exchange_error)?;
+        let request = hyper::Request::get(self.path.as_str())
+            .header(HOST, self.host.as_str())
+            .header(USER_AGENT, "lb-health-check")
+            .header(CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| ProbeError::Io(format!("GET {}: {e}", self.path)))?;
+        // The connection is driven here, not spawned, so nothing outlives the probe; the status line
+        // is all a probe needs, so the body is never read.
+        let status = |r: Result<hyper::Response<_>, hyper::Error>| {
+            r.map(|r| r.status().as_u16()).map_err(exchange_error)
+        };
+        let response = sender.send_request(request);
+        tokio::pin!(connection, response);
+        tokio::select! {
+            biased;
+            r = &mut response => status(r),
+            // A connection that ends cleanly has handed its response over (or has none).
+            ended = &mut connection => match ended {
+                Ok(()) => status(response.await),
+                Err(e) => Err(exchange_error(e)),
+            },
         }
-        head.extend_from_slice(&buf[..n]);
     }
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    Ok(String::from_utf8_lossy(line).trim_end().to_owned())
 }
 
-/// The status code of an HTTP status line (`HTTP/1.1 200 OK`).
-pub fn parse_status(line: &str) -> Result<u16, ProbeError> {
-    let bad = || ProbeError::BadResponse(line.chars().take(80).collect());
-    let mut parts = line.split_ascii_whitespace();
-    let version = parts.next().ok_or_else(bad)?;
-    if !version.starts_with("HTTP/") {
-        return Err(bad());
+fn exchange_error(e: hyper::Error) -> ProbeError {
+    if e.is_parse() || e.is_incomplete_message() {
+        ProbeError::BadResponse(e.to_string())
+    } else {
+        ProbeError::Io(e.to_string())
     }
-    let code = parts.next().ok_or_else(bad)?;
-    if code.len() != 3 {
-        return Err(bad());
-    }
-    code.parse().map_err(|_| bad())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
 
     fn spec(kind: HealthCheckKind) -> HealthCheckSpec {
@@ -124,13 +155,53 @@ mod tests {
         addr
     }
 
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status("HTTP/1.1 200 OK"), Ok(200));
-        assert_eq!(parse_status("HTTP/1.0 503 Service Unavailable"), Ok(503));
-        assert!(parse_status("b0").is_err());
-        assert!(parse_status("HTTP/1.1 2000 OK").is_err());
-        assert!(parse_status("").is_err());
+    #[tokio::test]
+    async fn status_lines() {
+        let check = spec(HealthCheckKind::Http);
+        for (answer, up) in [
+            ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true),
+            ("HTTP/1.0 503 Service Unavailable\r\n\r\n", false),
+        ] {
+            assert_eq!(
+                probe(http_server(answer).await, &check).await.is_ok(),
+                up,
+                "{answer:?}"
+            );
+        }
+        for junk in ["b0\n", "HTTP/1.1 2000 OK\r\n\r\n", ""] {
+            let result = probe(http_server(junk).await, &check).await;
+            assert!(
+                matches!(result, Err(ProbeError::BadResponse(_))),
+                "{junk:?}: {result:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_is_a_get_of_the_path_that_asks_to_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request ended early");
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            String::from_utf8(head).unwrap().to_ascii_lowercase()
+        });
+        let check = HealthCheckSpec {
+            path: "/ready?deep=1".into(),
+            ..spec(HealthCheckKind::Http)
+        };
+        assert_eq!(probe(addr, &check).await, Ok(()));
+        let head = server.await.unwrap();
+        assert!(head.starts_with("get /ready?deep=1 http/1.1\r\n"), "{head}");
+        assert!(head.contains("connection: close\r\n"), "{head}");
+        assert!(head.contains(&format!("host: {addr}\r\n")), "{head}");
     }
 
     #[tokio::test]

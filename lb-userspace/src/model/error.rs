@@ -175,18 +175,18 @@ pub enum ModelError {
         vip: SocketAddr,
     },
 
-    #[error("service \"{service}\": {field}: {source}")]
-    Value {
-        service: String,
-        field: &'static str,
-        source: ValueError,
-    },
-
     #[error("backend node \"{node}\": {source}")]
     BackendNodeName { node: String, source: ValueError },
 
-    #[error("{object}: {message}")]
-    Json { object: String, message: String },
+    /// A node's JSON could not be decoded; `field` is the path of the field at fault (empty when the
+    /// JSON as a whole is).
+    #[error("{object}: invalid {kind} JSON: {}{message}", field_prefix(.field))]
+    Json {
+        object: String,
+        kind: &'static str,
+        field: String,
+        message: String,
+    },
 }
 
 impl ModelError {
@@ -208,21 +208,19 @@ impl ModelError {
             ModelError::HealthCheckZero { field, .. } => ErrorField::HealthCheck(field),
             ModelError::HealthCheckExpectRange { .. } => ErrorField::HealthCheck("expect"),
             ModelError::HealthCheckPath { .. } => ErrorField::HealthCheck("path"),
-            ModelError::Value { field, .. } => match *field {
-                "vip" => ErrorField::Vip,
-                "proto" => ErrorField::Proto,
-                "scheduler" => ErrorField::Scheduler,
-                "persistence_netmask" => ErrorField::PersistenceNetmask,
-                f => match f.strip_prefix("health_check.") {
-                    Some(sub) => ErrorField::HealthCheck(sub),
-                    None => ErrorField::Service,
-                },
-            },
             ModelError::ServiceKeyMismatch { .. }
             | ModelError::PanicThresholdTooHigh { .. }
             | ModelError::TooManyBackends { .. }
             | ModelError::BackendNodeName { .. }
             | ModelError::Json { .. } => ErrorField::Service,
         }
+    }
+}
+
+fn field_prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
     }
 }

@@ -3,6 +3,7 @@
 //! it; `apply` writes it.
 
 mod error;
+pub(crate) mod fields;
 mod json;
 mod validate;
 

@@ -540,7 +540,7 @@ fn backend_json_rejections() {
         (
             "198.18.2.11:80",
             br#"{"weight": 70000}"#,
-            "above the maximum 65535",
+            "weight: 70000 is out of range; it must be between 0 and 65535",
         ),
         (
             "198.18.2.11:80",
@@ -573,7 +573,8 @@ fn service_json_panic_threshold() {
     )
     .expect_err("above 100");
     assert!(
-        err.to_string().contains("panic_threshold 120 is above 100"),
+        err.to_string()
+            .contains("panic_threshold: 120 is out of range; it must be between 0 and 100"),
         "{err}"
     );
 }

@@ -83,7 +83,7 @@ fn a_bad_backend_node_is_skipped_and_the_others_stay() {
         (
             "198.18.2.13:80",
             r#"{"weight": 70000}"#,
-            "above the maximum 65535",
+            "weight: 70000 is out of range; it must be between 0 and 65535",
         ),
         (
             "198.18.2.13:80",
