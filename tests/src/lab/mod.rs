@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 
+pub use daemons::lb_bin;
 pub use netns::run_in_netns;
 use process::NsProcess;
 use topology::*;

@@ -1,8 +1,5 @@
 //! The ZooKeeper source against a real server (Debian's ZooKeeper, started by the test on 127.0.0.1).
 
-// Test helpers outside #[test] functions may unwrap: a failure there is a test failure.
-#![allow(clippy::unwrap_used)]
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,9 +5,7 @@
 //! `bpf_fib_lookup` resolves routes in the namespace of the thread that runs the program. Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "xdp_fixtures/frames.rs"]
 mod frames;
-#[path = "xdp_fixtures/lab.rs"]
 mod lab;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

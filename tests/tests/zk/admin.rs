@@ -1,8 +1,5 @@
 //! The admin CLI against a real ZooKeeper: the library calls, the `lb` binary, and zkCli hand edits.
 
-// Test helpers outside #[test] functions may unwrap: a failure there is a test failure.
-#![allow(clippy::unwrap_used)]
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
@@ -206,7 +203,7 @@ async fn zkcli_hand_edits_read_like_admin_writes() {
 fn the_lb_binary_puts_and_lists() {
     let server = ZkServer::start().unwrap();
     let lb = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_lb"))
+        let out = Command::new(lb_tests::lab::lb_bin().unwrap())
             .args(args)
             .args(["--zk", &server.connect_string()])
             .output()

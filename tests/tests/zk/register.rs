@@ -1,9 +1,6 @@
 //! `lb register` against a real ZooKeeper: the node follows the local check, survives a session
 //! expiry, and drains then leaves on shutdown.
 
-// Test helpers outside #[test] functions may unwrap: a failure there is a test failure.
-#![allow(clippy::unwrap_used)]
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
