@@ -1,17 +1,8 @@
-//! A private network namespace for the balancer fixtures: `bpf_fib_lookup` inside
-//! `BPF_PROG_TEST_RUN` routes in the namespace of the calling thread, so each test runs on a thread
-//! of its own that unshares its network namespace and gets a veth pair with routes toward the
-//! backends through a permanent neighbour.
-//!
-//! The namespace is anonymous: it (with its interfaces) disappears when the thread ends, even if
-//! the test panics or the process is killed, so there is nothing to clean up and nothing to leak.
+//! The balancer fixtures' network: a [`PrivateNetns`] (the thread's own, gone with the thread) with
+//! a veth pair, permanent neighbours and routes toward the backends, because `bpf_fib_lookup` inside
+//! `BPF_PROG_TEST_RUN` routes in the namespace of the calling thread.
 
-use std::{
-    ffi::CString,
-    fs::File,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    process::Command,
-};
+use lb_tests::lab::netns::{PrivateNetns, pin_to_current_cpu, with_private_netns};
 
 /// MAC of the interface the balancer "receives" on (lbt0).
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x02];
@@ -22,38 +13,14 @@ const IFACE: &str = "lbt0";
 /// What a test needs to know about its namespace.
 pub struct Lab {
     pub ifindex: u32,
-    ns: File,
+    ns: PrivateNetns,
 }
 
 impl Lab {
     /// Runs `ip` in the lab's namespace; returns its output.
     pub fn ip(&self, args: &[&str]) -> String {
-        ip(&self.ns, args)
+        self.ns.ip(args).unwrap_or_else(|e| panic!("{e:#}"))
     }
-}
-
-/// Runs `ip` inside the namespace `ns` (the child process joins it before exec); returns stdout.
-fn ip(ns: &File, args: &[&str]) -> String {
-    let fd = ns.as_raw_fd();
-    let mut cmd = Command::new("ip");
-    cmd.args(args);
-    // SAFETY: setns is async-signal-safe; `fd` stays open until the child has exec'd.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().expect("run ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn mac_string(mac: &[u8; 6]) -> String {
@@ -84,49 +51,30 @@ const SETUP: &[&str] = &[
     "route add 198.18.5.0/24 via 198.18.4.1 dev lbt2",
 ];
 
-/// Gives the calling thread a new network namespace with the lab in it, and pins the thread to
-/// one CPU (per-CPU round-robin cursors must not change between runs).
-fn build() -> Lab {
-    // SAFETY: only this thread changes namespace (a thread may, unlike CLONE_NEWNS).
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "unshare(CLONE_NEWNET): {}",
-        std::io::Error::last_os_error()
-    );
-    let ns = File::open("/proc/thread-self/ns/net").expect("open our namespace");
-    for line in SETUP {
-        let line = line
-            .replace("{LB_MAC}", &mac_string(&LB_MAC))
-            .replace("{HOP_MAC}", &mac_string(&NEXT_HOP_MAC));
-        ip(&ns, &line.split_whitespace().collect::<Vec<_>>());
-    }
+/// Builds the lab in `ns` (the calling thread's namespace) and pins the thread to one CPU
+/// (per-CPU round-robin cursors must not change between runs).
+fn build(ns: PrivateNetns) -> Lab {
+    let lines: Vec<String> = SETUP
+        .iter()
+        .map(|line| {
+            line.replace("{LB_MAC}", &mac_string(&LB_MAC))
+                .replace("{HOP_MAC}", &mac_string(&NEXT_HOP_MAC))
+        })
+        .collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    ns.ip_script(&lines).expect("the fixture network");
     // The LB forwards: bpf_fib_lookup refuses to route for an interface without forwarding.
-    for path in [
-        "/proc/sys/net/ipv4/conf/lbt0/forwarding",
-        "/proc/sys/net/ipv6/conf/lbt0/forwarding",
-    ] {
-        std::fs::write(path, "1").unwrap_or_else(|e| panic!("{path}: {e}"));
-    }
-    // SAFETY: plain libc calls on a zeroed cpu_set_t.
-    unsafe {
-        let cpu = libc::sched_getcpu().max(0) as usize;
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
-    let c = CString::new(IFACE).expect("interface name");
-    // SAFETY: valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(ifindex, 0, "{IFACE} exists in the namespace");
+    ns.set_forwarding(IFACE, true).expect("forwarding on lbt0");
+    pin_to_current_cpu().expect("pin the fixture thread");
+    let ifindex = lb_userspace::netif::ifindex(IFACE).expect("lbt0 exists in the namespace");
     Lab { ifindex, ns }
 }
 
 /// Runs `f` on a fresh thread inside a fresh namespace, which ends with the thread.
 pub fn with_lab<R: Send>(f: impl FnOnce(&Lab) -> R + Send) -> R {
-    match std::thread::scope(|s| s.spawn(|| f(&build())).join()) {
-        Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    with_private_netns(|ns| {
+        let ns = ns.try_clone().expect("the namespace handle");
+        f(&build(ns))
+    })
+    .expect("a private network namespace")
 }
