@@ -3,8 +3,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use lb_tests::eventually::Eventually;
 use lb_tests::zk_server::ZkServer;
 use lb_userspace::model::BackendSpec;
 use lb_userspace::register::{LocalCheck, Registration, register};
@@ -18,14 +19,14 @@ async fn eventually<T, F: Future<Output = Option<T>>>(
     what: &str,
     mut probe: impl FnMut() -> F,
 ) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Eventually::new(what, WAIT)
+        .every(Duration::from_millis(50))
+        .poll_async(|| {
+            let probe = probe();
+            async move { probe.await.ok_or("nothing yet") }
+        })
+        .await
+        .unwrap()
 }
 
 async fn node(zk: &Client, path: &str) -> Option<(Vec<u8>, Stat)> {
