@@ -9,3 +9,11 @@ mod admin;
 mod register;
 mod source;
 mod source_args;
+
+/// The daemon library's debug logs in the test's captured output (once per process).
+fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("lb_userspace=debug")
+        .try_init();
+}

@@ -59,10 +59,7 @@ fn registration(server: &ZkServer, backend: SocketAddr) -> Registration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_follows_its_check_survives_expiry_and_drains() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("lb_userspace=debug")
-        .try_init();
+    crate::log_to_test_output();
     let mut server = ZkServer::start().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = listener.local_addr().unwrap();

@@ -87,10 +87,7 @@ fn addr(s: &str) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_validates_and_fails_static() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("lb_userspace=debug")
-        .try_init();
+    crate::log_to_test_output();
     let mut server = ZkServer::start().expect("ZooKeeper starts");
     let zk = writer(&server).await;
     create(&zk, "/lb/services/web", r#"{"vip": "198.18.100.1:80"}"#).await;
@@ -220,10 +217,7 @@ async fn follows_validates_and_fails_static() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_outage_resumes_the_watch_and_a_missing_services_node_keeps_the_state() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("lb_userspace=debug")
-        .try_init();
+    crate::log_to_test_output();
     let mut server = ZkServer::start().expect("ZooKeeper starts");
     let zk = writer(&server).await;
     create(&zk, "/lb/services/web", r#"{"vip": "198.18.100.1:80"}"#).await;
