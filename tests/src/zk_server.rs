@@ -14,9 +14,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+
+use crate::eventually::Eventually;
 
 /// Where Debian's package installs the server's jar; its manifest names every other jar it needs.
 const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
@@ -214,35 +216,46 @@ impl ZkServer {
 
     /// Polls `srvr` until the server says it is standalone; fails early if the JVM exits.
     fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                self.child = None;
-                bail!(
-                    "the ZooKeeper server exited ({status}) before it was ready; its log {}:\n{}",
-                    self.log_path().display(),
-                    log_tail(&self.log_path())
-                );
+        let addr = self.addr();
+        let netns = self.opts.netns.clone();
+        let log = self.log_path();
+        let child = self
+            .child
+            .as_mut()
+            .context("the ZooKeeper server is not running")?;
+        let mut exited = None;
+        let ready = Eventually::new(
+            format!("the ZooKeeper server on {addr} to be ready"),
+            READY_TIMEOUT,
+        )
+        .every(Duration::from_millis(100))
+        .poll(|| {
+            if exited.is_none() {
+                exited = child.try_wait().ok().flatten();
             }
-            let addr = self.addr();
-            let answer = in_netns(self.opts.netns.as_deref(), move || {
-                four_letter_word(addr, "srvr")
-            })?;
-            if answer.is_ok_and(|r| r.contains("Mode: standalone")) {
+            if exited.is_some() {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
-                let _ = self.stop();
-                bail!(
-                    "the ZooKeeper server on {} was not ready within {READY_TIMEOUT:?}; its log:\n{}",
-                    self.addr(),
-                    log_tail(&self.log_path())
-                );
+            match in_netns(netns.as_deref(), move || four_letter_word(addr, "srvr")) {
+                Ok(Ok(answer)) if answer.contains("Mode: standalone") => Ok(()),
+                Ok(Ok(answer)) => Err(answer),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("{e:#}")),
             }
-            std::thread::sleep(Duration::from_millis(100));
+        });
+        if let Some(status) = exited {
+            self.child = None;
+            bail!(
+                "the ZooKeeper server exited ({status}) before it was ready; its log {}:\n{}",
+                log.display(),
+                log_tail(&log)
+            );
         }
+        if let Err(e) = ready {
+            let _ = self.stop();
+            bail!("{e:#}; its log:\n{}", log_tail(&log));
+        }
+        Ok(())
     }
 }
 

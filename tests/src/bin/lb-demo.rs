@@ -5,20 +5,18 @@
 //! traffic, drains on SIGTERM and leaves. Ends with an IPv6 VIP and `lb status`. Exits non-zero
 //! unless every connection succeeded and every backend with a weight got traffic.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use clap::Parser;
 use lb_tests::client::held_per_backend;
 use lb_tests::config::ServiceConfig;
-use lb_tests::eventually::wait_until;
-use lb_tests::lab::topology::{ROUTER_BACKENDS_V4, ROUTER_LBS_V4};
+use lb_tests::eventually::Eventually;
 use lb_tests::scenario::{
     SCHEDULERS, Tolerance, backend_state, compare, expected_shares, is_weighted, render, service,
-    status_serves, vip,
+    vip,
 };
-use lb_tests::zk_server::{ZkServer, ZkServerOptions};
+use lb_tests::zk_lab::{APPLY_TIMEOUT, ZkLab};
 use lb_tests::{Lab, LabOptions, Spread, hold, spread};
 
 #[derive(Parser)]
@@ -34,44 +32,31 @@ struct Args {
 
 const WEIGHTS: [u32; 3] = [1, 2, 3];
 const EQUAL: [u32; 3] = [1, 1, 1];
-/// How long a change in ZooKeeper may take to reach the data plane.
-const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The lab and its ZooKeeper; the lab's processes stop first.
-struct Demo {
-    lab: Lab,
-    zk: ZkServer,
-}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started = Instant::now();
     println!(
-        "Starting the lab: client -> router -> lb0 (XDP) -> b0, b1, b2 (direct server return)"
+        "Starting the lab: client -> router -> lb0 (XDP) -> b0, b1, b2 (direct server return), \
+         ZooKeeper in the router namespace"
     );
-    let lab = Lab::start(LabOptions::default()).context("starting the lab")?;
-    println!("Starting ZooKeeper in the router namespace");
-    let zk = ZkServer::start_with(ZkServerOptions {
-        netns: Some(lab.router_netns()),
-        bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-    })
-    .context("starting ZooKeeper")?;
-    let mut demo = Demo { lab, zk };
+    let mut demo = ZkLab::start(LabOptions::default())?;
+    demo.echo = true;
     let mut failures = Vec::new();
 
     let first = demo_service(SCHEDULERS[0], false);
     demo.put(&first)?;
-    let lb_zk = format!("{ROUTER_LBS_V4}:{}", demo.zk.port());
-    println!("$ lb run --iface eth0 --zk {lb_zk}   (in lb0)");
-    demo.lab
-        .start_lb_zk(0, &lb_zk, &[])
-        .context("starting lb run --zk")?;
+    println!(
+        "$ lb run --iface eth0 --zk {}   (in lb0)",
+        demo.lb_connect()
+    );
+    demo.start_lb(0, &[]).context("starting lb run --zk")?;
     for scheduler in SCHEDULERS {
         let svc = demo_service(scheduler, false);
         if scheduler != first.scheduler {
             demo.put(&svc)?;
         }
-        demo.wait_serves(&svc)?;
+        demo.wait_serves(0, &svc)?;
         run_one(&demo.lab, &svc, &args, &mut failures)?;
     }
 
@@ -82,7 +67,7 @@ fn main() -> anyhow::Result<()> {
         ..demo_service("wrr", true)
     };
     demo.put(&v6)?;
-    demo.wait_serves(&v6)?;
+    demo.wait_serves(0, &v6)?;
     run_one(&demo.lab, &v6, &args, &mut failures)?;
 
     println!(
@@ -99,62 +84,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-impl Demo {
-    /// `lb ARGS --zk 127.0.0.1:PORT` next to ZooKeeper, echoed as the operator would type it.
-    fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
-        let connect = self.zk.connect_string();
-        println!("$ lb {} --zk {connect}", args.join(" "));
-        let mut all = args.to_vec();
-        all.extend(["--zk", &connect]);
-        self.lab.run_lb_in(&self.lab.router_netns(), &all)
-    }
-
-    /// Creates or updates the service and its backends with the admin CLI.
-    fn put(&self, svc: &ServiceConfig) -> anyhow::Result<()> {
-        let vip = svc.vip.to_string();
-        self.admin(&[
-            "service",
-            "put",
-            &svc.name,
-            "--vip",
-            &vip,
-            "--scheduler",
-            &svc.scheduler,
-        ])?;
-        for b in &svc.backends {
-            self.admin(&[
-                "backend",
-                "put",
-                &svc.name,
-                &b.addr.to_string(),
-                "--weight",
-                &b.weight.to_string(),
-            ])?;
-        }
-        Ok(())
-    }
-
-    /// Waits until `lb status` shows the daemon serving exactly `svc`.
-    fn wait_serves(&self, svc: &ServiceConfig) -> anyhow::Result<()> {
-        let applied = wait_until(APPLY_TIMEOUT, || {
-            self.lab
-                .lb_status_json(0)
-                .is_ok_and(|s| status_serves(&s, svc))
-        });
-        ensure!(
-            applied,
-            "lb did not apply {} from ZooKeeper within {APPLY_TIMEOUT:?}\n{}",
-            svc.name,
-            self.lab.lb_log(0).unwrap_or_default()
-        );
-        Ok(())
-    }
-}
-
 /// b2 leaves the configuration, then joins again with `lb register`, takes traffic, drains on
 /// SIGTERM and leaves.
 fn register_drain_leave(
-    demo: &mut Demo,
+    demo: &mut ZkLab,
     args: &Args,
     failures: &mut Vec<String>,
 ) -> anyhow::Result<()> {
@@ -163,8 +96,8 @@ fn register_drain_leave(
     println!("\n== a backend registers itself, takes traffic, drains and leaves ==");
     demo.put(&two)?;
     demo.admin(&["backend", "rm", "demo", &b2.to_string()])?;
-    demo.wait_serves(&two)?;
-    let connect = format!("{ROUTER_BACKENDS_V4}:{}", demo.zk.port());
+    demo.wait_serves(0, &two)?;
+    let connect = demo.backend_connect();
     println!(
         "$ lb register --zk {connect} --service demo --addr {b2} --weight 3 --check tcp --drain-s 2   (in b2)"
     );
@@ -178,7 +111,7 @@ fn register_drain_leave(
         )
         .context("starting lb register")?;
     let three = service("demo", vip(1, false), "wrr", &WEIGHTS);
-    demo.wait_serves(&three)?;
+    demo.wait_serves(0, &three)?;
     println!("b2 registered:");
     run_one(&demo.lab, &three, args, failures)?;
 
@@ -186,12 +119,13 @@ fn register_drain_leave(
         "$ kill -TERM <lb register>   (b2 drains: no new connections, then its node is deleted)"
     );
     demo.lab.signal_register(2, libc::SIGTERM)?;
-    let draining = wait_until(APPLY_TIMEOUT, || {
-        demo.lab.lb_status_json(0).is_ok_and(|s| {
-            backend_state(&s, "demo", b2).is_some_and(|(state, _)| state == "draining")
-        })
-    });
-    ensure!(draining, "b2 never showed as draining");
+    Eventually::new("b2 to show as draining", APPLY_TIMEOUT).poll(|| {
+        let status = demo.status(0).map_err(|e| format!("{e:#}"))?;
+        match backend_state(&status, "demo", b2) {
+            Some((state, _)) if state == "draining" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })?;
     println!("b2 draining:");
     // b2 is shown with weight 0: it must get no new connection.
     let without_b2 = service("demo", vip(1, false), "wrr", &[1, 2, 0]);
@@ -204,7 +138,7 @@ fn register_drain_leave(
         .wait_register_exit(2, Duration::from_secs(15))
         .context("lb register did not finish draining")?;
     ensure!(exit.success(), "lb register exited with {exit}");
-    demo.wait_serves(&two)?;
+    demo.wait_serves(0, &two)?;
     println!("b2 left (its node deleted):");
     let s = run_one(&demo.lab, &without_b2, args, failures)?;
     if s.count("b2") > 0 {

@@ -398,7 +398,7 @@ impl Lab {
     fn lb_bin(&self) -> anyhow::Result<PathBuf> {
         match &self.opts.lb_bin {
             Some(p) => Ok(p.clone()),
-            None => find_lb_bin(),
+            None => lb_bin(),
         }
     }
 
@@ -489,8 +489,8 @@ fn first_existing(what: &str, hint: &str, candidates: Vec<PathBuf>) -> anyhow::R
         })
 }
 
-/// `$LB_BIN`, else the workspace's release or debug build.
-fn find_lb_bin() -> anyhow::Result<PathBuf> {
+/// The `lb` binary: `$LB_BIN` (`cargo xtask test` sets it), else the workspace's release or debug build.
+pub fn lb_bin() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("LB_BIN") {
         return Ok(PathBuf::from(p));
     }

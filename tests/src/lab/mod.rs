@@ -15,7 +15,7 @@
 
 mod cmd;
 mod daemons;
-mod netns;
+pub mod netns;
 mod process;
 pub mod topology;
 mod wiring;
@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 
-pub use netns::run_in_netns;
+pub use daemons::lb_bin;
+pub use netns::{PrivateNetns, run_in_netns, with_private_netns};
 use process::NsProcess;
 use topology::*;
 

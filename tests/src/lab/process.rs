@@ -7,11 +7,12 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
 use super::cmd::NETNS_DIR;
+use crate::eventually::Eventually;
 
 /// How long a process gets to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -180,17 +181,14 @@ impl NsProcess {
             return self.exit;
         }
         let _ = self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if self.poll_exit().is_some() {
-                return self.exit;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let exited = Eventually::new(format!("{} to exit after SIGTERM", self.what), STOP_GRACE)
+            .every(Duration::from_millis(10))
+            .poll(|| self.poll_exit().ok_or("still running"));
+        if let Err(e) = exited {
+            eprintln!("lab: {e:#}; killing it");
+        } else {
+            return self.exit;
         }
-        eprintln!(
-            "lab: {} ignored SIGTERM for {STOP_GRACE:?}; killing it",
-            self.what
-        );
         let _ = self.child.kill();
         self.exit = self.child.wait().ok();
         self.exit

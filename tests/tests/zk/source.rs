@@ -1,12 +1,10 @@
 //! The ZooKeeper source against a real server (Debian's ZooKeeper, started by the test on 127.0.0.1).
 
-// Test helpers outside #[test] functions may unwrap: a failure there is a test failure.
-#![allow(clippy::unwrap_used)]
-
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use lb_tests::eventually::Eventually;
 use lb_tests::zk_server::ZkServer;
 use lb_userspace::model::DesiredState;
 use lb_userspace::zk::client::ZkTarget;
@@ -41,23 +39,14 @@ async fn state_where(
     what: &str,
     pred: impl Fn(&DesiredState) -> bool,
 ) -> Arc<DesiredState> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(state) = states.borrow_and_update().clone()
-            && pred(&state)
-        {
-            return state;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, states.changed()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => panic!("the source stopped while waiting for {what}"),
-            Err(_) => panic!(
-                "no state with {what} within {WAIT:?}; last: {:#?}",
-                states.borrow()
-            ),
-        }
-    }
+    Eventually::new(format!("a state with {what}"), WAIT)
+        .poll_async(|| {
+            let seen = latest(states, what);
+            let got = seen.clone().filter(|s| pred(s));
+            async move { got.ok_or(seen) }
+        })
+        .await
+        .unwrap()
 }
 
 async fn status_where(
@@ -65,19 +54,23 @@ async fn status_where(
     what: &str,
     pred: impl Fn(&ZkStatus) -> bool,
 ) -> ZkStatus {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = status.borrow_and_update().clone();
-        if pred(&now) {
-            return now;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, status.changed()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => panic!("the source stopped while waiting for {what}"),
-            Err(_) => panic!("status never showed {what}; last: {now:#?}"),
-        }
-    }
+    Eventually::new(format!("a status with {what}"), WAIT)
+        .poll_async(|| {
+            let now = latest(status, what);
+            let got = if pred(&now) { Ok(now) } else { Err(now) };
+            async move { got }
+        })
+        .await
+        .unwrap()
+}
+
+/// The receiver's latest value, marked seen; panics once the source has stopped.
+fn latest<T: Clone>(rx: &mut watch::Receiver<T>, what: &str) -> T {
+    assert!(
+        rx.has_changed().is_ok(),
+        "the source stopped while waiting for {what}"
+    );
+    rx.borrow_and_update().clone()
 }
 
 fn backends(state: &DesiredState, service: &str) -> Vec<SocketAddr> {
@@ -94,10 +87,7 @@ fn addr(s: &str) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_validates_and_fails_static() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("lb_userspace=debug")
-        .try_init();
+    crate::log_to_test_output();
     let mut server = ZkServer::start().expect("ZooKeeper starts");
     let zk = writer(&server).await;
     create(&zk, "/lb/services/web", r#"{"vip": "198.18.100.1:80"}"#).await;
@@ -227,10 +217,7 @@ async fn follows_validates_and_fails_static() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_outage_resumes_the_watch_and_a_missing_services_node_keeps_the_state() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("lb_userspace=debug")
-        .try_init();
+    crate::log_to_test_output();
     let mut server = ZkServer::start().expect("ZooKeeper starts");
     let zk = writer(&server).await;
     create(&zk, "/lb/services/web", r#"{"vip": "198.18.100.1:80"}"#).await;

@@ -4,149 +4,46 @@
 //! Needs root, bpffs, Debian's `zookeeper` package and `LB_BIN` (`cargo xtask test` provides them).
 
 use std::io::{BufRead as _, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use lb_tests::client::{HeldConn, IO_TIMEOUT, held_per_backend};
 use lb_tests::config::{BackendConfig, ServiceConfig};
 use lb_tests::lab::run_in_netns;
-use lb_tests::lab::topology::{CLIENT_V4, ROUTER_BACKENDS_V4, ROUTER_LBS_V4};
+use lb_tests::lab::topology::CLIENT_V4;
 use lb_tests::scenario::{
-    Status, Tolerance, backend_state, compare, expected_shares, render, service, status_serves,
-    vip, zookeeper,
+    Tolerance, backend_state, compare, expected_shares, render, service, vip, zookeeper,
 };
-use lb_tests::zk_server::{ZkServer, ZkServerOptions};
+use lb_tests::zk_lab::{APPLY_TIMEOUT as APPLY, ZkLab};
 use lb_tests::{Lab, LabOptions, assert_eventually, hold, spread};
 use lb_userspace::report::ZkConnection;
-
-/// How long a ZooKeeper change may take to reach the data plane (debounce 100 ms, status polling).
-const APPLY: Duration = Duration::from_secs(15);
 const CONCURRENCY: usize = 4;
 
-/// A lab whose load balancers follow a ZooKeeper server running in the router namespace. Fields
-/// drop in order: the lab's processes (daemons, registrations) stop before ZooKeeper does.
-struct ZkLab {
-    lab: Lab,
-    zk: ZkServer,
+fn start(lbs: usize) -> ZkLab {
+    ZkLab::start(LabOptions {
+        lbs,
+        server_bin: Some(env!("CARGO_BIN_EXE_lab-server").into()),
+        ..LabOptions::default()
+    })
+    .expect("the lab with ZooKeeper starts")
 }
 
-impl ZkLab {
-    fn start(lbs: usize) -> ZkLab {
-        let lab = Lab::start(LabOptions {
-            lbs,
-            server_bin: Some(env!("CARGO_BIN_EXE_lab-server").into()),
-            ..LabOptions::default()
-        })
-        .expect("the lab starts");
-        let zk = ZkServer::start_with(ZkServerOptions {
-            netns: Some(lab.router_netns()),
-            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        })
-        .expect("ZooKeeper starts in the router namespace");
-        ZkLab { lab, zk }
-    }
+/// `spread` from the client namespace; every connection must succeed.
+fn spread_ok(t: &ZkLab, vip: SocketAddr, n: usize) -> lb_tests::Spread {
+    let s = t
+        .lab
+        .in_client(|| spread(vip, n, CONCURRENCY))
+        .expect("client namespace");
+    assert_eq!(s.failures, 0, "{:?}", s.failure_samples);
+    s
+}
 
-    /// The connect string the load balancers use (the router's address on their bridge).
-    fn lb_connect(&self) -> String {
-        format!("{ROUTER_LBS_V4}:{}", self.zk.port())
-    }
-
-    /// The connect string the backends use.
-    fn backend_connect(&self) -> String {
-        format!("{ROUTER_BACKENDS_V4}:{}", self.zk.port())
-    }
-
-    /// `lb <args> --zk 127.0.0.1:PORT`, run next to ZooKeeper (the operator's admin CLI).
-    fn admin(&self, args: &[&str]) -> String {
-        let connect = self.zk.connect_string();
-        let mut all = args.to_vec();
-        all.extend(["--zk", &connect]);
-        self.lab
-            .run_lb_in(&self.lab.router_netns(), &all)
-            .unwrap_or_else(|e| panic!("lb {args:?}: {e:#}"))
-    }
-
-    /// A hand edit with zkCli (`create PATH DATA`, `set PATH DATA`, `delete PATH`).
-    fn zkcli(&self, args: &[&str]) {
-        let out = self
-            .zk
-            .cli(args)
-            .unwrap_or_else(|e| panic!("zkCli {args:?}: {e:#}"));
-        assert!(
-            !out.contains("Node does not exist") && !out.contains("Node already exists"),
-            "zkCli {args:?}: {out}"
-        );
-    }
-
-    /// `lb service put` and `lb backend put` for every backend of `svc`.
-    fn put(&self, svc: &ServiceConfig) {
-        let vip = svc.vip.to_string();
-        self.admin(&[
-            "service",
-            "put",
-            &svc.name,
-            "--vip",
-            &vip,
-            "--scheduler",
-            &svc.scheduler,
-        ]);
-        for b in &svc.backends {
-            self.put_backend(&svc.name, b.addr, b.weight);
-        }
-    }
-
-    fn put_backend(&self, service: &str, addr: SocketAddr, weight: u32) {
-        self.admin(&[
-            "backend",
-            "put",
-            service,
-            &addr.to_string(),
-            "--weight",
-            &weight.to_string(),
-        ]);
-    }
-
-    fn start_lb(&mut self, lb: usize, extra: &[&str]) {
-        let connect = self.lb_connect();
-        self.lab
-            .start_lb_zk(lb, &connect, extra)
-            .expect("lb run --zk starts");
-    }
-
-    fn status(&self, lb: usize) -> Status {
-        self.lab.lb_status_json(lb).expect("lb status --json")
-    }
-
-    /// Waits until load balancer `lb` serves exactly `svc` to new connections.
-    fn wait_serves(&self, lb: usize, svc: &ServiceConfig) {
-        assert_eventually!(
-            self.lab
-                .lb_status_json(lb)
-                .is_ok_and(|s| status_serves(&s, svc)),
-            APPLY,
-            "lb{lb} never served {svc:?}; status: {:?}\nlog: {:?}",
-            self.lab.lb_status_json(lb),
-            self.lab.lb_log(lb)
-        );
-    }
-
-    /// `spread` from the client namespace; every connection must succeed.
-    fn spread(&self, vip: SocketAddr, n: usize) -> lb_tests::Spread {
-        let s = self
-            .lab
-            .in_client(|| spread(vip, n, CONCURRENCY))
-            .expect("client namespace");
-        assert_eq!(s.failures, 0, "{:?}", s.failure_samples);
-        s
-    }
-
-    fn hold(&self, vip: SocketAddr, n: usize) -> Vec<HeldConn> {
-        self.lab
-            .in_client(|| hold(vip, n))
-            .expect("client namespace")
-            .expect("held connections open")
-    }
+fn hold_ok(t: &ZkLab, vip: SocketAddr, n: usize) -> Vec<HeldConn> {
+    t.lab
+        .in_client(|| hold(vip, n))
+        .expect("client namespace")
+        .expect("held connections open")
 }
 
 fn b(i: usize) -> SocketAddr {
@@ -175,26 +72,27 @@ fn assert_held_stay(held: &mut [HeldConn], what: &str) {
 
 #[test]
 fn zkcli_added_backend_takes_new_connections() {
-    let mut t = ZkLab::start(1);
+    let mut t = start(1);
     let two = service("web", vip(1, false), "wrr", &[1, 1]);
-    t.put(&two);
-    t.start_lb(0, &[]);
-    t.wait_serves(0, &two);
-    let s = t.spread(two.vip, 200);
+    t.put(&two).unwrap();
+    t.start_lb(0, &[]).unwrap();
+    t.wait_serves(0, &two).unwrap();
+    let s = spread_ok(&t, two.vip, 200);
     assert_eq!(s.count("b2"), 0, "{s:?}");
     assert!(s.count("b0") > 50 && s.count("b1") > 50, "{s:?}");
     assert_eventually!(
-        zookeeper(&t.status(0)).connection == ZkConnection::Connected,
+        zookeeper(&t.status(0).unwrap()).connection == ZkConnection::Connected,
         APPLY,
         "{:#?}",
-        t.status(0).daemon
+        t.status(0).unwrap().daemon
     );
 
     // An operator's hand edit: an empty node is weight 1, active.
-    t.zkcli(&["create", &backend_znode("web", b(2)), ""]);
+    t.zkcli(&["create", &backend_znode("web", b(2)), ""])
+        .unwrap();
     let three = service("web", vip(1, false), "wrr", &[1, 1, 1]);
-    t.wait_serves(0, &three);
-    let s = t.spread(three.vip, 300);
+    t.wait_serves(0, &three).unwrap();
+    let s = spread_ok(&t, three.vip, 300);
     assert!(
         s.count("b2") >= 80,
         "the added backend gets its third: {s:?}"
@@ -203,12 +101,12 @@ fn zkcli_added_backend_takes_new_connections() {
 
 #[test]
 fn zkcli_removed_backend_gets_no_new_connections_while_held_ones_stay() {
-    let mut t = ZkLab::start(1);
+    let mut t = start(1);
     let three = service("web", vip(1, false), "maglev", &[1, 1, 1]);
-    t.put(&three);
-    t.start_lb(0, &[]);
-    t.wait_serves(0, &three);
-    let mut held = t.hold(three.vip, 30);
+    t.put(&three).unwrap();
+    t.start_lb(0, &[]).unwrap();
+    t.wait_serves(0, &three).unwrap();
+    let mut held = hold_ok(&t, three.vip, 30);
     let per = held_per_backend(&held);
     assert_eq!(
         per.len(),
@@ -216,7 +114,7 @@ fn zkcli_removed_backend_gets_no_new_connections_while_held_ones_stay() {
         "30 held connections reach every backend: {per:?}"
     );
 
-    t.zkcli(&["delete", &backend_znode("web", b(1))]);
+    t.zkcli(&["delete", &backend_znode("web", b(1))]).unwrap();
     let two = ServiceConfig::new(
         "web",
         three.vip,
@@ -226,27 +124,27 @@ fn zkcli_removed_backend_gets_no_new_connections_while_held_ones_stay() {
             BackendConfig::active(b(2), 1),
         ],
     );
-    t.wait_serves(0, &two);
+    t.wait_serves(0, &two).unwrap();
     // The removed backend is kept, draining, while the flow table still sends held connections to it.
     assert_eq!(
-        backend_state(&t.status(0), "web", b(1)),
+        backend_state(&t.status(0).unwrap(), "web", b(1)),
         Some(("draining".to_owned(), 0)),
         "{:#?}",
-        t.status(0)
+        t.status(0).unwrap()
     );
     assert_held_stay(&mut held, "after the removal");
-    let s = t.spread(two.vip, 300);
+    let s = spread_ok(&t, two.vip, 300);
     assert_eq!(s.count("b1"), 0, "no new connection reaches b1: {s:?}");
     assert_held_stay(&mut held, "after new traffic");
 }
 
 #[test]
 fn weight_change_shifts_the_distribution() {
-    let mut t = ZkLab::start(1);
+    let mut t = start(1);
     let even = service("web", vip(1, false), "wrr", &[1, 1, 1]);
-    t.put(&even);
-    t.start_lb(0, &[]);
-    t.wait_serves(0, &even);
+    t.put(&even).unwrap();
+    t.start_lb(0, &[]).unwrap();
+    t.wait_serves(0, &even).unwrap();
     for (weights, change) in [([1, 1, 1], None), ([1, 1, 4], Some(4))] {
         if let Some(weight) = change {
             t.admin(&[
@@ -255,10 +153,12 @@ fn weight_change_shifts_the_distribution() {
                 "web",
                 &b(2).to_string(),
                 &weight.to_string(),
-            ]);
-            t.wait_serves(0, &service("web", vip(1, false), "wrr", &weights));
+            ])
+            .unwrap();
+            t.wait_serves(0, &service("web", vip(1, false), "wrr", &weights))
+                .unwrap();
         }
-        let s = t.spread(even.vip, 600);
+        let s = spread_ok(&t, even.vip, 600);
         let rows = compare(
             &s,
             &expected_shares("wrr", &weights),
@@ -274,11 +174,11 @@ fn weight_change_shifts_the_distribution() {
 
 #[test]
 fn registered_backend_appears_drains_on_sigterm_and_expires_on_sigkill() {
-    let mut t = ZkLab::start(1);
+    let mut t = start(1);
     let two = service("web", vip(1, false), "wrr", &[1, 1]);
-    t.put(&two);
-    t.start_lb(0, &[]);
-    t.wait_serves(0, &two);
+    t.put(&two).unwrap();
+    t.start_lb(0, &[]).unwrap();
+    t.wait_serves(0, &two).unwrap();
     let with_b2 = service("web", vip(1, false), "wrr", &[1, 1, 2]);
     let connect = t.backend_connect();
     let register_args = [
@@ -296,13 +196,13 @@ fn registered_backend_appears_drains_on_sigterm_and_expires_on_sigkill() {
     t.lab
         .start_register(2, &connect, "web", false, &register_args)
         .expect("lb register starts");
-    t.wait_serves(0, &with_b2);
-    let s = t.spread(two.vip, 200);
+    t.wait_serves(0, &with_b2).unwrap();
+    let s = spread_ok(&t, two.vip, 200);
     assert!(
         s.count("b2") >= 60,
         "the registered backend takes its half: {s:?}"
     );
-    let mut held = t.hold(two.vip, 12);
+    let mut held = hold_ok(&t, two.vip, 12);
     assert!(
         held.iter().any(|c| c.backend() == "b2"),
         "{:?}",
@@ -312,13 +212,13 @@ fn registered_backend_appears_drains_on_sigterm_and_expires_on_sigkill() {
         .signal_register(2, libc::SIGTERM)
         .expect("SIGTERM to lb register");
     assert_eventually!(
-        backend_state(&t.status(0), "web", b(2)) == Some(("draining".to_owned(), 2)),
+        backend_state(&t.status(0).unwrap(), "web", b(2)) == Some(("draining".to_owned(), 2)),
         APPLY,
         "b2 never showed as draining: {:#?}\nregister log: {:?}",
-        t.status(0),
+        t.status(0).unwrap(),
         t.lab.register_log(2)
     );
-    let s = t.spread(two.vip, 100);
+    let s = spread_ok(&t, two.vip, 100);
     assert_eq!(
         s.count("b2"),
         0,
@@ -330,12 +230,12 @@ fn registered_backend_appears_drains_on_sigterm_and_expires_on_sigkill() {
         .wait_register_exit(2, Duration::from_secs(15))
         .expect("lb register exits after draining");
     assert!(exit.success(), "lb register after SIGTERM: {exit}");
-    let nodes = t.admin(&["backend", "ls", "web"]);
+    let nodes = t.admin(&["backend", "ls", "web"]).unwrap();
     assert!(
         !nodes.contains(&b(2).to_string()),
         "the node is gone: {nodes}"
     );
-    t.wait_serves(0, &two);
+    t.wait_serves(0, &two).unwrap();
     assert_held_stay(&mut held, "after b2 left");
     drop(held);
 
@@ -343,7 +243,7 @@ fn registered_backend_appears_drains_on_sigterm_and_expires_on_sigkill() {
     t.lab
         .start_register(2, &connect, "web", false, &register_args)
         .expect("lb register starts again");
-    t.wait_serves(0, &with_b2);
+    t.wait_serves(0, &with_b2).unwrap();
     t.lab
         .signal_register(2, libc::SIGKILL)
         .expect("SIGKILL to lb register");
@@ -352,22 +252,22 @@ fn registered_backend_appears_drains_on_sigterm_and_expires_on_sigkill() {
         .wait_register_exit(2, Duration::from_secs(5))
         .expect("lb register dies");
     assert!(!exit.success());
-    t.wait_serves(0, &two);
-    let s = t.spread(two.vip, 200);
+    t.wait_serves(0, &two).unwrap();
+    let s = spread_ok(&t, two.vip, 200);
     assert_eq!(s.count("b2"), 0, "{s:?}");
 }
 
 #[test]
 fn zookeeper_outage_under_traffic_fails_static_then_applies_changes() {
     const OUTAGE: Duration = Duration::from_secs(30);
-    let mut t = ZkLab::start(1);
+    let mut t = start(1);
     let two = service("web", vip(1, false), "maglev", &[1, 1]);
-    t.put(&two);
-    t.start_lb(0, &[]);
-    t.wait_serves(0, &two);
-    let mut held = t.hold(two.vip, 16);
+    t.put(&two).unwrap();
+    t.start_lb(0, &[]).unwrap();
+    t.wait_serves(0, &two).unwrap();
+    let mut held = hold_ok(&t, two.vip, 16);
     assert_eventually!(
-        zookeeper(&t.status(0)).connection == ZkConnection::Connected,
+        zookeeper(&t.status(0).unwrap()).connection == ZkConnection::Connected,
         APPLY
     );
 
@@ -434,14 +334,14 @@ fn zookeeper_outage_under_traffic_fails_static_then_applies_changes() {
     );
 
     t.zk.restart().expect("ZooKeeper restarts");
-    t.put_backend("web", b(2), 1);
+    t.put_backend("web", b(2), 1).unwrap();
     let three = service("web", vip(1, false), "maglev", &[1, 1, 1]);
-    t.wait_serves(0, &three);
+    t.wait_serves(0, &three).unwrap();
     assert_eventually!(
-        zookeeper(&t.status(0)).connection == ZkConnection::Connected,
+        zookeeper(&t.status(0).unwrap()).connection == ZkConnection::Connected,
         APPLY
     );
-    let s = t.spread(three.vip, 300);
+    let s = spread_ok(&t, three.vip, 300);
     assert!(
         s.count("b2") > 30,
         "the backend added after the outage: {s:?}"
@@ -451,7 +351,7 @@ fn zookeeper_outage_under_traffic_fails_static_then_applies_changes() {
 
 #[test]
 fn malformed_nodes_leave_every_other_service_forwarding() {
-    let mut t = ZkLab::start(1);
+    let mut t = start(1);
     let web = service("web", vip(1, false), "wrr", &[1, 1]);
     let api = ServiceConfig::new(
         "api",
@@ -462,11 +362,11 @@ fn malformed_nodes_leave_every_other_service_forwarding() {
             BackendConfig::active(b(2), 1),
         ],
     );
-    t.put(&web);
-    t.put(&api);
-    t.start_lb(0, &[]);
-    t.wait_serves(0, &web);
-    t.wait_serves(0, &api);
+    t.put(&web).unwrap();
+    t.put(&api).unwrap();
+    t.start_lb(0, &[]).unwrap();
+    t.wait_serves(0, &web).unwrap();
+    t.wait_serves(0, &api).unwrap();
 
     let wrong_port = SocketAddr::new(b(2).ip(), 8080);
     let bad_nodes = [
@@ -474,17 +374,17 @@ fn malformed_nodes_leave_every_other_service_forwarding() {
         backend_znode("web", wrong_port),
         "/lb/services/api".to_owned(),
     ];
-    t.zkcli(&["create", &bad_nodes[0], "{oops"]);
-    t.zkcli(&["create", &bad_nodes[1], ""]);
+    t.zkcli(&["create", &bad_nodes[0], "{oops"]).unwrap();
+    t.zkcli(&["create", &bad_nodes[1], ""]).unwrap();
     // A bad edit of a serving service: it keeps its last good version.
-    t.zkcli(&["set", &bad_nodes[2], "garbage{"]);
+    t.zkcli(&["set", &bad_nodes[2], "garbage{"]).unwrap();
     assert_eventually!(
-        zookeeper(&t.status(0)).current_rejections == 3,
+        zookeeper(&t.status(0).unwrap()).current_rejections == 3,
         APPLY,
         "{:#?}",
-        t.status(0).daemon
+        t.status(0).unwrap().daemon
     );
-    assert!(zookeeper(&t.status(0)).rejections >= 3);
+    assert!(zookeeper(&t.status(0).unwrap()).rejections >= 3);
     let log = t.lab.lb_log(0).expect("lb log");
     for node in &bad_nodes {
         assert!(
@@ -498,11 +398,11 @@ fn malformed_nodes_leave_every_other_service_forwarding() {
         "the port mismatch is explained: {log}"
     );
 
-    t.wait_serves(0, &web);
-    t.wait_serves(0, &api);
-    let s = t.spread(web.vip, 200);
+    t.wait_serves(0, &web).unwrap();
+    t.wait_serves(0, &api).unwrap();
+    let s = spread_ok(&t, web.vip, 200);
     assert_eq!(s.count("b2"), 0, "the rejected backend gets nothing: {s:?}");
-    let s = t.spread(api.vip, 200);
+    let s = spread_ok(&t, api.vip, 200);
     assert!(s.count("b1") > 0 && s.count("b2") > 0, "{s:?}");
 
     // Fixing the service node applies it again.
@@ -510,12 +410,13 @@ fn malformed_nodes_leave_every_other_service_forwarding() {
         "set",
         &bad_nodes[2],
         &format!(r#"{{"vip":"{}","scheduler":"rr"}}"#, api.vip),
-    ]);
+    ])
+    .unwrap();
     let api_rr = ServiceConfig {
         scheduler: "rr".into(),
         ..api.clone()
     };
-    t.wait_serves(0, &api_rr);
+    t.wait_serves(0, &api_rr).unwrap();
 }
 
 /// Connects from a fixed client port, reads the greeting and resets the connection (no TIME_WAIT,
@@ -544,19 +445,20 @@ fn greeting_from_port(vip: SocketAddr, port: u16) -> anyhow::Result<String> {
 
 #[test]
 fn two_lbs_choose_alike_and_take_over_each_others_flows() {
-    let mut t = ZkLab::start(2);
+    let mut t = start(2);
     let svc = service("web", vip(1, false), "maglev", &[1, 2, 3]);
     // LB0 sees the backends arrive one by one; LB1 starts later and reads them all at once.
     let first = service("web", svc.vip, "maglev", &[1]);
-    t.put(&first);
-    t.start_lb(0, &[]);
-    t.wait_serves(0, &first);
+    t.put(&first).unwrap();
+    t.start_lb(0, &[]).unwrap();
+    t.wait_serves(0, &first).unwrap();
     for i in 1..3 {
-        t.put_backend("web", b(i), svc.backends[i].weight);
-        t.wait_serves(0, &service("web", svc.vip, "maglev", &[1, 2, 3][..=i]));
+        t.put_backend("web", b(i), svc.backends[i].weight).unwrap();
+        t.wait_serves(0, &service("web", svc.vip, "maglev", &[1, 2, 3][..=i]))
+            .unwrap();
     }
-    t.start_lb(1, &[]);
-    t.wait_serves(1, &svc);
+    t.start_lb(1, &[]).unwrap();
+    t.wait_serves(1, &svc).unwrap();
 
     // The same 5-tuples through each LB alone reach the same backends.
     const PORTS: std::ops::Range<u16> = 41_000..41_200;
@@ -591,8 +493,8 @@ fn two_lbs_choose_alike_and_take_over_each_others_flows() {
 
     // Connections opened through LB0 survive a move to LB1, which never saw their SYN.
     t.lab.route_vips_via(&[0]).expect("route the VIPs to lb0");
-    let mut held = t.hold(svc.vip, 30);
-    let lb1_packets = |t: &ZkLab| t.status(1).services[0].packets;
+    let mut held = hold_ok(&t, svc.vip, 30);
+    let lb1_packets = |t: &ZkLab| t.status(1).unwrap().services[0].packets;
     let before = lb1_packets(&t);
     t.lab.route_vips_via(&[1]).expect("route the VIPs to lb1");
     assert_held_stay(&mut held, "moved from lb0 to lb1");

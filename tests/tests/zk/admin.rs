@@ -1,12 +1,10 @@
 //! The admin CLI against a real ZooKeeper: the library calls, the `lb` binary, and zkCli hand edits.
 
-// Test helpers outside #[test] functions may unwrap: a failure there is a test failure.
-#![allow(clippy::unwrap_used)]
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use lb_tests::eventually::Eventually;
 use lb_tests::zk_server::ZkServer;
 use lb_userspace::admin::{
     AdminError, PutOutcome, ServiceFields, list_backends, list_services, put_backend, put_service,
@@ -206,7 +204,7 @@ async fn zkcli_hand_edits_read_like_admin_writes() {
 fn the_lb_binary_puts_and_lists() {
     let server = ZkServer::start().unwrap();
     let lb = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_lb"))
+        let out = Command::new(lb_tests::lab::lb_bin().unwrap())
             .args(args)
             .args(["--zk", &server.connect_string()])
             .output()
@@ -298,15 +296,15 @@ async fn with_credentials_only_the_writer_may_change_and_everyone_may_read() {
 
     // The daemon's source only reads, so it needs no credentials.
     let mut source = ZkSource::spawn(ZkSourceConfig::new(anon_target));
-    let state = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Some(s) = source.states.borrow_and_update().clone() {
-                return s;
-            }
-            source.states.changed().await.unwrap();
-        }
+    let state = Eventually::new(
+        "the source to read the protected tree",
+        Duration::from_secs(20),
+    )
+    .poll_async(|| {
+        let state = source.states.borrow_and_update().clone();
+        async move { state.ok_or("no state yet") }
     })
     .await
-    .expect("the source reads the protected tree");
+    .unwrap();
     assert_eq!(state.services["web"].backends.len(), 1);
 }

@@ -1,13 +1,11 @@
 //! `lb register` against a real ZooKeeper: the node follows the local check, survives a session
 //! expiry, and drains then leaves on shutdown.
 
-// Test helpers outside #[test] functions may unwrap: a failure there is a test failure.
-#![allow(clippy::unwrap_used)]
-
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use lb_tests::eventually::Eventually;
 use lb_tests::zk_server::ZkServer;
 use lb_userspace::model::BackendSpec;
 use lb_userspace::register::{LocalCheck, Registration, register};
@@ -21,14 +19,14 @@ async fn eventually<T, F: Future<Output = Option<T>>>(
     what: &str,
     mut probe: impl FnMut() -> F,
 ) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Eventually::new(what, WAIT)
+        .every(Duration::from_millis(50))
+        .poll_async(|| {
+            let probe = probe();
+            async move { probe.await.ok_or("nothing yet") }
+        })
+        .await
+        .unwrap()
 }
 
 async fn node(zk: &Client, path: &str) -> Option<(Vec<u8>, Stat)> {
@@ -61,10 +59,7 @@ fn registration(server: &ZkServer, backend: SocketAddr) -> Registration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_follows_its_check_survives_expiry_and_drains() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("lb_userspace=debug")
-        .try_init();
+    crate::log_to_test_output();
     let mut server = ZkServer::start().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = listener.local_addr().unwrap();

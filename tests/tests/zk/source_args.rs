@@ -1,13 +1,10 @@
 //! `lb run` takes its services from exactly one of `--config` and `--zk`; both or neither is a clear
 //! error before anything is loaded (so these run without root).
 
-// Test helpers outside #[test] functions may unwrap: a failure there is a test failure.
-#![allow(clippy::unwrap_used)]
-
 use std::process::Command;
 
 fn lb_run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lb"))
+    let out = Command::new(lb_tests::lab::lb_bin().unwrap())
         .args(["run", "--iface", "lo"])
         .args(args)
         .output()

@@ -5,12 +5,11 @@
 //! `bpf_fib_lookup` resolves routes in the namespace of the thread that runs the program. Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "xdp_fixtures/frames.rs"]
 mod frames;
-#[path = "xdp_fixtures/lab.rs"]
 mod lab;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
 use frames::*;
@@ -20,6 +19,7 @@ use lb_common::{
     DecapKey, FlowKey, IPPROTO_TCP, LbConfig, Scheduler, ServiceEntry, VipKey, addr::to_words,
     hash::flow_hash, limits::Capacity,
 };
+use lb_tests::eventually::Eventually;
 use lb_userspace::dataplane::{Dataplane, LoadOptions};
 
 const XDP_DROP: u32 = 1;
@@ -463,29 +463,27 @@ fn next_hop_changes_reach_the_data_plane() {
             "nud",
             "permanent",
         ]);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        loop {
-            let (verdict, out) = f.run(&ack);
-            assert_eq!(verdict, XDP_TX);
-            if out[0..6] == new_mac {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still sending to the old next hop after 2 s"
-            );
-            std::thread::yield_now();
-        }
+        Eventually::new("frames to the new next hop", Duration::from_secs(2))
+            .every(Duration::from_millis(1))
+            .poll(|| {
+                let (verdict, out) = f.run(&ack);
+                assert_eq!(verdict, XDP_TX);
+                if out[0..6] == new_mac {
+                    Ok(())
+                } else {
+                    Err(format!("destination MAC {:02x?}", &out[0..6]))
+                }
+            })
+            .unwrap();
         // A route that disappears is a counted drop, not a stale forward, once the cache expires.
         lab.ip(&["route", "del", "198.18.2.0/24"]);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while f.run(&ack).0 != XDP_DROP {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still forwarding 2 s after the route went away"
-            );
-            std::thread::yield_now();
-        }
+        Eventually::new("a drop once the route went away", Duration::from_secs(2))
+            .every(Duration::from_millis(1))
+            .poll(|| match f.run(&ack).0 {
+                XDP_DROP => Ok(()),
+                verdict => Err(format!("verdict {verdict}")),
+            })
+            .unwrap();
         assert!(f.counter(Counter::DropNoRoute) >= 1);
     });
 }

@@ -1,0 +1,11 @@
+//! The namespace lab: real TCP from the lab's client through `lb run` (file or ZooKeeper source) to
+//! the backends. Labs of this binary run one at a time (the lab lock). Needs root, bpffs, `LB_BIN`
+//! and, for `zk`, Debian's `zookeeper` package (`cargo xtask test` provides them).
+
+mod apply_isolation;
+mod balancing;
+mod health;
+mod metrics;
+mod processes;
+mod smoke;
+mod zk;

@@ -1,0 +1,80 @@
+//! The balancer fixtures' network: a [`PrivateNetns`] (the thread's own, gone with the thread) with
+//! a veth pair, permanent neighbours and routes toward the backends, because `bpf_fib_lookup` inside
+//! `BPF_PROG_TEST_RUN` routes in the namespace of the calling thread.
+
+use lb_tests::lab::netns::{PrivateNetns, pin_to_current_cpu, with_private_netns};
+
+/// MAC of the interface the balancer "receives" on (lbt0).
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x02];
+/// MAC of the next hop toward the backends.
+pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x01];
+const IFACE: &str = "lbt0";
+
+/// What a test needs to know about its namespace.
+pub struct Lab {
+    pub ifindex: u32,
+    ns: PrivateNetns,
+}
+
+impl Lab {
+    /// Runs `ip` in the lab's namespace; returns its output.
+    pub fn ip(&self, args: &[&str]) -> String {
+        self.ns.ip(args).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+}
+
+fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The lab: `lbt0` is the balancer's interface (next hop 198.18.3.1 / 2001:db8:3::1 toward the
+/// backends in 198.18.2.0/24 and 2001:db8:2::/64); `lbt2` leads to backends in 198.18.5.0/24
+/// (next hop 198.18.4.1), so packets to them are redirected.
+const SETUP: &[&str] = &[
+    "link add lbt0 address {LB_MAC} type veth peer name lbt1",
+    "link set lbt0 up",
+    "link set lbt1 up",
+    "addr add 198.18.3.2/24 dev lbt0",
+    "-6 addr add 2001:db8:3::2/64 dev lbt0 nodad",
+    "neigh add 198.18.3.1 lladdr {HOP_MAC} dev lbt0 nud permanent",
+    "-6 neigh add 2001:db8:3::1 lladdr {HOP_MAC} dev lbt0 nud permanent",
+    "route add 198.18.2.0/24 via 198.18.3.1 dev lbt0",
+    "-6 route add 2001:db8:2::/64 via 2001:db8:3::1 dev lbt0",
+    "link add lbt2 type veth peer name lbt3",
+    "link set lbt2 up",
+    "link set lbt3 up",
+    "addr add 198.18.4.2/24 dev lbt2",
+    "neigh add 198.18.4.1 lladdr {HOP_MAC} dev lbt2 nud permanent",
+    "route add 198.18.5.0/24 via 198.18.4.1 dev lbt2",
+];
+
+/// Builds the lab in `ns` (the calling thread's namespace) and pins the thread to one CPU
+/// (per-CPU round-robin cursors must not change between runs).
+fn build(ns: PrivateNetns) -> Lab {
+    let lines: Vec<String> = SETUP
+        .iter()
+        .map(|line| {
+            line.replace("{LB_MAC}", &mac_string(&LB_MAC))
+                .replace("{HOP_MAC}", &mac_string(&NEXT_HOP_MAC))
+        })
+        .collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    ns.ip_script(&lines).expect("the fixture network");
+    // The LB forwards: bpf_fib_lookup refuses to route for an interface without forwarding.
+    ns.set_forwarding(IFACE, true).expect("forwarding on lbt0");
+    pin_to_current_cpu().expect("pin the fixture thread");
+    let ifindex = lb_userspace::netif::ifindex(IFACE).expect("lbt0 exists in the namespace");
+    Lab { ifindex, ns }
+}
+
+/// Runs `f` on a fresh thread inside a fresh namespace, which ends with the thread.
+pub fn with_lab<R: Send>(f: impl FnOnce(&Lab) -> R + Send) -> R {
+    with_private_netns(|ns| {
+        let ns = ns.try_clone().expect("the namespace handle");
+        f(&build(ns))
+    })
+    .expect("a private network namespace")
+}
