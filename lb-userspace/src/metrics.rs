@@ -141,6 +141,11 @@ pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt
         "Generation of the applied configuration (bumped on every change)",
         generation.clone(),
     );
+    let not_applied = gauges(
+        &mut r,
+        "service_not_applied",
+        "1 for each service the daemon could not apply (capacity or address family; see lb status)",
+    );
     let apply = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     r.register(
         "last_apply_duration_seconds",
@@ -185,6 +190,11 @@ pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt
     evictions.inc_by(daemon.flow_evictions);
     generation.set(i64::from(daemon.generation));
     apply.set(daemon.last_apply().map_or(0.0, |d| d.as_secs_f64()));
+    for n in &daemon.not_applied {
+        not_applied
+            .get_or_create(&labels(&[("service", &n.service)]))
+            .set(1);
+    }
     if let Some(zk) = daemon.source.zookeeper_connection() {
         let state = gauges(
             &mut r,
@@ -401,6 +411,7 @@ mod tests {
             "lb_drops_total{reason=\"no_backend\"} 1",
             "lb_config_generation 3",
             "lb_flows 5",
+            "lb_service_not_applied{service=\"v6\"} 1",
             "lb_zookeeper_session_state{state=\"connected\"} 1",
             "lb_zookeeper_session_state{state=\"expired\"} 0",
         ] {
