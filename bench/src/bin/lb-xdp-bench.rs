@@ -14,28 +14,23 @@
 //! state: each insert also evicts, as in a balancer under a flood of new connections.
 
 use std::{
-    fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    process::Command,
     time::Duration,
 };
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use lb_bench::harness::{BenchFrame, BenchRun, BenchTarget, XdpBench};
-use lb_common::{
-    BACKEND_F_VALID, BackendEntry, Counter, IPPROTO_TCP, LbConfig, Scheduler, ServiceEntry, VipKey,
-    addr::to_words, limits::Capacity,
+use lb_common::{Counter, LbConfig, Scheduler, addr::to_words, limits::Capacity};
+use lb_tests::xdp::{
+    IFACE, XdpLab,
+    frames::{ACK, SYN, Tcp},
+    maps, with_xdp_lab,
 };
-use lb_userspace::{
-    dataplane::{Dataplane, LoadOptions},
-    netif,
-};
+use lb_userspace::dataplane::{Dataplane, LoadOptions};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
-const IFACE: &str = "lbb0";
 const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
@@ -61,14 +56,14 @@ fn main() -> anyhow::Result<()> {
         args.rounds > 0 && args.repeat > 0,
         "--rounds and --repeat must be at least 1"
     );
-    let result = std::thread::scope(|s| {
-        s.spawn(|| enter_lab().and_then(|ifindex| run(&args, ifindex)))
-            .join()
-    });
-    match result {
-        Ok(r) => r,
-        Err(_) => bail!("the bench thread panicked"),
-    }
+    with_xdp_lab(|lab| add_backend_routes(lab).and_then(|()| run(&args, lab.ifindex)))?
+}
+
+/// The bench's backends (198.18.8.0/21, 2001:db8:2::/64) are behind the lab's next hop.
+fn add_backend_routes(lab: &XdpLab) -> anyhow::Result<()> {
+    lab.ip_script(&[&format!(
+        "route add 198.18.8.0/21 via 198.18.3.1 dev {IFACE}"
+    )])
 }
 
 /// One row of the report.
@@ -105,7 +100,7 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     };
     let mut rows = Vec::new();
 
-    let syn4 = tcp_v4(CLIENT4, VIP4, 40000, 0x02);
+    let syn4 = tcp_v4(CLIENT4, VIP4, 40000, SYN);
     let harness = m.harness(&syn4)?;
     m.bench.set_target(BenchTarget::Floor)?;
     let floor = m.case(&syn4, false, XDP_TX)?;
@@ -117,13 +112,7 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
 
     // While the table has room (at most repeat × (rounds + 1) + 1 flows so far, checked): an
     // insert without eviction.
-    let ids = put_backends(m.bench.dataplane(), 64, false)?;
-    put_service(
-        m.bench.dataplane(),
-        IpAddr::V4(VIP4),
-        Scheduler::Maglev,
-        &ids,
-    )?;
+    serve(m.bench.dataplane(), 64, IpAddr::V4(VIP4), Scheduler::Maglev)?;
     let inserts = u64::from(args.repeat) * (u64::from(args.rounds) + 1) + 1;
     if inserts < u64::from(FLOW_TABLE_SIZE) / 2 {
         let t = m.case(&syn4, true, XDP_TX)?;
@@ -135,12 +124,11 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
 
     // Then fill the flow table, so every other new-flow case measures the same steady state: a
     // full LRU table where each insert also evicts.
-    let ids = put_backends(m.bench.dataplane(), 3, false)?;
-    put_service(
+    serve(
         m.bench.dataplane(),
+        3,
         IpAddr::V4(VIP4),
         Scheduler::RoundRobin,
-        &ids,
     )?;
     m.fill_flow_table(&syn4, capacity.flow_table_size)?;
 
@@ -156,40 +144,28 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
         }
     }
 
-    let ids = put_backends(m.bench.dataplane(), 64, false)?;
-    put_service(
-        m.bench.dataplane(),
-        IpAddr::V4(VIP4),
-        Scheduler::Maglev,
-        &ids,
-    )?;
-    let ack4 = tcp_v4(CLIENT4, VIP4, 40001, 0x10);
+    serve(m.bench.dataplane(), 64, IpAddr::V4(VIP4), Scheduler::Maglev)?;
+    let ack4 = tcp_v4(CLIENT4, VIP4, 40001, ACK);
     let t = m.case(&ack4, false, XDP_TX)?;
     rows.push(Row {
         case: "established flow (flow table hit), IPv4".into(),
         per_packet: t,
     });
-    let other = tcp_v4(CLIENT4, Ipv4Addr::new(198, 18, 100, 9), 40002, 0x02);
+    let other = tcp_v4(CLIENT4, Ipv4Addr::new(198, 18, 100, 9), 40002, SYN);
     let t = m.case(&other, false, XDP_PASS)?;
     rows.push(Row {
         case: "not a VIP (XDP_PASS)".into(),
         per_packet: t,
     });
 
-    let ids6 = put_backends(m.bench.dataplane(), 64, true)?;
-    put_service(
-        m.bench.dataplane(),
-        IpAddr::V6(VIP6),
-        Scheduler::Maglev,
-        &ids6,
-    )?;
-    let syn6 = tcp_v6(CLIENT6, VIP6, 40003, 0x02);
+    serve(m.bench.dataplane(), 64, IpAddr::V6(VIP6), Scheduler::Maglev)?;
+    let syn6 = tcp_v6(CLIENT6, VIP6, 40003, SYN);
     let t = m.case(&syn6, true, XDP_TX)?;
     rows.push(Row {
         case: "new flow, maglev, 64 backends, IPv6".into(),
         per_packet: t,
     });
-    let ack6 = tcp_v6(CLIENT6, VIP6, 40004, 0x10);
+    let ack6 = tcp_v6(CLIENT6, VIP6, 40004, ACK);
     let t = m.case(&ack6, false, XDP_TX)?;
     rows.push(Row {
         case: "established flow (flow table hit), IPv6".into(),
@@ -328,65 +304,17 @@ struct Frame {
     src_low_off: u32,
 }
 
-fn tcp_header(sport: u16, flags: u8) -> Vec<u8> {
-    let mut t = sport.to_be_bytes().to_vec();
-    t.extend(80u16.to_be_bytes());
-    t.extend([
-        0,
-        0,
-        0,
-        1,
-        0,
-        0,
-        0,
-        0,
-        5 << 4,
-        flags,
-        0xff,
-        0xff,
-        0,
-        0,
-        0,
-        0,
-    ]);
-    t
-}
-
-fn eth(ether_type: u16) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 0xaa, 2, 0, 0, 0, 0, 0xcc];
-    f.extend(ether_type.to_be_bytes());
-    f
-}
-
 fn tcp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, flags: u8) -> Frame {
-    let mut f = eth(0x0800);
-    let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, IPPROTO_TCP, 0, 0];
-    ip.extend(src.octets());
-    ip.extend(dst.octets());
-    let sum: u32 = ip
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let csum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    f.extend(ip);
-    f.extend(tcp_header(sport, flags));
     Frame {
-        bytes: f,
+        bytes: Tcp::v4(src, dst, sport, maps::PORT, flags).frame(),
         sport_off: 14 + 20,
         src_low_off: 14 + 12 + 2,
     }
 }
 
 fn tcp_v6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, flags: u8) -> Frame {
-    let mut f = eth(0x86dd);
-    f.extend([0x60, 0, 0, 0, 0, 20, IPPROTO_TCP, 64]);
-    f.extend(src.octets());
-    f.extend(dst.octets());
-    f.extend(tcp_header(sport, flags));
     Frame {
-        bytes: f,
+        bytes: Tcp::v6(src, dst, sport, maps::PORT, flags).frame(),
         sport_off: 14 + 40,
         src_low_off: 14 + 8 + 14,
     }
@@ -411,20 +339,16 @@ fn put_backends(dp: &mut Dataplane, n: u32, v6: bool) -> anyhow::Result<Vec<u32>
                 let [a, b] = (id as u16).to_be_bytes();
                 IpAddr::V4(Ipv4Addr::new(198, 18, 8 + a, b))
             };
-            let (addr, family) = to_words(ip);
-            let entry = BackendEntry {
-                addr,
-                service_id: 0,
-                weight: 1,
-                flags: BACKEND_F_VALID,
-                port_be: 80u16.to_be(),
-                family,
-                _pad: 0,
-            };
-            dp.put_backend(id, &entry)?;
+            dp.put_backend(id, &maps::backend_entry(0, ip))?;
             Ok(id)
         })
         .collect()
+}
+
+/// Backends 1..=n (of `vip`'s family) and service 0 at `vip` over them.
+fn serve(dp: &mut Dataplane, n: u32, vip: IpAddr, scheduler: Scheduler) -> anyhow::Result<()> {
+    let ids = put_backends(dp, n, vip.is_ipv6())?;
+    put_service(dp, vip, scheduler, &ids)
 }
 
 /// Service 0 at `vip`:80 with a plain list (or, for Maglev, a full-size table) of `ids`.
@@ -441,88 +365,6 @@ fn put_service(
             .collect(),
         _ => ids.to_vec(),
     };
-    dp.write_table(0, &table)?;
-    let (addr, family) = to_words(vip);
-    let key = VipKey {
-        addr,
-        port_be: 80u16.to_be(),
-        proto: IPPROTO_TCP,
-        family,
-    };
-    let entry = ServiceEntry {
-        id: 0,
-        scheduler: scheduler as u32,
-        table_offset: 0,
-        table_len: table.len() as u32,
-        ..Default::default()
-    };
-    dp.put_service(&key, &entry)?;
+    maps::put_service(dp, 0, vip, scheduler, 0, &table)?;
     Ok(())
-}
-
-/// Runs `ip` inside the namespace `ns` (the child joins it before exec).
-fn ip(ns: &File, args: &[&str]) -> anyhow::Result<()> {
-    let fd = ns.as_raw_fd();
-    let mut cmd = Command::new("ip");
-    cmd.args(args);
-    // SAFETY: setns is async-signal-safe; `fd` stays open until the child has exec'd.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().context("running `ip` (iproute2)")?;
-    ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
-/// The bench namespace: `lbb0` is the balancer's interface; backends (198.18.8.0/21,
-/// 2001:db8:2::/64) are behind the next hop 198.18.3.1 / 2001:db8:3::1.
-const SETUP: &[&str] = &[
-    "link add lbb0 type veth peer name lbb1",
-    "link set lbb0 up",
-    "link set lbb1 up",
-    "addr add 198.18.3.2/24 dev lbb0",
-    "-6 addr add 2001:db8:3::2/64 dev lbb0 nodad",
-    "neigh add 198.18.3.1 lladdr 02:00:00:00:03:01 dev lbb0 nud permanent",
-    "-6 neigh add 2001:db8:3::1 lladdr 02:00:00:00:03:01 dev lbb0 nud permanent",
-    "route add 198.18.8.0/21 via 198.18.3.1 dev lbb0",
-    "-6 route add 2001:db8:2::/64 via 2001:db8:3::1 dev lbb0",
-];
-
-/// Gives the calling thread a network namespace of its own (anonymous: it ends with the thread,
-/// so nothing can leak) with a veth pair, a permanent next-hop neighbour and routes toward the
-/// backends, and pins the thread to one CPU. Returns the ifindex of the LB interface.
-fn enter_lab() -> anyhow::Result<u32> {
-    // SAFETY: only this thread changes namespace.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    ensure!(
-        rc == 0,
-        "unshare(CLONE_NEWNET): {}",
-        std::io::Error::last_os_error()
-    );
-    let ns = File::open("/proc/thread-self/ns/net").context("opening our namespace")?;
-    for line in SETUP {
-        ip(&ns, &line.split_whitespace().collect::<Vec<_>>())?;
-    }
-    for family in ["ipv4", "ipv6"] {
-        let path = format!("/proc/sys/net/{family}/conf/{IFACE}/forwarding");
-        std::fs::write(&path, "1").with_context(|| format!("writing {path}"))?;
-    }
-    // SAFETY: plain libc calls on a zeroed cpu_set_t.
-    unsafe {
-        let cpu = libc::sched_getcpu().max(0) as usize;
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
-    netif::ifindex(IFACE).with_context(|| format!("{IFACE} in the bench namespace"))
 }

@@ -6,20 +6,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod frames;
-mod lab;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
 use frames::*;
-use lab::{Lab, with_lab};
 use lb_common::{
     BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry, Counter, DecapCounter,
     DecapKey, FlowKey, IPPROTO_TCP, LbConfig, Scheduler, ServiceEntry, VipKey, addr::to_words,
     hash::flow_hash, limits::Capacity,
 };
 use lb_tests::eventually::Eventually;
+use lb_tests::xdp::{XdpLab as Lab, maps};
 use lb_userspace::dataplane::{Dataplane, LoadOptions};
 
 const XDP_DROP: u32 = 1;
@@ -56,6 +55,11 @@ fn tiny_capacity() -> Capacity {
         flow_table_size: 4096,
         persist_table_size: 1024,
     }
+}
+
+/// Runs `f` in a fresh [`Lab`] on a thread of its own.
+fn with_lab<R: Send>(f: impl FnOnce(&Lab) -> R + Send) -> R {
+    lb_tests::xdp::with_xdp_lab(f).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A loaded data plane with services written the way `apply` will write them.
@@ -98,16 +102,7 @@ impl Fixture {
             .map(|a| {
                 let id = self.next_backend;
                 self.next_backend += 1;
-                let (addr, family) = to_words(*a);
-                let entry = BackendEntry {
-                    addr,
-                    service_id,
-                    weight: 1,
-                    flags: BACKEND_F_VALID,
-                    port_be: 80u16.to_be(),
-                    family,
-                    _pad: 0,
-                };
+                let entry = maps::backend_entry(service_id, *a);
                 self.dp.put_backend(id, &entry).unwrap();
                 id
             })
@@ -123,24 +118,7 @@ impl Fixture {
 
     /// Writes `table` into the service's own slot and points the VIP at it.
     fn put_service(&mut self, id: u32, vip: IpAddr, scheduler: Scheduler, table: &[u32]) -> VipKey {
-        let offset = id * TABLE_SIZE;
-        self.dp.write_table(offset, table).unwrap();
-        let (addr, family) = to_words(vip);
-        let key = VipKey {
-            addr,
-            port_be: 80u16.to_be(),
-            proto: IPPROTO_TCP,
-            family,
-        };
-        let entry = ServiceEntry {
-            id,
-            scheduler: scheduler as u32,
-            table_offset: offset,
-            table_len: table.len() as u32,
-            ..Default::default()
-        };
-        self.dp.put_service(&key, &entry).unwrap();
-        key
+        maps::put_service(&mut self.dp, id, vip, scheduler, id * TABLE_SIZE, table).unwrap()
     }
 
     /// The standard fixture: an IPv4 and an IPv6 service with three backends each, round robin.
@@ -449,7 +427,7 @@ fn next_hop_changes_reach_the_data_plane() {
         let (mut f, _, _) = Fixture::standard(lab.ifindex);
         let ack = Tcp::v4(CLIENT4, VIP4, 40008, 80, ACK).frame();
         let (_, out) = f.run(&ack);
-        assert_eq!(out[0..6], lab::NEXT_HOP_MAC);
+        assert_eq!(out[0..6], lb_tests::xdp::NEXT_HOP_MAC);
         // The router behind 198.18.3.1 is replaced; the cached next hop expires within 50 ms.
         let new_mac = [0x02, 0, 0, 0, 0x03, 0x99];
         lab.ip(&[
@@ -1021,15 +999,9 @@ fn pinned_maps_are_readable_without_the_daemon() {
         kernel_log: false,
     };
     let mut dp = Dataplane::load(&opts).expect("load with pins");
-    let (addr, family) = to_words(v4(backends4()[0]));
     let backend = BackendEntry {
-        addr,
-        service_id: 3,
         weight: 7,
-        flags: BACKEND_F_VALID,
-        port_be: 80u16.to_be(),
-        family,
-        _pad: 0,
+        ..maps::backend_entry(3, v4(backends4()[0]))
     };
     dp.put_backend(5, &backend).unwrap();
     dp.write_table(TABLE_SIZE * 3 + 1, &[5, 5, 5]).unwrap();
@@ -1037,7 +1009,7 @@ fn pinned_maps_are_readable_without_the_daemon() {
         addr: to_words(v4(VIP4)).0,
         port_be: 80u16.to_be(),
         proto: IPPROTO_TCP,
-        family,
+        family: backend.family,
     };
     let svc = ServiceEntry {
         id: 3,

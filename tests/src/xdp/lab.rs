@@ -2,24 +2,33 @@
 //! a veth pair, permanent neighbours and routes toward the backends, because `bpf_fib_lookup` inside
 //! `BPF_PROG_TEST_RUN` routes in the namespace of the calling thread.
 
-use lb_tests::lab::netns::{PrivateNetns, pin_to_current_cpu, with_private_netns};
+use anyhow::Context as _;
+
+use crate::lab::netns::{PrivateNetns, pin_to_current_cpu, with_private_netns};
 
 /// MAC of the interface the balancer "receives" on (lbt0).
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x02];
 /// MAC of the next hop toward the backends.
 pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x01];
-const IFACE: &str = "lbt0";
 
-/// What a test needs to know about its namespace.
-pub struct Lab {
+/// Interface the balancer "receives" on.
+pub const IFACE: &str = "lbt0";
+
+/// What a fixture or bench needs to know about its namespace.
+pub struct XdpLab {
     pub ifindex: u32,
     ns: PrivateNetns,
 }
 
-impl Lab {
-    /// Runs `ip` in the lab's namespace; returns its output.
+impl XdpLab {
+    /// Runs `ip` in the lab's namespace; returns its output (panics on failure: for tests).
     pub fn ip(&self, args: &[&str]) -> String {
         self.ns.ip(args).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Runs one `ip` command per line in the lab's namespace (e.g. more routes).
+    pub fn ip_script(&self, lines: &[&str]) -> anyhow::Result<()> {
+        self.ns.ip_script(lines)
     }
 }
 
@@ -53,7 +62,7 @@ const SETUP: &[&str] = &[
 
 /// Builds the lab in `ns` (the calling thread's namespace) and pins the thread to one CPU
 /// (per-CPU round-robin cursors must not change between runs).
-fn build(ns: PrivateNetns) -> Lab {
+fn build(ns: PrivateNetns) -> anyhow::Result<XdpLab> {
     let lines: Vec<String> = SETUP
         .iter()
         .map(|line| {
@@ -62,19 +71,21 @@ fn build(ns: PrivateNetns) -> Lab {
         })
         .collect();
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-    ns.ip_script(&lines).expect("the fixture network");
+    ns.ip_script(&lines)
+        .context("building the XDP lab network")?;
     // The LB forwards: bpf_fib_lookup refuses to route for an interface without forwarding.
-    ns.set_forwarding(IFACE, true).expect("forwarding on lbt0");
-    pin_to_current_cpu().expect("pin the fixture thread");
-    let ifindex = lb_userspace::netif::ifindex(IFACE).expect("lbt0 exists in the namespace");
-    Lab { ifindex, ns }
+    ns.set_forwarding(IFACE, true)?;
+    pin_to_current_cpu()?;
+    let ifindex = lb_userspace::netif::ifindex(IFACE)
+        .with_context(|| format!("{IFACE} in the XDP lab namespace"))?;
+    Ok(XdpLab { ifindex, ns })
 }
 
-/// Runs `f` on a fresh thread inside a fresh namespace, which ends with the thread.
-pub fn with_lab<R: Send>(f: impl FnOnce(&Lab) -> R + Send) -> R {
+/// Runs `f` on a fresh thread inside a fresh namespace with the lab built, which ends with the
+/// thread.
+pub fn with_xdp_lab<R: Send>(f: impl FnOnce(&XdpLab) -> R + Send) -> anyhow::Result<R> {
     with_private_netns(|ns| {
-        let ns = ns.try_clone().expect("the namespace handle");
-        f(&build(ns))
-    })
-    .expect("a private network namespace")
+        let lab = build(ns.try_clone()?)?;
+        Ok(f(&lab))
+    })?
 }
