@@ -18,7 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::apply::Applier;
+use crate::apply::{Applier, ApplyReport};
 use crate::dataplane::{AttachMode, Dataplane, LoadOptions};
 use crate::health::HealthChecker;
 use crate::metrics;
@@ -338,21 +338,12 @@ fn apply_desired(ctx: &mut Ctx<'_>, desired: DesiredState) {
         checker.sync(&desired);
     }
     ctx.desired = desired;
-    let health = ctx
-        .checker
-        .as_ref()
-        .map(|c| c.view().clone())
-        .unwrap_or_default();
-    let started = Instant::now();
-    // Services that fail are logged by the applier, one line each.
-    match ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health) {
-        r if r.is_empty() => {
+    match apply_current(ctx) {
+        None => {
             ctx.applied.synced(false);
             info!("configuration unchanged");
         }
-        r => {
-            ctx.applied.synced(true);
-            ctx.applied.last_apply = Some(started.elapsed());
+        Some(r) => {
             info!(generation = r.generation, added = ?r.added, changed = ?r.changed, removed = ?r.removed, "configuration applied");
             ctx.nexthops
                 .refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
@@ -370,20 +361,27 @@ async fn health_changed(checker: &mut Option<HealthChecker>) -> bool {
 
 /// A backend's health changed: re-apply the last desired state with the new health.
 fn apply_health(ctx: &mut Ctx<'_>) {
+    if let Some(r) = apply_current(ctx) {
+        info!(generation = r.generation, services = ?r.health_changed, "backend health applied");
+    }
+}
+
+/// Applies the last desired state with the current health; `None` when nothing changed. Services
+/// that fail are logged by the applier, one line each.
+fn apply_current(ctx: &mut Ctx<'_>) -> Option<ApplyReport> {
     let health = ctx
         .checker
         .as_ref()
         .map(|c| c.view().clone())
         .unwrap_or_default();
     let started = Instant::now();
-    match ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health) {
-        r if r.is_empty() => {}
-        r => {
-            ctx.applied.synced(true);
-            ctx.applied.last_apply = Some(started.elapsed());
-            info!(generation = r.generation, services = ?r.health_changed, "backend health applied");
-        }
+    let r = ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health);
+    if r.is_empty() {
+        return None;
     }
+    ctx.applied.synced(true);
+    ctx.applied.last_apply = Some(started.elapsed());
+    Some(r)
 }
 
 /// Aborts a spawned task when dropped (the metrics server ends with the follow loop).
