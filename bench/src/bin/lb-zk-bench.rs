@@ -10,15 +10,17 @@
 //! bpffs and Debian's `zookeeper`; `LB_BIN` names the `lb` binary the daemon runs as.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use lb_common::BACKEND_F_VALID;
-use lb_tests::lab::run_in_netns;
+use lb_tests::eventually::Eventually;
+use lb_tests::lab::NsProcess;
 use lb_tests::lab::topology::ROUTER_LBS_V4;
+use lb_tests::lab::{lb_bin, run_in_netns};
 use lb_tests::zk_server::{ZkServer, ZkServerOptions};
 use lb_tests::{Lab, LabOptions};
 use lb_userspace::admin;
@@ -59,6 +61,8 @@ struct Args {
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 const COLD_START_TIMEOUT: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_micros(200);
+/// Interval of the waits for the daemon (not timed to the microsecond).
+const WAIT_POLL: Duration = Duration::from_millis(5);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -147,11 +151,13 @@ fn write_to_map_latency(
     )?;
     let pin_dir = lab.lb_pin_dir(0);
     let measured = backends[2];
-    let id = wait_for(APPLY_TIMEOUT, || {
-        let maps = MapsView::open_pinned(&pin_dir).ok()?;
-        backend_id(&maps, measured)
-    })
-    .context("the daemon never applied the service")?;
+    let id = Eventually::new("the daemon to apply the service", APPLY_TIMEOUT)
+        .every(WAIT_POLL)
+        .poll(|| {
+            let maps = MapsView::open_pinned(&pin_dir).ok();
+            maps.and_then(|maps| backend_id(&maps, measured))
+                .ok_or("not applied")
+        })?;
     let maps = MapsView::open_pinned(&pin_dir)?;
 
     in_router(lab, local_zk, move |client| async move {
@@ -161,17 +167,17 @@ fn write_to_map_latency(
             let weight = 2 + (i % 50) as u32;
             let start = Instant::now();
             admin::set_backend_weight(&client, &target, "web", measured, weight).await?;
-            loop {
-                let entry = maps.backend(id)?;
-                if entry.weight == weight {
-                    break;
-                }
-                ensure!(
-                    start.elapsed() < APPLY_TIMEOUT,
-                    "weight {weight} was not applied within {APPLY_TIMEOUT:?} (change {i})"
-                );
-                tokio::time::sleep(POLL).await;
-            }
+            Eventually::new(format!("weight {weight} (change {i})"), APPLY_TIMEOUT)
+                .every(POLL)
+                .poll_async(|| async {
+                    match maps.backend(id) {
+                        Ok(entry) if entry.weight == weight => Ok(Ok(())),
+                        Ok(entry) => Err(format!("weight {}", entry.weight)),
+                        // A map that cannot be read ends the wait.
+                        Err(e) => Ok(Err(e)),
+                    }
+                })
+                .await??;
             latencies.push(start.elapsed());
         }
         Ok(latencies)
@@ -249,20 +255,33 @@ fn cold_start(
     .map(|s| s.to_string())
     .collect();
     let started = Instant::now();
-    let mut daemon = Daemon::spawn(&lab.lb_netns(0), lb_bin, &run_args, &log)?;
+    let mut daemon = NsProcess::spawn(
+        "lb run (cold start)",
+        &lab.lb_netns(0),
+        lb_bin,
+        &run_args,
+        &log,
+    )?;
     // A daemon that exits ends the waits at once (check_running fails with its log).
-    let maps = try_wait_for(COLD_START_TIMEOUT, || {
-        daemon.check_running()?;
-        Ok(MapsView::open_pinned(&pin_dir).ok())
-    })?
-    .context("the daemon never pinned its maps")?;
+    let cold_wait = |what: &str| Eventually::new(what, COLD_START_TIMEOUT).every(WAIT_POLL);
+    let maps =
+        cold_wait("the daemon to pin its maps").poll(|| match daemon.check_running() {
+            Err(e) => Ok(Err(e)),
+            Ok(()) => MapsView::open_pinned(&pin_dir)
+                .map(Ok)
+                .map_err(|e| e.to_string()),
+        })??;
     let to_pinned = started.elapsed();
-    try_wait_for(COLD_START_TIMEOUT, || {
-        daemon.check_running()?;
-        let n = maps.services()?.len();
-        Ok((n >= services as usize).then_some(()))
-    })?
-    .with_context(|| format!("not every service was applied within {COLD_START_TIMEOUT:?}"))?;
+    cold_wait("every service to be applied").poll(|| {
+        if let Err(e) = daemon.check_running() {
+            return Ok(Err(e));
+        }
+        match maps.services() {
+            Err(e) => Ok(Err(anyhow::Error::from(e))),
+            Ok(s) if s.len() >= services as usize => Ok(Ok(())),
+            Ok(s) => Err(format!("{} services", s.len())),
+        }
+    })??;
     let to_all_services = started.elapsed();
 
     let status_started = Instant::now();
@@ -349,66 +368,6 @@ async fn populate(
     Ok(())
 }
 
-/// `lb run` in a lab namespace, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(netns: &str, lb_bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Daemon> {
-        let file =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{netns}"))
-            .arg("--")
-            .arg(lb_bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .context("starting lb run")?;
-        Ok(Daemon {
-            child,
-            log: log.to_owned(),
-        })
-    }
-
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-            bail!(
-                "lb run exited ({status}); the end of its log {}:\n{tail}",
-                self.log.display()
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id())
-            && self.child.try_wait().ok().flatten().is_none()
-        {
-            // SAFETY: our own unreaped child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if self.child.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---- helpers -------------------------------------------------------------------------------------
 
 /// Runs `f` with a ZooKeeper client on a thread in the router namespace (where ZooKeeper listens on
@@ -435,57 +394,9 @@ where
     })?
 }
 
-fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Like [`wait_for`], but an error of `f` ends the wait.
-fn try_wait_for<T>(
-    timeout: Duration,
-    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<Option<T>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f()? {
-            return Ok(Some(v));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str()
         .with_context(|| format!("path {} is not UTF-8", p.display()))
-}
-
-fn lb_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("LB_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    // target/release/lb-zk-bench → target/release/lb
-    let candidate = exe
-        .parent()
-        .map(|d| d.join("lb"))
-        .context("cannot find the lb binary; set LB_BIN")?;
-    ensure!(
-        candidate.is_file(),
-        "{} is missing; set LB_BIN or build it (`cargo build --release -p lb-userspace`)",
-        candidate.display()
-    );
-    Ok(candidate)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

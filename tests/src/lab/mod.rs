@@ -31,7 +31,7 @@ use anyhow::{Context as _, ensure};
 
 pub use daemons::lb_bin;
 pub use netns::{PrivateNetns, run_in_netns, with_private_netns};
-use process::NsProcess;
+pub use process::NsProcess;
 use topology::*;
 
 /// Labs of one process run one at a time.
