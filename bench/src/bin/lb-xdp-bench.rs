@@ -23,18 +23,12 @@ use clap::Parser;
 use lb_bench::harness::{BenchFrame, BenchRun, BenchTarget, XdpBench};
 use lb_common::{Counter, LbConfig, Scheduler, addr::to_words, limits::Capacity};
 use lb_tests::xdp::{
-    IFACE, XdpLab,
+    CLIENT4, CLIENT6, IFACE, SRC4, SRC6, VIP4, VIP6, XDP_PASS, XDP_TX, XdpLab,
     frames::{ACK, SYN, Tcp},
     maps, with_xdp_lab,
 };
 use lb_userspace::dataplane::{Dataplane, LoadOptions};
 
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
-const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
-const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 0x10);
 const TABLE_SIZE: u32 = 65_537;
 const BACKEND_COUNTS: [u32; 3] = [3, 64, 1024];
 const FLOW_TABLE_SIZE: u32 = 1 << 22;
@@ -87,8 +81,8 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     })
     .context("loading the data plane")?;
     dp.set_config(&LbConfig {
-        src_v6: to_words(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x3, 0, 0, 0, 0, 2))).0,
-        src_v4: to_words(IpAddr::V4(Ipv4Addr::new(198, 18, 3, 2))).0[0],
+        src_v6: to_words(IpAddr::V6(SRC6)).0,
+        src_v4: to_words(IpAddr::V4(SRC4)).0[0],
         hash_seed: 0x1234_5678,
         _reserved: [0; 2],
     })?;

@@ -2,6 +2,8 @@
 //! a veth pair, permanent neighbours and routes toward the backends, because `bpf_fib_lookup` inside
 //! `BPF_PROG_TEST_RUN` routes in the namespace of the calling thread.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use anyhow::Context as _;
 
 use crate::lab::netns::{PrivateNetns, pin_to_current_cpu, with_private_netns};
@@ -10,6 +12,14 @@ use crate::lab::netns::{PrivateNetns, pin_to_current_cpu, with_private_netns};
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x02];
 /// MAC of the next hop toward the backends.
 pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x01];
+
+/// A VIP, a client and the balancer's own (encapsulation source) addresses, per family.
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 0x10);
+pub const SRC4: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
+pub const SRC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x3, 0, 0, 0, 0, 2);
 
 /// Interface the balancer "receives" on.
 pub const IFACE: &str = "lbt0";

@@ -6,4 +6,11 @@ pub mod frames;
 pub mod lab;
 pub mod maps;
 
-pub use lab::{IFACE, LB_MAC, NEXT_HOP_MAC, XdpLab, with_xdp_lab};
+pub use lab::{
+    CLIENT4, CLIENT6, IFACE, LB_MAC, NEXT_HOP_MAC, SRC4, SRC6, VIP4, VIP6, XdpLab, with_xdp_lab,
+};
+
+/// XDP verdicts (`xdp_action`).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;

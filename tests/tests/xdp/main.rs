@@ -18,19 +18,11 @@ use lb_common::{
     hash::flow_hash, limits::Capacity,
 };
 use lb_tests::eventually::Eventually;
-use lb_tests::xdp::{XdpLab as Lab, maps};
+use lb_tests::xdp::{
+    CLIENT4, CLIENT6, SRC4, SRC6, VIP4, VIP6, XDP_DROP, XDP_PASS, XDP_TX, XdpLab as Lab, maps,
+};
 use lb_userspace::dataplane::{Dataplane, LoadOptions};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-
-const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
-const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
-const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 0x10);
-const SRC4: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
-const SRC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x3, 0, 0, 0, 0, 2);
 const HASH_SEED: u32 = 0x5eed_1234;
 /// Table length of the Maglev fixtures (a prime ≥ the 4096-entry minimum of `Capacity`).
 const TABLE_SIZE: u32 = 4099;
