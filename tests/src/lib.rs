@@ -13,6 +13,6 @@ pub mod synflood;
 pub mod zk_lab;
 pub mod zk_server;
 
-pub use client::{HeldConn, Spread, hold, spread};
+pub use client::{ContinuousLoad, HeldConn, LoadReport, Spread, hold, spread};
 pub use config::{BackendConfig, ServiceConfig};
 pub use lab::{Lab, LabOptions};

@@ -89,6 +89,7 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
         capacity,
         pin_dir: None,
         kernel_log: false,
+        ..Default::default()
     })
     .context("loading the data plane")?;
     dp.set_config(&LbConfig {

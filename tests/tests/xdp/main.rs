@@ -20,7 +20,7 @@ use lb_common::{
     hash::flow_hash, limits::Capacity,
 };
 use lb_tests::eventually::Eventually;
-use lb_userspace::dataplane::{Dataplane, LoadOptions};
+use lb_userspace::dataplane::{Dataplane, DataplaneError, ExistingPins, LoadOptions};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -75,6 +75,7 @@ impl Fixture {
             capacity: tiny_capacity(),
             pin_dir: None,
             kernel_log: false,
+            ..Default::default()
         };
         let mut dp = Dataplane::load(&opts).expect("load the data plane");
         let cfg = LbConfig {
@@ -892,6 +893,7 @@ fn programs_verify_within_budget() {
         capacity: tiny_capacity(),
         pin_dir: None,
         kernel_log: false,
+        ..Default::default()
     };
     let mut dp = Dataplane::load(&opts).expect("load the data plane");
     for (name, prog) in [
@@ -1019,6 +1021,7 @@ fn pinned_maps_are_readable_without_the_daemon() {
         capacity: tiny_capacity(),
         pin_dir: Some(pin_dir.clone()),
         kernel_log: false,
+        ..Default::default()
     };
     let mut dp = Dataplane::load(&opts).expect("load with pins");
     let (addr, family) = to_words(v4(backends4()[0]));
@@ -1057,10 +1060,27 @@ fn pinned_maps_are_readable_without_the_daemon() {
     assert_eq!(view.table(&svc).unwrap(), vec![5, 5, 5]);
     assert_eq!(view.counters().unwrap().len(), Counter::COUNT as usize);
 
-    // A second load (a restarted daemon) replaces stale pins instead of failing.
+    // A second load (a restarted daemon) never deletes what it finds: it refuses, naming the fix.
     drop(view);
     drop(dp);
-    let dp = Dataplane::load(&opts).expect("load over stale pins");
+    let err = Dataplane::load(&opts)
+        .err()
+        .expect("pins of an earlier run");
+    assert!(matches!(err, DataplaneError::PinsExist { .. }), "{err}");
+    assert!(err.to_string().contains("lb detach"), "{err}");
+    let view = lb_userspace::dataplane::MapsView::open_pinned(&pin_dir).expect("pins kept");
+    assert_eq!(
+        view.backend_conns(5).unwrap(),
+        42,
+        "the old maps are untouched"
+    );
+    drop(view);
+    // `lb decap` (nothing of it outlives its process) replaces stale pins.
+    let replace = LoadOptions {
+        existing_pins: ExistingPins::Remove,
+        ..opts
+    };
+    let dp = Dataplane::load(&replace).expect("load over stale pins");
     assert_eq!(
         dp.maps().backend_conns(5).unwrap(),
         0,
@@ -1084,6 +1104,7 @@ fn helpful_errors_for_missing_pins_and_bpffs() {
         capacity: tiny_capacity(),
         pin_dir: Some(not_bpffs.clone()),
         kernel_log: false,
+        ..Default::default()
     };
     let err = Dataplane::load(&opts).err().expect("tmp is no bpffs");
     assert!(
@@ -1102,6 +1123,7 @@ fn helpful_errors_for_missing_pins_and_bpffs() {
         },
         pin_dir: None,
         kernel_log: false,
+        ..Default::default()
     };
     assert!(matches!(
         Dataplane::load(&bad),
@@ -1115,6 +1137,7 @@ fn kernel_log_forwarding_starts_and_stops() {
         capacity: tiny_capacity(),
         pin_dir: None,
         kernel_log: true,
+        ..Default::default()
     };
     let dp = Dataplane::load(&opts).expect("load with kernel logs");
     drop(dp);
@@ -1135,6 +1158,7 @@ fn attach_and_detach_on_a_real_interface() {
             capacity: tiny_capacity(),
             pin_dir: None,
             kernel_log: false,
+            ..Default::default()
         };
         let mut dp = Dataplane::load(&opts).unwrap();
         assert_eq!(
@@ -1182,6 +1206,7 @@ fn attach_reports_unknown_interfaces() {
         capacity: tiny_capacity(),
         pin_dir: None,
         kernel_log: false,
+        ..Default::default()
     };
     let mut dp = Dataplane::load(&opts).unwrap();
     let err = dp
@@ -1203,6 +1228,7 @@ fn writes_past_the_schedule_pool_are_refused() {
         capacity: tiny_capacity(),
         pin_dir: None,
         kernel_log: false,
+        ..Default::default()
     };
     let mut dp = Dataplane::load(&opts).unwrap();
     let entries = tiny_capacity().schedule_entries();
