@@ -96,7 +96,7 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
         src_v6: to_words(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x3, 0, 0, 0, 0, 2))).0,
         src_v4: to_words(IpAddr::V4(Ipv4Addr::new(198, 18, 3, 2))).0[0],
         hash_seed: 0x1234_5678,
-        _reserved: [0; 2],
+        ..Default::default()
     })?;
     let mut bench = XdpBench::load(&mut dp)?;
     let mut m = Measure {

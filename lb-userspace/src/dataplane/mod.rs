@@ -18,13 +18,16 @@ use aya::{
 };
 use lb_common::{
     BackendEntry, DecapKey, FlowKey, LbConfig, ServiceEntry, ServiceMeta, VipKey,
+    layout::LAYOUT_VERSION,
     limits::Capacity,
     maps::{self, PROG_BALANCER, PROG_DECAP},
 };
 
 pub use error::DataplaneError;
 pub use map_writer::MapWriter;
-pub use pins::{ExistingPins, link_path, pinned_links, remove as remove_pins};
+pub use pins::{
+    ExistingPins, link_path, pinned_layout_version, pinned_links, remove as remove_pins,
+};
 pub use view::MapsView;
 
 use error::map_op;
@@ -131,12 +134,15 @@ impl Dataplane {
             |name| ebpf.take_map(name).ok_or_else(|| missing_map(name)),
             true,
         )?;
-        Ok(Dataplane {
+        let mut dp = Dataplane {
             _kernel_log: kernel_log,
             maps,
             ebpf,
             pin_dir: opts.pin_dir.clone(),
-        })
+        };
+        // Stamps the layout version into the fresh maps (a later start-up checks it).
+        dp.set_config(&LbConfig::default())?;
+        Ok(dp)
     }
 
     /// Attaches the balancer to `iface`, and turns on IPv4/IPv6 forwarding there (without it
@@ -214,8 +220,13 @@ impl Dataplane {
         }
     }
 
-    /// Writes the program configuration (outer source addresses, hash seed).
+    /// Writes the program configuration (outer source addresses, hash seed), stamped with this
+    /// build's [`LAYOUT_VERSION`].
     pub fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError> {
+        let cfg = LbConfig {
+            layout_version: LAYOUT_VERSION,
+            ..*cfg
+        };
         self.maps
             .config
             .set(0, cfg, 0)

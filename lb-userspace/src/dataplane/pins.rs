@@ -8,7 +8,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use lb_common::maps;
+use aya::maps::{Array, Map, MapData};
+use lb_common::{LbConfig, layout::LAYOUT_VERSION, maps};
 
 use super::DataplaneError;
 
@@ -78,6 +79,15 @@ pub fn pinned_links(dir: &Path) -> Vec<String> {
     ifaces
 }
 
+/// The layout version the maps pinned in `dir` were created with (`None`: no readable
+/// `LB_CONFIG` of this layout's value size, e.g. pins of a build before versioning).
+pub fn pinned_layout_version(dir: &Path) -> Option<u32> {
+    let data = MapData::from_pin(dir.join(maps::CONFIG)).ok()?;
+    let map = Map::from_map_data(data).ok()?;
+    let config: Array<MapData, LbConfig> = Array::try_from(map).ok()?;
+    config.get(&0, 0).ok().map(|c| c.layout_version)
+}
+
 /// Our pins (maps and links) that exist in `dir`.
 fn existing(dir: &Path) -> Vec<PathBuf> {
     let maps = PINNED_MAPS.iter().map(|name| dir.join(name));
@@ -109,6 +119,14 @@ pub(crate) fn prepare(dir: &Path, existing_pins: ExistingPins) -> Result<(), Dat
         return Ok(());
     }
     if existing_pins == ExistingPins::Refuse {
+        let found = pinned_layout_version(dir);
+        if found != Some(LAYOUT_VERSION) {
+            return Err(DataplaneError::LayoutMismatch {
+                dir: dir.to_path_buf(),
+                found: found.map_or_else(|| "unknown".to_owned(), |v| v.to_string()),
+                expected: LAYOUT_VERSION,
+            });
+        }
         return Err(DataplaneError::PinsExist {
             dir: dir.to_path_buf(),
             links: pinned_links(dir),

@@ -17,7 +17,7 @@ use lab::{Lab, with_lab};
 use lb_common::{
     BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry, Counter, DecapCounter,
     DecapKey, FlowKey, IPPROTO_TCP, LbConfig, Scheduler, ServiceEntry, VipKey, addr::to_words,
-    hash::flow_hash, limits::Capacity,
+    hash::flow_hash, layout::LAYOUT_VERSION, limits::Capacity,
 };
 use lb_tests::eventually::Eventually;
 use lb_userspace::dataplane::{Dataplane, DataplaneError, ExistingPins, LoadOptions};
@@ -82,7 +82,7 @@ impl Fixture {
             src_v6: to_words(IpAddr::V6(SRC6)).0,
             src_v4: to_words(IpAddr::V4(SRC4)).0[0],
             hash_seed: HASH_SEED,
-            _reserved: [0; 2],
+            ..Default::default()
         };
         dp.set_config(&cfg).unwrap();
         Fixture {
@@ -1075,6 +1075,43 @@ fn pinned_maps_are_readable_without_the_daemon() {
         "the old maps are untouched"
     );
     drop(view);
+    // Maps of another layout are refused, with what to do.
+    assert_eq!(
+        lb_userspace::dataplane::pinned_layout_version(&pin_dir),
+        Some(LAYOUT_VERSION)
+    );
+    let set_pinned_layout = |version: u32| {
+        let data = aya::maps::MapData::from_pin(pin_dir.join(lb_common::maps::CONFIG)).unwrap();
+        let map = aya::maps::Map::from_map_data(data).unwrap();
+        let mut config: aya::maps::Array<_, LbConfig> = aya::maps::Array::try_from(map).unwrap();
+        let old = config.get(&0, 0).unwrap();
+        config
+            .set(
+                0,
+                LbConfig {
+                    layout_version: version,
+                    ..old
+                },
+                0,
+            )
+            .unwrap();
+    };
+    set_pinned_layout(LAYOUT_VERSION + 1);
+    let err = Dataplane::load(&opts)
+        .err()
+        .expect("pins of another layout");
+    assert!(
+        matches!(err, DataplaneError::LayoutMismatch { .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("layout version {}", LAYOUT_VERSION + 1))
+            && msg.contains("Drain")
+            && msg.contains("lb detach"),
+        "{msg}"
+    );
+    set_pinned_layout(LAYOUT_VERSION);
     // `lb decap` (nothing of it outlives its process) replaces stale pins.
     let replace = LoadOptions {
         existing_pins: ExistingPins::Remove,
