@@ -12,6 +12,8 @@ pub struct LbConfig {
     pub src_v4: u32,
     /// Seed of [`crate::hash::flow_hash`]; every LB instance of a fleet must use the same one.
     pub hash_seed: u32,
+    /// [`crate::layout::LAYOUT_VERSION`] of the daemon that created the maps (the program ignores it).
+    pub layout_version: u32,
     /// Zero; keeps the struct free of padding.
-    pub _reserved: [u32; 2],
+    pub _reserved: u32,
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod decap;
 pub mod flow;
 pub mod hash;
+pub mod layout;
 pub mod limits;
 pub mod maps;
 pub mod persist;

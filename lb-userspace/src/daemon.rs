@@ -1,6 +1,8 @@
 //! `lb run`: load the data plane, apply the configuration, attach, then follow the configuration
 //! source (any [`Source`]: the TOML file or ZooKeeper), sweep idle flows, report (one
-//! [`DaemonReport`] for `/metrics` and `lb status`), and detach cleanly on SIGINT/SIGTERM.
+//! [`DaemonReport`] for `/metrics` and `lb status`). The balancer's XDP link is pinned: on
+//! SIGINT/SIGTERM (or a crash) the program keeps forwarding on the last applied state, and only
+//! `--detach-on-exit` or `lb detach` remove it. One daemon per pin directory ([`PinDirLock`]).
 //!
 //! Every state from the source passes the one family rule ([`Families`]): a service this host
 //! cannot tunnel is not applied and is reported per service; the others apply. At start-up a state
@@ -19,12 +21,14 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::apply::{Applier, ApplyReport};
-use crate::dataplane::{AttachMode, Dataplane, LoadOptions};
+use crate::dataplane::{AttachMode, Dataplane, ExistingPins, LoadOptions, link_path};
+use crate::detach;
 use crate::health::HealthChecker;
 use crate::metrics;
 use crate::model::DesiredState;
 use crate::netif;
 use crate::nexthop::NextHopKeeper;
+use crate::owner::PinDirLock;
 use crate::report::{
     self, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION, ServiceNotApplied, unix_ms,
 };
@@ -52,10 +56,15 @@ pub struct RunOptions {
     pub sweep_interval: Duration,
     /// Where `/metrics` is served; `None`: not at all.
     pub metrics: Option<std::net::SocketAddr>,
+    /// On SIGINT/SIGTERM remove everything this run created (as `lb detach`) instead of leaving
+    /// the program forwarding.
+    pub detach_on_exit: bool,
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     crate::privilege::require_root("lb run")?;
+    // First of all: a second daemon on these pins is refused before it reads or changes anything.
+    let lock = PinDirLock::acquire(&opts.pin_dir)?;
     opts.capacity
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid capacity: {e}"))?;
@@ -84,8 +93,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         capacity: opts.capacity,
         pin_dir: Some(opts.pin_dir.clone()),
         kernel_log: opts.kernel_log,
+        existing_pins: ExistingPins::Refuse,
     })?;
-    // From here on the maps are pinned: every way out, error or not, unpins them.
+    // From here on the maps are pinned: a way out before the link is pinned unpins them; after
+    // that only --detach-on-exit does.
     let first = Accepted {
         desired,
         not_applied,
@@ -99,12 +110,30 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         first,
         &outer,
     );
-    let _ = std::fs::remove_file(report::status_file_path(&opts.pin_dir));
     drop(source);
-    dp.remove_pins();
+    let forwarding = link_path(&opts.pin_dir, &opts.iface).exists();
     drop(dp);
-    info!("detached and unpinned; bye");
+    if forwarding && !opts.detach_on_exit {
+        info!(iface = %opts.iface, pin_dir = %opts.pin_dir.display(), "exited; the XDP program keeps forwarding unmanaged");
+    } else {
+        detach::remove_all(&opts.pin_dir, lock);
+        info!("detached and unpinned; bye");
+    }
     result
+}
+
+/// The log line of a signal that ends the daemon: what happens to the forwarding.
+fn exit_message(opts: &RunOptions, signal: &str) {
+    if opts.detach_on_exit {
+        info!("{signal}: detaching from {} (--detach-on-exit)", opts.iface);
+    } else {
+        info!(
+            "{signal}: exiting; the XDP program stays attached to {} and keeps forwarding on the last applied state (remove it with `lb detach --iface {} --pin-dir {}`)",
+            opts.iface,
+            opts.iface,
+            opts.pin_dir.display()
+        );
+    }
 }
 
 /// A state from the source after the family rule: what is applied, and what is not.
@@ -172,7 +201,12 @@ fn serve(
         status_warned: false,
     };
     let result = runtime.block_on(follow(&mut ctx, source, signals));
-    nexthops.release();
+    if opts.detach_on_exit {
+        nexthops.release();
+    } else {
+        // The program keeps forwarding and needs the next hops' MAC addresses.
+        nexthops.keep();
+    }
     result
 }
 
@@ -323,8 +357,8 @@ async fn follow(
                 }
             }
             _ = status_tick.tick() => write_report(ctx, source),
-            _ = int.recv() => { info!("SIGINT: detaching"); return Ok(()); }
-            _ = term.recv() => { info!("SIGTERM: detaching"); return Ok(()); }
+            _ = int.recv() => { exit_message(ctx.opts, "SIGINT"); return Ok(()); }
+            _ = term.recv() => { exit_message(ctx.opts, "SIGTERM"); return Ok(()); }
         }
     }
 }

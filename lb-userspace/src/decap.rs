@@ -13,7 +13,7 @@ use lb_common::limits::Capacity;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-use crate::dataplane::{AttachMode, Dataplane, LoadOptions};
+use crate::dataplane::{AttachMode, Dataplane, ExistingPins, LoadOptions};
 use crate::netif;
 use crate::privilege::require_root;
 
@@ -48,6 +48,8 @@ pub fn run(iface: &str, mode: AttachMode, pin_dir: &Path) -> anyhow::Result<()> 
         capacity: DECAP_CAPACITY,
         pin_dir: Some(pin_dir.to_path_buf()),
         kernel_log: false,
+        // Its program is held by this process alone: pins found at start are stale.
+        existing_pins: ExistingPins::Remove,
     })?;
     // From here on the maps are pinned: every way out, error or not, unpins them.
     let result: anyhow::Result<()> = runtime.block_on(async {

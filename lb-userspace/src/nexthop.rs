@@ -89,6 +89,11 @@ impl NextHopKeeper {
     }
 
     /// Removes every entry this keeper installed.
+    /// Leaves the entries installed (for a program that keeps forwarding after the daemon).
+    pub fn keep(&mut self) {
+        self.installed.clear();
+    }
+
     pub fn release(&mut self) {
         for nh in std::mem::take(&mut self.installed) {
             remove(&nh);

@@ -194,6 +194,145 @@ pub fn held_per_backend(conns: &[HeldConn]) -> BTreeMap<String, usize> {
     out
 }
 
+/// What a [`ContinuousLoad`] saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Connections held open for the whole run.
+    pub held: usize,
+    /// Held connections that failed (a send or echo failed), each counted once.
+    pub broken: usize,
+    /// Held connections answered by another backend than the one that greeted them.
+    pub moved: usize,
+    /// Rounds in which every held connection was pinged.
+    pub rounds: usize,
+    /// New connections opened meanwhile, and how many of them failed.
+    pub new_conns: usize,
+    pub new_failures: usize,
+    /// The first few failures, for the test's message.
+    pub failure_samples: Vec<String>,
+}
+
+/// Traffic that goes on while a test does something to the load balancer: `held` connections
+/// opened at the start and pinged in rounds, plus a few new connections per round. Runs on its own
+/// thread in a network namespace until [`finish`](Self::finish) (or `max` passes).
+pub struct ContinuousLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    rounds: std::sync::Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<anyhow::Result<LoadReport>>,
+}
+
+/// New connections opened per round of a [`ContinuousLoad`].
+const NEW_PER_ROUND: usize = 2;
+/// Pause between rounds of a [`ContinuousLoad`].
+const ROUND_PAUSE: Duration = Duration::from_millis(20);
+
+impl ContinuousLoad {
+    /// Opens `held` connections to `vip` from inside `netns` (failing if any cannot be opened),
+    /// then keeps the traffic going.
+    pub fn start(
+        netns: &str,
+        vip: SocketAddr,
+        held: usize,
+        max: Duration,
+    ) -> anyhow::Result<ContinuousLoad> {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let netns = netns.to_owned();
+        let (stop2, rounds2) = (stop.clone(), rounds.clone());
+        let thread = std::thread::spawn(move || {
+            crate::lab::run_in_netns(&netns, || {
+                let conns = hold(vip, held);
+                let _ = opened_tx.send(conns.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
+                drive(conns?, &stop2, &rounds2, vip, max)
+            })?
+        });
+        match opened_rx.recv_timeout(IO_TIMEOUT * (held as u32 + 1)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("opening the held connections: {e}"),
+            Err(_) => bail!("opening {held} held connections to {vip} took too long"),
+        }
+        Ok(ContinuousLoad {
+            stop,
+            rounds,
+            thread,
+        })
+    }
+
+    /// Rounds completed so far (to wait until traffic has flowed over an event).
+    pub fn rounds(&self) -> usize {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
+    /// Stops the traffic and returns what it saw.
+    pub fn finish(self) -> anyhow::Result<LoadReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(report) => report,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+fn drive(
+    mut conns: Vec<HeldConn>,
+    stop: &std::sync::atomic::AtomicBool,
+    rounds: &AtomicUsize,
+    vip: SocketAddr,
+    max: Duration,
+) -> anyhow::Result<LoadReport> {
+    let started = std::time::Instant::now();
+    let mut report = LoadReport {
+        held: conns.len(),
+        ..Default::default()
+    };
+    let mut alive = vec![true; conns.len()];
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < max {
+        for (conn, alive) in conns.iter_mut().zip(&mut alive) {
+            if !*alive {
+                continue;
+            }
+            match conn.ping() {
+                Ok(name) if name == conn.backend() => {}
+                Ok(name) => {
+                    *alive = false;
+                    report.moved += 1;
+                    report.note(format!(
+                        "{} moved from {} to {name}",
+                        conn.local, conn.backend
+                    ));
+                }
+                Err(e) => {
+                    *alive = false;
+                    report.broken += 1;
+                    report.note(format!("{e:#}"));
+                }
+            }
+        }
+        for _ in 0..NEW_PER_ROUND {
+            report.new_conns += 1;
+            if let Err(e) = greeting(vip) {
+                report.new_failures += 1;
+                report.note(format!("new connection: {e:#}"));
+            }
+        }
+        report.rounds += 1;
+        rounds.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(ROUND_PAUSE);
+    }
+    Ok(report)
+}
+
+impl LoadReport {
+    fn note(&mut self, failure: String) {
+        if self.failure_samples.len() < KEPT_FAILURES {
+            self.failure_samples.push(failure);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

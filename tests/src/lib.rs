@@ -15,6 +15,6 @@ pub mod xdp;
 pub mod zk_lab;
 pub mod zk_server;
 
-pub use client::{HeldConn, Spread, hold, spread};
+pub use client::{ContinuousLoad, HeldConn, LoadReport, Spread, hold, spread};
 pub use config::{BackendConfig, ServiceConfig};
 pub use lab::{Lab, LabOptions};

@@ -78,13 +78,14 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
         capacity,
         pin_dir: None,
         kernel_log: false,
+        ..Default::default()
     })
     .context("loading the data plane")?;
     dp.set_config(&LbConfig {
         src_v6: to_words(IpAddr::V6(SRC6)).0,
         src_v4: to_words(IpAddr::V4(SRC4)).0[0],
         hash_seed: 0x1234_5678,
-        _reserved: [0; 2],
+        ..Default::default()
     })?;
     let mut bench = XdpBench::load(&mut dp)?;
     let mut m = Measure {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::dataplane::AttachMode;
-use lb_userspace::{daemon, decap, status, top};
+use lb_userspace::{daemon, decap, detach, status, top};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,6 +63,8 @@ enum Command {
     Run(run::RunArgs),
     /// Backend side: strip IPIP / ip6ip6 from packets addressed to this host (for kernels without ipip).
     Decap(DecapArgs),
+    /// Remove the balancer from an interface, and everything `lb run` created for its pin directory.
+    Detach(DetachArgs),
     /// Print services, backends, connections and counters from the pinned maps.
     Status(StatusArgs),
     /// Refresh the status table every second with per-second rates (like `ipvsadm -L --rate`).
@@ -85,6 +87,15 @@ struct DecapArgs {
     xdp_mode: XdpMode,
     /// Where the decap maps are pinned (so `lb status --decap` can read them).
     #[arg(long, default_value = "/sys/fs/bpf/lb-decap")]
+    pin_dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct DetachArgs {
+    /// The interface `lb run --iface` attached to.
+    #[arg(long)]
+    iface: String,
+    #[arg(long, default_value = lb_common::maps::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
 }
 
@@ -128,6 +139,7 @@ impl Cli {
         match self.command {
             Command::Run(a) => daemon::run(a.options()?),
             Command::Decap(a) => decap::run(&a.iface, a.xdp_mode.into(), &a.pin_dir),
+            Command::Detach(a) => detach::run(&a.iface, &a.pin_dir),
             Command::Status(a) => status::run(&a.pin_dir, a.json),
             Command::Top(a) => top::run(&a.pin_dir, Duration::from_millis(a.interval_ms), a.count),
             Command::Register(a) => lb_userspace::register::run(a.registration()?),

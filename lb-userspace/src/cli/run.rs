@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on ADDR (`/metrics`), or `off`. Loopback by default.
     #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR|off")]
     metrics: String,
+    /// On SIGINT/SIGTERM remove the program and everything this run created (like `lb detach`).
+    /// Without it the program keeps forwarding after the daemon ends.
+    #[arg(long)]
+    detach_on_exit: bool,
 }
 
 /// The ZooKeeper options of `lb run` (`--zk` is optional there: `--config` is the other source).
@@ -185,6 +189,7 @@ impl RunArgs {
             },
             sweep_interval: Duration::from_secs(self.sweep_interval_s.max(1)),
             metrics: metrics_addr(&self.metrics)?,
+            detach_on_exit: self.detach_on_exit,
         })
     }
 }

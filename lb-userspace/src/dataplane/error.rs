@@ -21,6 +21,32 @@ pub enum DataplaneError {
         source: io::Error,
     },
 
+    #[error(
+        "{dir} already holds the pins of an earlier `lb run` (XDP links pinned for {links:?}); its \
+         program may still be forwarding, so nothing was changed. Remove it with \
+         `lb detach --iface IFACE --pin-dir {dir}`, or use another --pin-dir"
+    )]
+    PinsExist { dir: PathBuf, links: Vec<String> },
+
+    #[error(
+        "the maps pinned in {dir} have layout version {found}, this `lb` is built for version \
+         {expected}: it cannot adopt them, and nothing was changed. Drain this host (take it out \
+         of the route to the VIPs), remove the old balancer with `lb detach --iface IFACE \
+         --pin-dir {dir}`, then start `lb run` again"
+    )]
+    LayoutMismatch {
+        dir: PathBuf,
+        found: String,
+        expected: u32,
+    },
+
+    #[error("pinning the XDP link on {iface} at {path} failed: {reason}")]
+    PinLink {
+        iface: String,
+        path: PathBuf,
+        reason: String,
+    },
+
     #[error("pinning map {map} at {path} failed: {source}")]
     Pin {
         map: &'static str,

@@ -14,16 +14,20 @@ use std::{io, path::PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapError,
-    programs::{Xdp, XdpMode},
+    programs::{Xdp, XdpMode, links::FdLink, xdp::XdpLinkId},
 };
 use lb_common::{
     BackendEntry, DecapKey, FlowKey, LbConfig, ServiceEntry, ServiceMeta, VipKey,
+    layout::LAYOUT_VERSION,
     limits::Capacity,
     maps::{self, PROG_BALANCER, PROG_DECAP},
 };
 
 pub use error::DataplaneError;
 pub use map_writer::MapWriter;
+pub use pins::{
+    ExistingPins, link_path, pinned_layout_version, pinned_links, remove as remove_pins,
+};
 pub use view::MapsView;
 
 use error::map_op;
@@ -41,6 +45,8 @@ pub struct LoadOptions {
     pub pin_dir: Option<PathBuf>,
     /// Forward the programs' debug logs into `log`/tracing (costs a ring buffer write per record).
     pub kernel_log: bool,
+    /// What to do with our pins already in `pin_dir`.
+    pub existing_pins: ExistingPins,
 }
 
 /// How to attach an XDP program.
@@ -60,8 +66,8 @@ pub enum AttachedMode {
     Generic,
 }
 
-/// The loaded data plane. Dropping it detaches the programs; pinned maps stay until
-/// [`Dataplane::remove_pins`].
+/// The loaded data plane. Dropping it detaches the programs, except the balancer when its link is
+/// pinned (see [`Dataplane::attach_balancer`]); pins stay until [`Dataplane::remove_pins`].
 pub struct Dataplane {
     // Held for its `Drop` (stops the reader thread); dropped first, before the programs go.
     _kernel_log: Option<KernelLog>,
@@ -77,7 +83,7 @@ impl Dataplane {
         cap.validate().map_err(DataplaneError::Capacity)?;
         crate::privilege::require_root("loading the data plane")?;
         if let Some(dir) = &opts.pin_dir {
-            pins::prepare(dir)?;
+            pins::prepare(dir, opts.existing_pins)?;
         }
 
         let log_level = if opts.kernel_log {
@@ -128,16 +134,21 @@ impl Dataplane {
             |name| ebpf.take_map(name).ok_or_else(|| missing_map(name)),
             true,
         )?;
-        Ok(Dataplane {
+        let mut dp = Dataplane {
             _kernel_log: kernel_log,
             maps,
             ebpf,
             pin_dir: opts.pin_dir.clone(),
-        })
+        };
+        // Stamps the layout version into the fresh maps (a later start-up checks it).
+        dp.set_config(&LbConfig::default())?;
+        Ok(dp)
     }
 
     /// Attaches the balancer to `iface`, and turns on IPv4/IPv6 forwarding there (without it
-    /// `bpf_fib_lookup` finds no route and every balanced packet is a `drop_no_route`).
+    /// `bpf_fib_lookup` finds no route and every balanced packet is a `drop_no_route`). With a pin
+    /// directory the link is pinned there ([`link_path`]): the program then keeps forwarding after
+    /// this process ends, until the pin is removed.
     pub fn attach_balancer(
         &mut self,
         iface: &str,
@@ -145,7 +156,25 @@ impl Dataplane {
     ) -> Result<AttachedMode, DataplaneError> {
         crate::netif::ifindex(iface)?;
         forwarding::enable(iface)?;
-        self.attach(PROG_BALANCER, iface, mode)
+        let (attached, link) = self.attach(PROG_BALANCER, iface, mode)?;
+        if let Some(dir) = &self.pin_dir {
+            let path = link_path(dir, iface);
+            let pin_err = |reason: String| DataplaneError::PinLink {
+                iface: iface.to_string(),
+                path: path.clone(),
+                reason,
+            };
+            let xdp = xdp_program(&mut self.ebpf, PROG_BALANCER)?;
+            let link = xdp.take_link(link).map_err(|e| pin_err(e.to_string()))?;
+            let link = FdLink::try_from(link).map_err(|e| {
+                pin_err(format!(
+                    "{e} (the kernel attached through netlink, which has no link to pin; Linux >= 5.9 is needed)"
+                ))
+            })?;
+            // Dropping the pinned link closes our descriptor; the pin keeps the program attached.
+            drop(link.pin(&path).map_err(|e| pin_err(e.to_string()))?);
+        }
+        Ok(attached)
     }
 
     /// Attaches the decapsulator to `iface` (on a backend).
@@ -155,6 +184,7 @@ impl Dataplane {
         mode: AttachMode,
     ) -> Result<AttachedMode, DataplaneError> {
         self.attach(PROG_DECAP, iface, mode)
+            .map(|(mode, _link)| mode)
     }
 
     fn attach(
@@ -162,22 +192,21 @@ impl Dataplane {
         program: &'static str,
         iface: &str,
         mode: AttachMode,
-    ) -> Result<AttachedMode, DataplaneError> {
+    ) -> Result<(AttachedMode, XdpLinkId), DataplaneError> {
         let if_index = crate::netif::ifindex(iface)?;
         let xdp = xdp_program(&mut self.ebpf, program)?;
         let attach = |xdp: &mut Xdp, m: XdpMode| {
             xdp.attach_to_if_index(if_index, m)
-                .map(|_link| ())
                 .map_err(|source| DataplaneError::Attach {
                     iface: iface.to_string(),
                     source,
                 })
         };
         match mode {
-            AttachMode::Native => attach(xdp, XdpMode::Driver).map(|()| AttachedMode::Native),
-            AttachMode::Generic => attach(xdp, XdpMode::Skb).map(|()| AttachedMode::Generic),
+            AttachMode::Native => attach(xdp, XdpMode::Driver).map(|l| (AttachedMode::Native, l)),
+            AttachMode::Generic => attach(xdp, XdpMode::Skb).map(|l| (AttachedMode::Generic, l)),
             AttachMode::Auto => match attach(xdp, XdpMode::Driver) {
-                Ok(()) => Ok(AttachedMode::Native),
+                Ok(l) => Ok((AttachedMode::Native, l)),
                 Err(e) => {
                     tracing::warn!(
                         iface,
@@ -185,14 +214,19 @@ impl Dataplane {
                         error = %e,
                         "native XDP is not available on this interface; using generic XDP (slower)"
                     );
-                    attach(xdp, XdpMode::Skb).map(|()| AttachedMode::Generic)
+                    attach(xdp, XdpMode::Skb).map(|l| (AttachedMode::Generic, l))
                 }
             },
         }
     }
 
-    /// Writes the program configuration (outer source addresses, hash seed).
+    /// Writes the program configuration (outer source addresses, hash seed), stamped with this
+    /// build's [`LAYOUT_VERSION`].
     pub fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError> {
+        let cfg = LbConfig {
+            layout_version: LAYOUT_VERSION,
+            ..*cfg
+        };
         self.maps
             .config
             .set(0, cfg, 0)

@@ -1,4 +1,5 @@
-//! The pin directory on bpffs: checked, created, cleared of our stale pins, removed on request.
+//! The pin directory on bpffs: checked, created, never cleared at start-up (the pins of a daemon
+//! that died keep its program forwarding), removed on request.
 
 use std::{
     ffi::CString,
@@ -7,7 +8,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use lb_common::maps;
+use aya::maps::{Array, Map, MapData};
+use lb_common::{LbConfig, layout::LAYOUT_VERSION, maps};
 
 use super::DataplaneError;
 
@@ -42,8 +44,59 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
 
-/// Makes sure `dir` exists on bpffs and holds none of our pins from an earlier (crashed) run.
-pub(crate) fn prepare(dir: &Path) -> Result<(), DataplaneError> {
+/// What a start-up does with pins of ours it finds in the pin directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExistingPins {
+    /// Refuse to start: they may belong to a program that still forwards (`lb run`).
+    #[default]
+    Refuse,
+    /// Remove them: nothing outlives the process that made them (`lb decap`).
+    Remove,
+}
+
+/// The pin of the balancer's XDP link on `iface`: the program stays attached while it exists.
+pub fn link_path(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("{LINK_PREFIX}{iface}"))
+}
+
+const LINK_PREFIX: &str = "link_";
+
+/// The interfaces whose balancer link is pinned in `dir`.
+pub fn pinned_links(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut ifaces: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(LINK_PREFIX))
+                .map(str::to_owned)
+        })
+        .collect();
+    ifaces.sort();
+    ifaces
+}
+
+/// The layout version the maps pinned in `dir` were created with (`None`: no readable
+/// `LB_CONFIG` of this layout's value size, e.g. pins of a build before versioning).
+pub fn pinned_layout_version(dir: &Path) -> Option<u32> {
+    let data = MapData::from_pin(dir.join(maps::CONFIG)).ok()?;
+    let map = Map::from_map_data(data).ok()?;
+    let config: Array<MapData, LbConfig> = Array::try_from(map).ok()?;
+    config.get(&0, 0).ok().map(|c| c.layout_version)
+}
+
+/// Our pins (maps and links) that exist in `dir`.
+fn existing(dir: &Path) -> Vec<PathBuf> {
+    let maps = PINNED_MAPS.iter().map(|name| dir.join(name));
+    let links = pinned_links(dir).into_iter().map(|i| link_path(dir, &i));
+    maps.chain(links).filter(|p| p.exists()).collect()
+}
+
+/// Makes sure `dir` exists on bpffs and deals with pins of ours already there as `existing` says.
+pub(crate) fn prepare(dir: &Path, existing_pins: ExistingPins) -> Result<(), DataplaneError> {
     let pin_dir_err = |source| DataplaneError::PinDir {
         path: dir.to_path_buf(),
         source,
@@ -61,8 +114,25 @@ pub(crate) fn prepare(dir: &Path) -> Result<(), DataplaneError> {
         return Err(DataplaneError::BpffsNotMounted { path: probe });
     }
     fs::create_dir_all(dir).map_err(pin_dir_err)?;
-    for name in PINNED_MAPS {
-        let path = dir.join(name);
+    let found = existing(dir);
+    if found.is_empty() {
+        return Ok(());
+    }
+    if existing_pins == ExistingPins::Refuse {
+        let found = pinned_layout_version(dir);
+        if found != Some(LAYOUT_VERSION) {
+            return Err(DataplaneError::LayoutMismatch {
+                dir: dir.to_path_buf(),
+                found: found.map_or_else(|| "unknown".to_owned(), |v| v.to_string()),
+                expected: LAYOUT_VERSION,
+            });
+        }
+        return Err(DataplaneError::PinsExist {
+            dir: dir.to_path_buf(),
+            links: pinned_links(dir),
+        });
+    }
+    for path in found {
         match fs::remove_file(&path) {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "removed a stale pin of an earlier run")
@@ -74,14 +144,16 @@ pub(crate) fn prepare(dir: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Removes our pins and then the directory if nothing else is in it.
-pub(crate) fn remove(dir: &Path) {
-    for name in PINNED_MAPS {
-        let path = dir.join(name);
+/// Removes our pins (links first, so the program stops before its maps go) and then the directory
+/// if nothing else is in it.
+pub fn remove(dir: &Path) {
+    let links = pinned_links(dir).into_iter().map(|i| link_path(dir, &i));
+    let maps = PINNED_MAPS.iter().map(|name| dir.join(name));
+    for path in links.chain(maps) {
         if let Err(e) = fs::remove_file(&path)
             && e.kind() != io::ErrorKind::NotFound
         {
-            tracing::warn!(path = %path.display(), error = %e, "could not remove a pinned map");
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a pin");
         }
     }
     // Fails (and is meant to) when someone else keeps files there.

@@ -1,6 +1,7 @@
 //! The lab's processes: backend servers, `lb decap`, `lb run`, `lb register`, and talking to them.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
@@ -128,24 +129,7 @@ impl Lab {
     ) -> anyhow::Result<()> {
         self.attach_pass_to_router_port(lb)?;
         let pin_dir = self.lb_pin_dir(lb);
-        let mut args: Vec<String> = ["run", "--iface", "eth0", "--pin-dir", &path_arg(&pin_dir)?]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        // Small map sizes, each unless `extra_args` sets it.
-        for (flag, value) in [
-            ("--max-services", "16"),
-            ("--max-backends", "256"),
-            ("--table-size", "4099"),
-            ("--flow-table-size", "65536"),
-            ("--persist-table-size", "4096"),
-        ] {
-            if !extra_args.contains(&flag) {
-                args.extend([flag.to_string(), value.to_string()]);
-            }
-        }
-        args.extend(source_args);
-        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let args = self.lb_run_args(lb, source_args, extra_args)?;
         let log = self.lb_log_path(lb);
         let mut proc = NsProcess::spawn(
             &format!("lb{lb}"),
@@ -176,6 +160,81 @@ impl Lab {
         })?;
         self.lbs[lb] = Some(proc);
         Ok(())
+    }
+
+    /// Runs a further `lb run` on load balancer `lb`'s pin directory and configuration while its
+    /// daemon runs, and waits (bounded) until it exits. Returns its exit status and log.
+    pub fn run_second_lb(&mut self, lb: usize) -> anyhow::Result<(ExitStatus, String)> {
+        let source = vec!["--config".to_owned(), path_arg(&self.lb_config_path(lb))?];
+        let args = self.lb_run_args(lb, source, &[])?;
+        let log = self.dir.join(format!("lb{lb}-second.log"));
+        let mut proc = NsProcess::spawn(
+            &format!("second lb{lb}"),
+            &self.lb_netns(lb),
+            &self.lb_bin()?,
+            &args,
+            &log,
+        )?;
+        let mut exit = None;
+        wait_until(READY_TIMEOUT, || {
+            exit = proc.exit_status();
+            exit.is_some()
+        });
+        let text = std::fs::read_to_string(&log)
+            .with_context(|| format!("cannot read {}", log.display()))?;
+        match exit {
+            Some(exit) => Ok((exit, text)),
+            None => {
+                bail!("the second lb run on lb{lb} did not exit within {READY_TIMEOUT:?}: {text}")
+            }
+        }
+    }
+
+    /// Kills load balancer `lb`'s daemon with SIGKILL (no clean-up of its own) and reaps it.
+    pub fn kill_lb(&mut self, lb: usize) -> anyhow::Result<()> {
+        self.signal_lb(lb, libc::SIGKILL)?;
+        self.stop_lb(lb)
+    }
+
+    /// `lb detach --iface eth0` on load balancer `lb`'s pin directory; returns its stdout.
+    pub fn lb_detach(&self, lb: usize) -> anyhow::Result<String> {
+        let pin_dir = path_arg(&self.lb_pin_dir(lb))?;
+        let args = ["detach", "--iface", "eth0", "--pin-dir", &pin_dir];
+        self.run_lb_in(&self.lb_netns(lb), &args)
+    }
+
+    /// Whether an XDP program is attached to load balancer `lb`'s `eth0`.
+    pub fn lb_has_xdp(&self, lb: usize) -> anyhow::Result<bool> {
+        Ok(ip(&self.lb_netns(lb), &["link", "show", "dev", "eth0"])?.contains("prog/xdp"))
+    }
+
+    /// The arguments of `lb run` on load balancer `lb`: small map sizes, its pin directory.
+    fn lb_run_args(
+        &self,
+        lb: usize,
+        source_args: Vec<String>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Vec<String>> {
+        let pin_dir = self.lb_pin_dir(lb);
+        let mut args: Vec<String> = ["run", "--iface", "eth0", "--pin-dir", &path_arg(&pin_dir)?]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // Small map sizes, each unless `extra_args` sets it.
+        for (flag, value) in [
+            ("--max-services", "16"),
+            ("--max-backends", "256"),
+            ("--table-size", "4099"),
+            ("--flow-table-size", "65536"),
+            ("--persist-table-size", "4096"),
+        ] {
+            if !extra_args.contains(&flag) {
+                args.extend([flag.to_string(), value.to_string()]);
+            }
+        }
+        args.extend(source_args);
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        Ok(args)
     }
 
     /// Gives the router's port toward load balancer `lb` an XDP program (pass everything), so the

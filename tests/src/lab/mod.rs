@@ -30,6 +30,8 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 
 pub use daemons::lb_bin;
+use lb_userspace::owner::lock_file_path;
+use lb_userspace::report::status_file_path;
 pub use netns::{PrivateNetns, run_in_netns, with_private_netns};
 pub use process::NsProcess;
 use topology::*;
@@ -246,6 +248,17 @@ impl Drop for Lab {
             && let Err(e) = std::fs::remove_dir_all(&root)
         {
             eprintln!("lab {}: cannot remove {}: {e}", self.id, root.display());
+        }
+        // A daemon leaves its status and lock files when it exits without detaching.
+        for lb in 0..self.opts.lbs {
+            let pin_dir = self.lb_pin_dir(lb);
+            for file in [status_file_path(&pin_dir), lock_file_path(&pin_dir)] {
+                if let Err(e) = std::fs::remove_file(&file)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    eprintln!("lab {}: cannot remove {}: {e}", self.id, file.display());
+                }
+            }
         }
         if std::env::var_os("LAB_KEEP_LOGS").is_some() {
             eprintln!(

@@ -5,6 +5,7 @@
 mod apply_isolation;
 mod balancing;
 mod health;
+mod hitless;
 mod metrics;
 mod processes;
 mod smoke;

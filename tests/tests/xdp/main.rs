@@ -15,13 +15,13 @@ use frames::*;
 use lb_common::{
     BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry, Counter, DecapCounter,
     DecapKey, FlowKey, IPPROTO_TCP, LbConfig, Scheduler, ServiceEntry, VipKey, addr::to_words,
-    hash::flow_hash, limits::Capacity,
+    hash::flow_hash, layout::LAYOUT_VERSION, limits::Capacity,
 };
 use lb_tests::eventually::Eventually;
 use lb_tests::xdp::{
     CLIENT4, CLIENT6, SRC4, SRC6, VIP4, VIP6, XDP_DROP, XDP_PASS, XDP_TX, XdpLab as Lab, maps,
 };
-use lb_userspace::dataplane::{Dataplane, LoadOptions};
+use lb_userspace::dataplane::{Dataplane, DataplaneError, ExistingPins, LoadOptions};
 
 const HASH_SEED: u32 = 0x5eed_1234;
 /// Table length of the Maglev fixtures (a prime ≥ the 4096-entry minimum of `Capacity`).
@@ -71,13 +71,14 @@ impl Fixture {
             capacity: tiny_capacity(),
             pin_dir: None,
             kernel_log: false,
+            ..Default::default()
         };
         let mut dp = Dataplane::load(&opts).expect("load the data plane");
         let cfg = LbConfig {
             src_v6: to_words(IpAddr::V6(SRC6)).0,
             src_v4: to_words(IpAddr::V4(SRC4)).0[0],
             hash_seed: HASH_SEED,
-            _reserved: [0; 2],
+            ..Default::default()
         };
         dp.set_config(&cfg).unwrap();
         Fixture {
@@ -862,6 +863,7 @@ fn programs_verify_within_budget() {
         capacity: tiny_capacity(),
         pin_dir: None,
         kernel_log: false,
+        ..Default::default()
     };
     let mut dp = Dataplane::load(&opts).expect("load the data plane");
     for (name, prog) in [
@@ -989,6 +991,7 @@ fn pinned_maps_are_readable_without_the_daemon() {
         capacity: tiny_capacity(),
         pin_dir: Some(pin_dir.clone()),
         kernel_log: false,
+        ..Default::default()
     };
     let mut dp = Dataplane::load(&opts).expect("load with pins");
     let backend = BackendEntry {
@@ -1021,10 +1024,64 @@ fn pinned_maps_are_readable_without_the_daemon() {
     assert_eq!(view.table(&svc).unwrap(), vec![5, 5, 5]);
     assert_eq!(view.counters().unwrap().len(), Counter::COUNT as usize);
 
-    // A second load (a restarted daemon) replaces stale pins instead of failing.
+    // A second load (a restarted daemon) never deletes what it finds: it refuses, naming the fix.
     drop(view);
     drop(dp);
-    let dp = Dataplane::load(&opts).expect("load over stale pins");
+    let err = Dataplane::load(&opts)
+        .err()
+        .expect("pins of an earlier run");
+    assert!(matches!(err, DataplaneError::PinsExist { .. }), "{err}");
+    assert!(err.to_string().contains("lb detach"), "{err}");
+    let view = lb_userspace::dataplane::MapsView::open_pinned(&pin_dir).expect("pins kept");
+    assert_eq!(
+        view.backend_conns(5).unwrap(),
+        42,
+        "the old maps are untouched"
+    );
+    drop(view);
+    // Maps of another layout are refused, with what to do.
+    assert_eq!(
+        lb_userspace::dataplane::pinned_layout_version(&pin_dir),
+        Some(LAYOUT_VERSION)
+    );
+    let set_pinned_layout = |version: u32| {
+        let data = aya::maps::MapData::from_pin(pin_dir.join(lb_common::maps::CONFIG)).unwrap();
+        let map = aya::maps::Map::from_map_data(data).unwrap();
+        let mut config: aya::maps::Array<_, LbConfig> = aya::maps::Array::try_from(map).unwrap();
+        let old = config.get(&0, 0).unwrap();
+        config
+            .set(
+                0,
+                LbConfig {
+                    layout_version: version,
+                    ..old
+                },
+                0,
+            )
+            .unwrap();
+    };
+    set_pinned_layout(LAYOUT_VERSION + 1);
+    let err = Dataplane::load(&opts)
+        .err()
+        .expect("pins of another layout");
+    assert!(
+        matches!(err, DataplaneError::LayoutMismatch { .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("layout version {}", LAYOUT_VERSION + 1))
+            && msg.contains("Drain")
+            && msg.contains("lb detach"),
+        "{msg}"
+    );
+    set_pinned_layout(LAYOUT_VERSION);
+    // `lb decap` (nothing of it outlives its process) replaces stale pins.
+    let replace = LoadOptions {
+        existing_pins: ExistingPins::Remove,
+        ..opts
+    };
+    let dp = Dataplane::load(&replace).expect("load over stale pins");
     assert_eq!(
         dp.maps().backend_conns(5).unwrap(),
         0,
@@ -1048,6 +1105,7 @@ fn helpful_errors_for_missing_pins_and_bpffs() {
         capacity: tiny_capacity(),
         pin_dir: Some(not_bpffs.clone()),
         kernel_log: false,
+        ..Default::default()
     };
     let err = Dataplane::load(&opts).err().expect("tmp is no bpffs");
     assert!(
@@ -1066,6 +1124,7 @@ fn helpful_errors_for_missing_pins_and_bpffs() {
         },
         pin_dir: None,
         kernel_log: false,
+        ..Default::default()
     };
     assert!(matches!(
         Dataplane::load(&bad),
@@ -1079,6 +1138,7 @@ fn kernel_log_forwarding_starts_and_stops() {
         capacity: tiny_capacity(),
         pin_dir: None,
         kernel_log: true,
+        ..Default::default()
     };
     let dp = Dataplane::load(&opts).expect("load with kernel logs");
     drop(dp);
@@ -1099,6 +1159,7 @@ fn attach_and_detach_on_a_real_interface() {
             capacity: tiny_capacity(),
             pin_dir: None,
             kernel_log: false,
+            ..Default::default()
         };
         let mut dp = Dataplane::load(&opts).unwrap();
         assert_eq!(
@@ -1146,6 +1207,7 @@ fn attach_reports_unknown_interfaces() {
         capacity: tiny_capacity(),
         pin_dir: None,
         kernel_log: false,
+        ..Default::default()
     };
     let mut dp = Dataplane::load(&opts).unwrap();
     let err = dp
@@ -1167,6 +1229,7 @@ fn writes_past_the_schedule_pool_are_refused() {
         capacity: tiny_capacity(),
         pin_dir: None,
         kernel_log: false,
+        ..Default::default()
     };
     let mut dp = Dataplane::load(&opts).unwrap();
     let entries = tiny_capacity().schedule_entries();

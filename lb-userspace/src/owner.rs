@@ -1,0 +1,131 @@
+//! One owner per pin directory: `lb run` and `lb detach` hold an exclusive `flock` on a lock file
+//! next to the status file for as long as they work on the pins. A second one is refused at once
+//! and changes nothing; the kernel drops the lock when its holder dies, however it dies.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read as _, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use crate::report;
+
+/// `/sys/fs/bpf/lb` → `/run/lb/_sys_fs_bpf_lb.lock` (bpffs holds no plain files).
+pub fn lock_file_path(pin_dir: &Path) -> PathBuf {
+    report::status_file_path(pin_dir).with_extension("lock")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another `lb` ({holder}) already manages pin directory {pin_dir} (it holds {lock}); \
+         nothing of it was changed. Stop it first, or give this one another --pin-dir"
+    )]
+    Held {
+        pin_dir: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    #[error("the lock file {lock} of pin directory {pin_dir}: {source}")]
+    Io {
+        pin_dir: PathBuf,
+        lock: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The exclusive lock on a pin directory; released when dropped (or when the process ends).
+#[derive(Debug)]
+pub struct PinDirLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl PinDirLock {
+    /// Takes the lock of `pin_dir` without waiting, and writes our pid into the lock file.
+    pub fn acquire(pin_dir: &Path) -> Result<PinDirLock, LockError> {
+        let path = lock_file_path(pin_dir);
+        let io_err = |source| LockError::Io {
+            pin_dir: pin_dir.to_path_buf(),
+            lock: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+        }
+        // Not truncated on open: the holder's pid stays readable for the error message.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let holder = match pid.trim() {
+                    "" => "pid unknown".to_owned(),
+                    pid => format!("pid {pid}"),
+                };
+                return Err(LockError::Held {
+                    pin_dir: pin_dir.to_path_buf(),
+                    lock: path,
+                    holder,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        file.set_len(0).map_err(io_err)?;
+        file.rewind().map_err(io_err)?;
+        writeln!(file, "{}", std::process::id()).map_err(io_err)?;
+        Ok(PinDirLock { file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Deletes the lock file while still holding the lock (when the pins it guards are removed).
+    pub fn remove(self) {
+        if let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove the lock file");
+        }
+        drop(self.file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_file_sits_next_to_the_status_file() {
+        assert_eq!(
+            lock_file_path(Path::new("/sys/fs/bpf/lb")),
+            Path::new("/run/lb/_sys_fs_bpf_lb.lock")
+        );
+    }
+
+    #[test]
+    fn a_second_owner_is_refused_with_the_holders_pid_until_the_first_lets_go() {
+        let pin_dir = std::env::temp_dir().join(format!("lb-owner-test-{}", std::process::id()));
+        let first = PinDirLock::acquire(&pin_dir).expect("the first owner");
+        let err = PinDirLock::acquire(&pin_dir).expect_err("a second owner");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        assert!(msg.contains("nothing of it was changed"), "{msg}");
+        assert!(first.path().exists(), "the refusal kept the lock file");
+        drop(first);
+        let again = PinDirLock::acquire(&pin_dir).expect("free again");
+        let path = again.path().to_path_buf();
+        again.remove();
+        assert!(!path.exists());
+    }
+}
