@@ -7,8 +7,22 @@ use std::process::{Command, Output};
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages the namespace lab and the ZooKeeper tests use.
-const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux", "procps", "zookeeper"];
+/// Debian packages the namespace lab, the ZooKeeper tests and the bench use.
+/// `systemd` gives `systemd-analyze verify` (the unit test); `clang` builds Katran's object for the bench;
+/// nginx, wrk, haproxy and nftables are the end-to-end bench's backends, load and peers.
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "util-linux",
+    "procps",
+    "zookeeper",
+    "systemd",
+    "clang",
+    "nginx",
+    "wrk",
+    "haproxy",
+    "nftables",
+];
 /// The LLVM major version of the nightly toolchain that bpf-linker must be built against.
 const LLVM_MAJOR: &str = "22";
 const BPFFS: &str = "/sys/fs/bpf";
@@ -88,6 +102,8 @@ fn apt_packages() -> anyhow::Result<()> {
         Command::new("apt-get").args(["update", "-q"]),
         "apt-get update",
     )?;
+    // nginx and haproxy would start as host services on install: the tests run their own, in namespaces.
+    let _no_start = NoServiceStart::install()?;
     status(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -95,6 +111,35 @@ fn apt_packages() -> anyhow::Result<()> {
             .args(&missing),
         "apt-get install",
     )
+}
+
+/// Debian's `policy-rc.d` answering 101 ("action forbidden") while packages are installed, so their
+/// services are not started; removed on drop. An existing policy is left as it is.
+struct NoServiceStart(Option<&'static Path>);
+
+impl NoServiceStart {
+    const PATH: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn install() -> anyhow::Result<Self> {
+        let path = Path::new(Self::PATH);
+        if path.exists() {
+            return Ok(Self(None));
+        }
+        std::fs::write(path, "#!/bin/sh\nexit 101\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot make {} executable", path.display()))?;
+        Ok(Self(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStart {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn nightly() -> anyhow::Result<()> {
