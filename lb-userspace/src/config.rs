@@ -103,48 +103,148 @@ pub fn load_config_file(path: &Path) -> Result<DesiredState, ConfigError> {
     parse_config(&text, &path.display().to_string())
 }
 
-/// Parses and validates a configuration; `origin` names the file in error messages.
+/// Parses and validates a configuration; `origin` names the file in error messages. The verdict is
+/// [`check_config`]'s; the error is its first one.
 pub fn parse_config(text: &str, origin: &str) -> Result<DesiredState, ConfigError> {
+    check_config(text, origin).map_err(ConfigErrors::into_first)
+}
+
+/// Every error of a rejected file, in file order (never empty).
+#[derive(Debug)]
+pub struct ConfigErrors(Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn errors(&self) -> &[ConfigError] {
+        &self.0
+    }
+
+    fn into_first(self) -> ConfigError {
+        // `check_config` never returns an empty list.
+        self.0
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| ConfigError::Syntax {
+                location: Location {
+                    origin: String::new(),
+                    line: 1,
+                    column: 1,
+                },
+                message: "rejected without a reason".to_owned(),
+            })
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a configuration file, reporting every error (`lb config check`).
+pub fn check_config_file(path: &Path) -> Result<DesiredState, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigErrors(vec![ConfigError::Read {
+            path: path.display().to_string(),
+            error,
+        }])
+    })?;
+    check_config(&text, &path.display().to_string())
+}
+
+/// Parses and validates a configuration, going on after an error so that every service's errors
+/// are reported; a file with any error is rejected as a whole.
+pub fn check_config(text: &str, origin: &str) -> Result<DesiredState, ConfigErrors> {
     let source = Source { origin, text };
-    let root = tree::parse(text).map_err(|e| source.syntax_error(&e))?;
-    let file = FileFields::deserialize(NodeDeserializer {
+    let root = tree::parse(text).map_err(|e| ConfigErrors(vec![source.syntax_error(&e)]))?;
+    let nodes = root.get("services").map_or(&[][..], Node::items);
+    let mut errors = Vec::new();
+    let fields: Vec<Option<ServiceFields>> = match FileFields::deserialize(NodeDeserializer {
         node: &root,
         path: String::new(),
-    })
-    .map_err(|e| source.decode_error(e))?;
-    let nodes = root.get("services").map_or(&[][..], Node::items);
+    }) {
+        Ok(file) => file.services.into_iter().map(Some).collect(),
+        Err(e) if in_a_service(&e) => nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                ServiceFields::deserialize(NodeDeserializer {
+                    node,
+                    path: format!("services[{i}]"),
+                })
+                .map_err(|e| errors.push(source.decode_error(e)))
+                .ok()
+            })
+            .collect(),
+        Err(e) => return Err(ConfigErrors(vec![source.decode_error(e)])),
+    };
 
     let mut state = DesiredState::default();
     let mut names: BTreeMap<String, Range<usize>> = BTreeMap::new();
     let mut vips: BTreeMap<VipKey, String> = BTreeMap::new();
-    for (index, (fields, node)) in file.services.iter().zip(nodes).enumerate() {
-        let (spec, spans) = service(&source, fields, node, index)?;
-        if let Some(first) = names.get(&spec.name) {
-            return Err(source.invalid(
-                &spans.name,
-                &format!("services[{index}].name"),
-                format!(
-                    "service name \"{}\" is used twice (first at {}); service names must be unique",
-                    spec.name,
-                    source.location(first.start)
-                ),
-            ));
+    for (index, (fields, node)) in fields.iter().zip(nodes).enumerate() {
+        let Some(fields) = fields else { continue };
+        match checked_service(&source, fields, node, index, &names, &vips) {
+            Ok((spec, name_span)) => {
+                names.insert(spec.name.clone(), name_span);
+                vips.insert(spec.vip_key(), spec.name.clone());
+                state.services.insert(spec.name.clone(), spec);
+            }
+            Err(e) => errors.push(e),
         }
-        spec.validate()
-            .map_err(|error| spans.model_error(&source, index, error))?;
-        if let Some(first) = vips.insert(spec.vip_key(), spec.name.clone()) {
-            let error = ModelError::DuplicateVip {
-                first,
-                second: spec.name.clone(),
-                vip: spec.vip,
-            };
-            return Err(spans.model_error(&source, index, error));
-        }
-        names.insert(spec.name.clone(), spans.name.clone());
-        state.services.insert(spec.name.clone(), spec);
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.location().map(|l| (l.line, l.column)));
+        return Err(ConfigErrors(errors));
     }
     debug_assert_eq!(state.validate(), Ok(()));
     Ok(state)
+}
+
+/// Is a whole-file decoding error about a value inside `services[i]`?
+fn in_a_service(e: &DecodeError) -> bool {
+    e.place
+        .as_ref()
+        .is_some_and(|(_, path)| path.starts_with("services["))
+}
+
+/// Builds service `index` and checks it against the model and against the services before it.
+fn checked_service(
+    source: &Source<'_>,
+    fields: &ServiceFields,
+    node: &Node,
+    index: usize,
+    names: &BTreeMap<String, Range<usize>>,
+    vips: &BTreeMap<VipKey, String>,
+) -> Result<(ServiceSpec, Range<usize>), ConfigError> {
+    let (spec, spans) = service(source, fields, node, index)?;
+    if let Some(first) = names.get(&spec.name) {
+        return Err(source.invalid(
+            &spans.name,
+            &format!("services[{index}].name"),
+            format!(
+                "service name \"{}\" is used twice (first at {}); service names must be unique",
+                spec.name,
+                source.location(first.start)
+            ),
+        ));
+    }
+    spec.validate()
+        .map_err(|error| spans.model_error(source, index, error))?;
+    if let Some(first) = vips.get(&spec.vip_key()) {
+        let error = ModelError::DuplicateVip {
+            first: first.clone(),
+            second: spec.name.clone(),
+            vip: spec.vip,
+        };
+        return Err(spans.model_error(source, index, error));
+    }
+    Ok((spec, spans.name))
 }
 
 /// The whole file.

@@ -62,6 +62,8 @@ pub struct RunOptions {
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // A broken file says so first, even to a user who could not run the daemon.
+    opts.source.precheck()?;
     crate::privilege::require_root("lb run")?;
     // First of all: a second daemon on these pins is refused before it reads or changes anything.
     let lock = PinDirLock::acquire(&opts.pin_dir)?;

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

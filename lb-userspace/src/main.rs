@@ -5,16 +5,12 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     cli.init_logging();
-    match cli.run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("lb: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let fatal = cli.fatal();
+    cli.run().unwrap_or_else(|e| {
+        fatal.report(&e);
+        ExitCode::FAILURE
+    })
 }

@@ -2,18 +2,21 @@
 //! (`lb_userspace` itself does not depend on clap).
 
 mod admin;
+mod config;
 mod register;
 mod run;
 mod zk;
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, FromArgMatches as _, Subcommand, ValueEnum};
 use lb_userspace::dataplane::AttachMode;
 use lb_userspace::{daemon, decap, detach, status, top};
 
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(
     name = "lb",
     version,
@@ -31,6 +34,19 @@ pub struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Reports the error that ends the program in the chosen log format.
+#[derive(Clone, Copy, Debug)]
+pub struct Fatal(LogFormat);
+
+impl Fatal {
+    pub fn report(self, error: &anyhow::Error) {
+        match self.0 {
+            LogFormat::Plain => eprintln!("lb: error: {error:#}"),
+            LogFormat::Json => tracing::error!(error = %format!("{error:#}"), "lb: fatal error"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -77,6 +93,11 @@ enum Command {
     /// Backends in ZooKeeper: put, rm, weight, ls.
     #[command(subcommand)]
     Backend(admin::BackendCommand),
+    /// Configuration: check a file or the ZooKeeper tree without running anything.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Print the release, the git commit and the data-plane layout version.
+    Version,
 }
 
 #[derive(clap::Args, Debug)]
@@ -121,13 +142,28 @@ struct TopArgs {
 }
 
 impl Cli {
+    /// Parses the command line; `--version` prints what `lb version` prints.
+    pub fn parse() -> Cli {
+        // Once per process: clap keeps the version text for the program's lifetime.
+        let version: &'static str = Box::leak(config::version().into_boxed_str());
+        let matches = Cli::command().version(version).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// How to report an error that ends the program (JSON logs stay JSON).
+    pub fn fatal(&self) -> Fatal {
+        Fatal(self.log_format)
+    }
+
     /// Sets up logging on stderr in the chosen format.
     pub fn init_logging(&self) {
         use tracing_subscriber::EnvFilter;
         let filter = EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+            .with_writer(std::io::stderr)
+            // Colour codes only for a terminal: a journal or a log file gets plain text.
+            .with_ansi(std::io::stderr().is_terminal());
         match self.log_format {
             LogFormat::Plain => builder.init(),
             LogFormat::Json => builder.json().init(),
@@ -135,16 +171,26 @@ impl Cli {
     }
 
     /// Runs the subcommand.
-    pub fn run(self) -> anyhow::Result<()> {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
         match self.command {
-            Command::Run(a) => daemon::run(a.options()?),
-            Command::Decap(a) => decap::run(&a.iface, a.xdp_mode.into(), &a.pin_dir),
-            Command::Detach(a) => detach::run(&a.iface, &a.pin_dir),
-            Command::Status(a) => status::run(&a.pin_dir, a.json),
-            Command::Top(a) => top::run(&a.pin_dir, Duration::from_millis(a.interval_ms), a.count),
-            Command::Register(a) => lb_userspace::register::run(a.registration()?),
-            Command::Service(c) => admin::run_service(c),
-            Command::Backend(c) => admin::run_backend(c),
+            Command::Run(a) => done(daemon::run(a.options()?)),
+            Command::Decap(a) => done(decap::run(&a.iface, a.xdp_mode.into(), &a.pin_dir)),
+            Command::Detach(a) => done(detach::run(&a.iface, &a.pin_dir)),
+            Command::Status(a) => done(status::run(&a.pin_dir, a.json)),
+            Command::Top(a) => done(top::run(
+                &a.pin_dir,
+                Duration::from_millis(a.interval_ms),
+                a.count,
+            )),
+            Command::Register(a) => done(lb_userspace::register::run(a.registration()?)),
+            Command::Service(c) => done(admin::run_service(c)),
+            Command::Backend(c) => done(admin::run_backend(c)),
+            Command::Config(c) => config::run(c),
+            Command::Version => {
+                println!("{}", config::version_text());
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 }

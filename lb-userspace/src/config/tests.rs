@@ -455,3 +455,65 @@ fn panic_threshold_is_a_percentage() {
         "between 0 and 100",
     );
 }
+
+#[test]
+fn check_reports_every_error_in_file_order_and_parse_gives_the_first() {
+    let text = r#"
+[[services]]
+name = "web"
+vip = "198.18.100.1:80"
+scheduler = "bogus"
+backends = [ { addr = "198.18.2.11:80" } ]
+
+[[services]]
+name = "api"
+vip = "198.18.100.2:81"
+backends = [ { addr = "198.18.2.11:80", weight = -1 } ]
+
+[[services]]
+name = "ok"
+vip = "198.18.100.3:80"
+backends = [ { addr = "198.18.2.12:80" } ]
+
+[[services]]
+name = "ok"
+vip = "198.18.100.4:80"
+backends = [ { addr = "198.18.2.13:8080" } ]
+"#;
+    let errors = check_config(text, "web.toml").expect_err("four services, three bad");
+    let lines: Vec<String> = errors.errors().iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("web.toml:5:13: services[0].scheduler: unknown scheduler"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].starts_with("web.toml:11:50: services[1].backends[0].weight: -1 is out of range"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[2].starts_with("web.toml:19:8: services[3].name: service name \"ok\" is used twice"),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        error(text),
+        lines[0],
+        "the daemon's error is the check's first"
+    );
+    assert_eq!(errors.to_string(), lines.join("\n"));
+}
+
+#[test]
+fn check_accepts_what_parse_accepts() {
+    let checked = check_config(FULL, "web.toml").expect("valid file");
+    assert_eq!(checked, parse_config(FULL, "web.toml").expect("valid file"));
+}
+
+#[test]
+fn check_stops_at_a_syntax_error_and_at_a_bad_top_level() {
+    let errors = check_config("[[services]\nname = ", "web.toml").expect_err("not TOML");
+    assert_eq!(errors.errors().len(), 1);
+    let errors = check_config("services = 3\n", "web.toml").expect_err("not an array");
+    assert_eq!(errors.errors().len(), 1, "{errors}");
+    assert!(errors.to_string().starts_with("web.toml:1:"), "{errors}");
+}

@@ -51,6 +51,24 @@ pub enum SourceSpec {
 }
 
 impl SourceSpec {
+    /// Checks what can be checked before anything else (root, the interface, the data plane): a
+    /// configuration file is validated as `lb config check` does, and every error is reported.
+    pub fn precheck(&self) -> anyhow::Result<()> {
+        match self {
+            SourceSpec::File(path) => {
+                crate::config::check_config_file(path)
+                    .map(drop)
+                    .map_err(|errors| {
+                        anyhow::anyhow!(
+                            "the configuration file is invalid, nothing was started:\n{errors}"
+                        )
+                    })
+            }
+            // ZooKeeper's tree is checked per node once connected; a bad node never stops `lb run`.
+            SourceSpec::ZooKeeper(_) => Ok(()),
+        }
+    }
+
     /// Starts the source on the current tokio runtime.
     pub fn open(&self) -> Box<dyn Source> {
         match self {

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod config_check;
 mod register;
 mod source;
 mod source_args;

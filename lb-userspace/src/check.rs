@@ -1,0 +1,87 @@
+//! `lb config check`: validates a configuration file, or the tree in ZooKeeper, exactly as `lb run`
+//! does (the same decoders and rules), and reports every error rather than the first. Needs no
+//! root, no interface and no data plane.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::model::DesiredState;
+use crate::zk::client::ZkTarget;
+use crate::zk::snapshot::build_snapshot;
+use crate::zk::source::read_tree;
+
+/// What a check found.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// The services that would apply.
+    pub accepted: DesiredState,
+    /// One line per error: `FILE:LINE:COL: field: reason`, or `znode path: reason (outcome)`.
+    pub errors: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// The report as printed: every error, then a summary line.
+    pub fn render(&self, what: &str) -> String {
+        let mut out: String = self.errors.iter().map(|e| format!("{e}\n")).collect();
+        let services = self.accepted.services.len();
+        let backends: usize = self
+            .accepted
+            .services
+            .values()
+            .map(|s| s.backends.len())
+            .sum();
+        if self.ok() {
+            out.push_str(&format!(
+                "{what}: ok: {services} service(s), {backends} backend(s)\n"
+            ));
+        } else {
+            out.push_str(&format!("{what}: {} error(s)\n", self.errors.len()));
+        }
+        out
+    }
+}
+
+/// Checks a TOML configuration file. A file with any error is rejected as a whole by `lb run`, so
+/// no service is listed as accepted then.
+pub fn file(path: &Path) -> CheckReport {
+    match crate::config::check_config_file(path) {
+        Ok(accepted) => CheckReport {
+            accepted,
+            errors: Vec::new(),
+        },
+        Err(errors) => CheckReport {
+            accepted: DesiredState::default(),
+            errors: errors.errors().iter().map(ToString::to_string).collect(),
+        },
+    }
+}
+
+/// Checks the tree under the target's root: every node `lb run` would reject or only partly take.
+pub async fn zookeeper(
+    target: &ZkTarget,
+    session_timeout: Duration,
+) -> anyhow::Result<CheckReport> {
+    let client = target.connect(session_timeout).await?;
+    let schema = &target.schema;
+    let Some(raw) = read_tree(&client, schema).await? else {
+        anyhow::bail!(
+            "{} does not exist: there is nothing to check (create it with `lb service put`)",
+            schema.services_dir()
+        );
+    };
+    let snapshot = build_snapshot(schema, &raw, &DesiredState::default());
+    let mut errors: Vec<String> = snapshot
+        .rejections
+        .iter()
+        .map(|r| format!("{}: {} ({})", r.path, r.reason, r.outcome))
+        .collect();
+    errors.sort();
+    Ok(CheckReport {
+        accepted: snapshot.state,
+        errors,
+    })
+}
