@@ -4,6 +4,10 @@
 //! SIGINT/SIGTERM (or a crash) the program keeps forwarding on the last applied state, and only
 //! `--detach-on-exit` or `lb detach` remove it. One daemon per pin directory ([`PinDirLock`]).
 //!
+//! After every apply the desired state and the backends found down are written to the state file
+//! ([`state_file`]); a start-up whose source cannot deliver its first state starts from it
+//! ([`first_state`]).
+//!
 //! Every state from the source passes the one family rule ([`Families`]): a service this host
 //! cannot tunnel is not applied and is reported per service; the others apply. At start-up a state
 //! that names services of which none can be forwarded refuses to start (a misconfigured host:
@@ -20,19 +24,23 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+mod first_state;
+
 use crate::apply::{Applier, ApplyReport};
 use crate::dataplane::{AttachMode, Dataplane, ExistingPins, LoadOptions, link_path};
 use crate::detach;
-use crate::health::HealthChecker;
+use crate::health::{Health, HealthChecker, HealthView, ProbeTarget};
 use crate::metrics;
 use crate::model::DesiredState;
 use crate::netif;
 use crate::nexthop::NextHopKeeper;
 use crate::owner::PinDirLock;
 use crate::report::{
-    self, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION, ServiceNotApplied, unix_ms,
+    self, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION, ServiceNotApplied,
+    StateFileStart, unix_ms,
 };
 use crate::source::{Families, Source, SourceSpec};
+use crate::state_file::{self, SavedState};
 use crate::sweeper::{self, FlowTimeouts};
 
 /// A backend that left the configuration keeps its id at least this long after its last flow.
@@ -59,6 +67,8 @@ pub struct RunOptions {
     /// On SIGINT/SIGTERM remove everything this run created (as `lb detach`) instead of leaving
     /// the program forwarding.
     pub detach_on_exit: bool,
+    /// Where the last good state is kept (see [`state_file`]).
+    pub state_file: PathBuf,
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -81,8 +91,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         let _enter = runtime.enter();
         opts.source.open()
     };
-    let first = runtime.block_on(source.first())?;
-    let (desired, not_applied) = families.split(first);
+    let first = first_state::choose(runtime.block_on(source.first()), &opts.state_file)?;
+    let (desired, not_applied) = families.split(first.desired);
     if desired.services.is_empty() && !not_applied.is_empty() {
         bail!(
             "no service can be forwarded from this host, so nothing was loaded: {}",
@@ -102,6 +112,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let first = Accepted {
         desired,
         not_applied,
+        restored_down: first.restored_down,
+        from_state_file: first.from_state_file,
     };
     let result = serve(
         &opts,
@@ -142,6 +154,10 @@ fn exit_message(opts: &RunOptions, signal: &str) {
 struct Accepted {
     desired: DesiredState,
     not_applied: Vec<ServiceNotApplied>,
+    /// Backends that start down (the state file's last known health).
+    restored_down: Vec<ProbeTarget>,
+    /// Set when the state is the state file's.
+    from_state_file: Option<StateFileStart>,
 }
 
 fn describe(not_applied: &[ServiceNotApplied]) -> String {
@@ -172,7 +188,11 @@ fn serve(
     dp.set_config(outer)?;
     let apply_started = Instant::now();
     let mut applier = Applier::new(opts.capacity, opts.hash_seed);
-    let report = applier.apply(dp, &first.desired);
+    let mut restored = HealthView::default();
+    for target in &first.restored_down {
+        restored.set(target.clone(), Health::Down);
+    }
+    let report = applier.apply_with_health(dp, &first.desired, &restored);
     info!(
         services = first.desired.services.len(),
         generation = report.generation,
@@ -196,6 +216,9 @@ fn serve(
         desired: first.desired,
         not_applied: first.not_applied,
         checker: None,
+        restored_down: first.restored_down,
+        from_state_file: first.from_state_file,
+        state_warned: false,
         reports: None,
         flows: 0,
         swept_total: 0,
@@ -244,6 +267,12 @@ struct Ctx<'a> {
     not_applied: Vec<ServiceNotApplied>,
     /// The health checks (started inside the runtime by `follow`).
     checker: Option<HealthChecker>,
+    /// The last known health the checks start from (taken by `follow`).
+    restored_down: Vec<ProbeTarget>,
+    /// Set while the state forwarded is the state file's (until the source delivers).
+    from_state_file: Option<StateFileStart>,
+    /// A failure to write the state file was logged (once until a write succeeds).
+    state_warned: bool,
     /// The last report, for the metrics server (`None` until the first one is built).
     reports: Option<watch::Sender<DaemonReport>>,
     /// Flows in the table at the last sweep.
@@ -309,8 +338,10 @@ async fn follow(
     let mut status_tick = tokio::time::interval(STATUS_WRITE);
     let mut last_nexthop = Instant::now();
     let mut checker = HealthChecker::default();
+    checker.restore(std::mem::take(&mut ctx.restored_down));
     checker.sync(&ctx.desired);
     ctx.checker = Some(checker);
+    save_state(ctx);
     publish(ctx, source);
     let reports = ctx.reports.as_ref().map(watch::Sender::subscribe);
     let _metrics_server = match (ctx.opts.metrics, reports) {
@@ -367,6 +398,9 @@ async fn follow(
 
 /// Applies a state from the source: the services this host can forward, with the current health.
 fn apply_desired(ctx: &mut Ctx<'_>, desired: DesiredState) {
+    if let Some(start) = ctx.from_state_file.take() {
+        info!(state_file = %start.path.display(), "the source delivered its state: resyncing from it (no longer forwarding the state file's)");
+    }
     let (desired, not_applied) = ctx.families.split(desired);
     log_not_applied(&not_applied);
     ctx.not_applied = not_applied;
@@ -381,6 +415,7 @@ fn apply_desired(ctx: &mut Ctx<'_>, desired: DesiredState) {
         }
         Some(r) => {
             info!(generation = r.generation, added = ?r.added, changed = ?r.changed, removed = ?r.removed, "configuration applied");
+            save_state(ctx);
             ctx.nexthops
                 .refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
         }
@@ -399,6 +434,7 @@ async fn health_changed(checker: &mut Option<HealthChecker>) -> bool {
 fn apply_health(ctx: &mut Ctx<'_>) {
     if let Some(r) = apply_current(ctx) {
         info!(generation = r.generation, services = ?r.health_changed, "backend health applied");
+        save_state(ctx);
     }
 }
 
@@ -492,6 +528,29 @@ fn build_report(ctx: &Ctx<'_>, source: &dyn Source) -> DaemonReport {
         last_apply_ms: ctx.applied.last_apply.map(|d| d.as_secs_f64() * 1000.0),
         flows: ctx.flows as u64,
         flow_evictions: ctx.evictions,
+        from_state_file: ctx.from_state_file.clone(),
+    }
+}
+
+/// Writes the state forwarded and the health found to the state file; a failure is logged once
+/// (forwarding goes on: only a restart without the source would miss it).
+fn save_state(ctx: &mut Ctx<'_>) {
+    let saved = SavedState {
+        desired: ctx.desired.clone(),
+        down: down_backends(ctx),
+        written_unix_ms: unix_ms(SystemTime::now()),
+    };
+    match state_file::write(&ctx.opts.state_file, &saved) {
+        Ok(()) => ctx.state_warned = false,
+        Err(e) if !ctx.state_warned => {
+            ctx.state_warned = true;
+            warn!(
+                "writing the state file {} failed: {e}; a restart while the source is unreachable \
+                 would not find this state",
+                ctx.opts.state_file.display()
+            );
+        }
+        Err(_) => {}
     }
 }
 

@@ -1,7 +1,9 @@
 //! `lb detach`: removes the balancer from an interface, and with it everything `lb run` created for
 //! its pin directory (the pinned link and maps, the directory, the status file, the lock file).
 //! Ending `lb run` does not do this (its program keeps forwarding) unless it runs with
-//! `--detach-on-exit`.
+//! `--detach-on-exit`. The state file (the last good state) is kept unless `--purge-state`: it
+//! describes the services, not the data plane, and lets a later `lb run` start while its source
+//! is unreachable.
 
 use std::path::Path;
 
@@ -13,7 +15,7 @@ use crate::owner::PinDirLock;
 use crate::privilege::require_root;
 use crate::report;
 
-pub fn run(iface: &str, pin_dir: &Path) -> anyhow::Result<()> {
+pub fn run(iface: &str, pin_dir: &Path, purge_state: Option<&Path>) -> anyhow::Result<()> {
     require_root("lb detach")?;
     if !pin_dir.exists() {
         bail!(
@@ -35,6 +37,13 @@ pub fn run(iface: &str, pin_dir: &Path) -> anyhow::Result<()> {
     }
     remove_all(pin_dir, lock);
     info!(iface, pin_dir = %pin_dir.display(), "detached; pins, status file and lock removed");
+    if let Some(state) = purge_state {
+        match std::fs::remove_file(state) {
+            Ok(()) => info!(path = %state.display(), "state file removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!("could not remove the state file {}: {e}", state.display()),
+        }
+    }
     Ok(())
 }
 

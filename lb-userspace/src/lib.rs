@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod atomic_file;
 pub mod check;
 pub mod config;
 pub mod daemon;
@@ -21,6 +22,7 @@ pub mod privilege;
 pub mod register;
 pub mod report;
 pub mod source;
+pub mod state_file;
 pub mod status;
 pub mod sweeper;
 pub mod tables;

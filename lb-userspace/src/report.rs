@@ -48,6 +48,23 @@ pub struct DaemonReport {
     pub flows: u64,
     /// Flows the LRU flow table evicted to make room since start (inferred at each sweep).
     pub flow_evictions: u64,
+    /// Set while the daemon forwards the state file's state because its source could not deliver
+    /// one at start-up; cleared by the source's first state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_state_file: Option<StateFileStart>,
+}
+
+/// The daemon started from its state file (`crate::state_file`) and its source has not yet
+/// delivered a state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateFileStart {
+    pub path: PathBuf,
+    /// Since when (milliseconds since the Unix epoch).
+    pub since_unix_ms: u64,
+    /// When the file was written: the age of the state forwarded.
+    pub written_unix_ms: u64,
+    /// Why the source's state could not be had.
+    pub reason: String,
 }
 
 /// The source's part of the report.
@@ -195,13 +212,8 @@ pub fn status_file_path(pin_dir: &Path) -> PathBuf {
 
 /// Writes the report atomically: readers see the old or the new content, never half of one.
 pub fn write(path: &Path, report: &DaemonReport) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
     let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, json)?;
-    std::fs::rename(&tmp, path)
+    crate::atomic_file::write(path, &json)
 }
 
 /// Why a report (or an `lb status --json` document) could not be read.
@@ -321,6 +333,17 @@ impl DaemonView {
             secs(self.state_age_s),
             secs(self.last_change_age_s),
         );
+        if let Some(start) = &r.from_state_file {
+            let age = |t: u64| unix_ms(SystemTime::now()).saturating_sub(t) as f64 / 1000.0;
+            let _ = writeln!(
+                o,
+                "  source: STATE FILE {}, since {:.1}s ago (written {:.1}s before now), until the source delivers: {}",
+                start.path.display(),
+                age(start.since_unix_ms),
+                age(start.written_unix_ms),
+                start.reason
+            );
+        }
         match &r.source {
             SourceStatus::File(file) => {
                 if let Some(why) = &file.rejected {
@@ -395,6 +418,7 @@ pub(crate) mod tests {
             last_apply_ms: Some(1.5),
             flows: 4,
             flow_evictions: 0,
+            from_state_file: None,
         }
     }
 

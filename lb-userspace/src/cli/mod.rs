@@ -118,6 +118,13 @@ struct DetachArgs {
     iface: String,
     #[arg(long, default_value = lb_common::maps::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// Also remove the state file (the last good state). Kept by default: a later `lb run` whose
+    /// source is unreachable still starts from it.
+    #[arg(long)]
+    purge_state: bool,
+    /// The state file `lb run --state-file` was given [default: the one of --pin-dir].
+    #[arg(long)]
+    state_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -176,7 +183,13 @@ impl Cli {
         match self.command {
             Command::Run(a) => done(daemon::run(a.options()?)),
             Command::Decap(a) => done(decap::run(&a.iface, a.xdp_mode.into(), &a.pin_dir)),
-            Command::Detach(a) => done(detach::run(&a.iface, &a.pin_dir)),
+            Command::Detach(a) => {
+                let purge = a.purge_state.then(|| {
+                    (a.state_file.clone())
+                        .unwrap_or_else(|| lb_userspace::state_file::default_path(&a.pin_dir))
+                });
+                done(detach::run(&a.iface, &a.pin_dir, purge.as_deref()))
+            }
             Command::Status(a) => done(status::run(&a.pin_dir, a.json)),
             Command::Top(a) => done(top::run(
                 &a.pin_dir,

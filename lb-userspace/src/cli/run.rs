@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// Without it the program keeps forwarding after the daemon ends.
     #[arg(long)]
     detach_on_exit: bool,
+    /// Where the last good state is kept, for a restart while the source is unreachable or the
+    /// configuration file broken [default: /var/lib/lb/<pin dir with / as _>.state.json].
+    #[arg(long)]
+    state_file: Option<PathBuf>,
 }
 
 /// The ZooKeeper options of `lb run` (`--zk` is optional there: `--config` is the other source).
@@ -170,7 +174,7 @@ impl RunArgs {
             iface: self.iface,
             source,
             attach_mode: self.xdp_mode.into(),
-            pin_dir: self.pin_dir,
+            pin_dir: self.pin_dir.clone(),
             capacity: lb_common::limits::Capacity {
                 max_services: self.max_services,
                 max_backends: self.max_backends,
@@ -190,6 +194,9 @@ impl RunArgs {
             sweep_interval: Duration::from_secs(self.sweep_interval_s.max(1)),
             metrics: metrics_addr(&self.metrics)?,
             detach_on_exit: self.detach_on_exit,
+            state_file: self
+                .state_file
+                .unwrap_or_else(|| lb_userspace::state_file::default_path(&self.pin_dir)),
         })
     }
 }

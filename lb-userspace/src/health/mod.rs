@@ -47,6 +47,11 @@ impl HealthView {
         self.states.get(&target) == Some(&Health::Down)
     }
 
+    /// The known state of `target` (`None`: not probed yet, counted as up).
+    pub fn state(&self, target: &ProbeTarget) -> Option<Health> {
+        self.states.get(target).copied()
+    }
+
     /// Records a state; returns whether it changed anything.
     pub fn set(&mut self, target: ProbeTarget, health: Health) -> bool {
         self.states.insert(target, health) != Some(health)

@@ -77,9 +77,19 @@ impl HealthChecker {
         self.view.retain(|t| wanted.contains(t));
         for target in wanted {
             if !self.tasks.contains_key(&target) {
-                let task = tokio::spawn(probe_loop(target.clone(), self.sender.clone()));
+                let start = self.view.state(&target).unwrap_or(Health::Up);
+                let task = tokio::spawn(probe_loop(target.clone(), start, self.sender.clone()));
                 self.tasks.insert(target, task);
             }
+        }
+    }
+
+    /// Restores the last known health (from the state file) before the first [`Self::sync`]:
+    /// these targets start down and their probes need `rise` passes to bring them up. Targets
+    /// `sync` does not probe are forgotten by it.
+    pub fn restore(&mut self, down: impl IntoIterator<Item = ProbeTarget>) {
+        for target in down {
+            self.view.set(target, Health::Down);
         }
     }
 
@@ -115,9 +125,13 @@ impl HealthChecker {
 }
 
 /// Probes one target every interval until aborted; reports transitions (one log line each).
-async fn probe_loop(target: ProbeTarget, events: mpsc::UnboundedSender<HealthEvent>) {
+async fn probe_loop(
+    target: ProbeTarget,
+    start: Health,
+    events: mpsc::UnboundedSender<HealthEvent>,
+) {
     let check = &target.check;
-    let mut tracker = Tracker::new(check.rise, check.fall);
+    let mut tracker = Tracker::starting(check.rise, check.fall, start);
     let mut interval = tokio::time::interval(Duration::from_millis(u64::from(check.interval_ms)));
     // A late tick is not made up for with a burst of probes.
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);

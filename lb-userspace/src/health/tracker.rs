@@ -40,6 +40,15 @@ impl Tracker {
         }
     }
 
+    /// A tracker that starts in `state`: a daemon restarting with the last known health (a
+    /// backend that was down stays down until `rise` probes pass).
+    pub fn starting(rise: u32, fall: u32, state: Health) -> Tracker {
+        Tracker {
+            state,
+            ..Tracker::new(rise, fall)
+        }
+    }
+
     pub fn state(&self) -> Health {
         self.state
     }
@@ -97,6 +106,15 @@ mod tests {
         );
         assert_eq!(t.state(), Health::Up);
         assert_eq!(t.record(false), Some(Health::Down));
+    }
+
+    #[test]
+    fn a_restored_down_backend_needs_rise_passes() {
+        let mut t = Tracker::starting(2, 3, Health::Down);
+        assert_eq!(t.state(), Health::Down);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(true), Some(Health::Up));
     }
 
     #[test]

@@ -3,14 +3,17 @@
 //! ZooKeeper (JSON, [`super::json`]), so the two cannot disagree. What differs is only where a
 //! service's name and a backend's address come from: the file writes them as fields, ZooKeeper as
 //! node names; and what an unknown field is: an error in the file, a warning in ZooKeeper.
+//!
+//! The same structs serialize too (`from_spec`), for the daemon's state file (`crate::state_file`),
+//! which is read back through the same decoder: what it writes is what the file source accepts.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 
 use lb_common::Scheduler;
-use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::{
     BackendSpec, BackendState, HealthCheckKind, HealthCheckSpec, MAX_PANIC_THRESHOLD, MAX_WEIGHT,
@@ -18,11 +21,11 @@ use super::{
 };
 
 /// A service. Every field but `vip` (and, in the file, `name`) is optional.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(expecting = "a table")]
 pub(crate) struct ServiceFields {
     /// The file's only: ZooKeeper names a service by its node.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// `IP:PORT`.
     #[serde(deserialize_with = "vip")]
@@ -31,27 +34,31 @@ pub(crate) struct ServiceFields {
     #[serde(default)]
     pub proto: Proto,
     /// Default `"maglev"`.
-    #[serde(default = "default_scheduler", deserialize_with = "scheduler")]
+    #[serde(
+        default = "default_scheduler",
+        deserialize_with = "scheduler",
+        serialize_with = "scheduler_name"
+    )]
     pub scheduler: Scheduler,
     /// Default 0 (persistence off).
     #[serde(default)]
     pub persistence_timeout_s: Bounded<{ u32::MAX }>,
     /// Default: the full address length (32 or 128).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistence_netmask: Option<Bounded<128>>,
     /// Default: no health check (backends are always up).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckFields>,
     /// Percent of healthy backends below which new flows go to all of them; default 0 (off).
     #[serde(default)]
     pub panic_threshold: Bounded<{ MAX_PANIC_THRESHOLD as u32 }>,
     /// The file's only: ZooKeeper keeps backends as child nodes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backends: Option<Vec<BackendFields>>,
 }
 
 /// A service's health check; defaults as in [`HealthCheckSpec::default`].
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, expecting = "a table")]
 pub(crate) struct HealthCheckFields {
     /// `"tcp"` (default) or `"http"`.
@@ -67,11 +74,15 @@ pub(crate) struct HealthCheckFields {
 }
 
 /// A backend; ZooKeeper's backend node may have no data at all (weight 1, active).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(expecting = "a table")]
 pub(crate) struct BackendFields {
     /// The file's only: ZooKeeper names a backend by its node.
-    #[serde(default, deserialize_with = "backend_addr")]
+    #[serde(
+        default,
+        deserialize_with = "backend_addr",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub addr: Option<SocketAddr>,
     /// Default 1.
     #[serde(default = "default_weight")]
@@ -95,7 +106,41 @@ impl ServiceFields {
     }
 }
 
+impl ServiceFields {
+    /// The fields of `spec`, named and with its backends (the file's form).
+    pub fn from_spec(spec: &ServiceSpec) -> ServiceFields {
+        ServiceFields {
+            name: Some(spec.name.clone()),
+            vip: spec.vip,
+            proto: spec.proto,
+            scheduler: spec.scheduler,
+            persistence_timeout_s: Bounded(spec.persistence_timeout_s),
+            persistence_netmask: spec.persistence_netmask.map(|n| Bounded(u32::from(n))),
+            health_check: spec.health_check.as_ref().map(HealthCheckFields::from_spec),
+            panic_threshold: Bounded(u32::from(spec.panic_threshold)),
+            backends: Some(
+                spec.backends
+                    .values()
+                    .map(BackendFields::from_spec)
+                    .collect(),
+            ),
+        }
+    }
+}
+
 impl HealthCheckFields {
+    pub fn from_spec(spec: &HealthCheckSpec) -> HealthCheckFields {
+        HealthCheckFields {
+            kind: spec.kind,
+            path: spec.path.clone(),
+            expect: StatusRange(spec.expect),
+            interval_ms: Bounded(spec.interval_ms),
+            timeout_ms: Bounded(spec.timeout_ms),
+            rise: Bounded(spec.rise),
+            fall: Bounded(spec.fall),
+        }
+    }
+
     pub fn to_spec(&self) -> HealthCheckSpec {
         HealthCheckSpec {
             kind: self.kind,
@@ -125,6 +170,14 @@ impl Default for HealthCheckFields {
 }
 
 impl BackendFields {
+    pub fn from_spec(spec: &BackendSpec) -> BackendFields {
+        BackendFields {
+            addr: Some(spec.addr),
+            weight: Bounded(spec.weight),
+            state: spec.state,
+        }
+    }
+
     /// The backend these fields describe, at `addr`.
     pub fn to_spec(&self, addr: SocketAddr) -> BackendSpec {
         BackendSpec {
@@ -151,6 +204,12 @@ impl<const MAX: u32> Bounded<MAX> {
     /// The value as a `u8` (for a `MAX` that fits one).
     fn narrow(self) -> u8 {
         u8::try_from(self.0).unwrap_or(u8::MAX)
+    }
+}
+
+impl<const MAX: u32> Serialize for Bounded<MAX> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u32(self.0)
     }
 }
 
@@ -193,6 +252,13 @@ pub(crate) struct StatusRange(pub (u16, u16));
 impl Default for StatusRange {
     fn default() -> Self {
         StatusRange(HealthCheckSpec::default().expect)
+    }
+}
+
+impl Serialize for StatusRange {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (low, high) = self.0;
+        serializer.collect_str(&format_args!("{low}-{high}"))
     }
 }
 
@@ -249,6 +315,10 @@ fn backend_addr<'de, D: Deserializer<'de>>(
     by_name(deserializer, |s| parse_socket_addr("backend address", s)).map(Some)
 }
 
+fn scheduler_name<S: Serializer>(scheduler: &Scheduler, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(scheduler.name())
+}
+
 fn scheduler<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Scheduler, D::Error> {
     by_name(deserializer, parse_scheduler)
 }
@@ -268,6 +338,24 @@ impl<'de> Deserialize<'de> for BackendState {
 impl<'de> Deserialize<'de> for HealthCheckKind {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         by_name(deserializer, HealthCheckKind::from_name)
+    }
+}
+
+impl Serialize for Proto {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl Serialize for BackendState {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl Serialize for HealthCheckKind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
     }
 }
 

@@ -67,10 +67,13 @@ impl FileSource {
 }
 
 impl Source for FileSource {
-    fn first(&mut self) -> SourceFuture<'_, anyhow::Result<DesiredState>> {
-        let result = config::load_config_file(&self.path)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("the configuration is invalid; nothing was loaded");
+    fn first(&mut self) -> SourceFuture<'_, anyhow::Result<Option<DesiredState>>> {
+        let result = config::load_config_file(&self.path).map(Some).map_err(|e| {
+            // Recorded so the status shows why a start from the state file happened.
+            self.rejected = Some(e.to_string());
+            anyhow::anyhow!("{e}")
+        });
+        let result = result.context("the configuration is invalid; nothing was loaded");
         Box::pin(std::future::ready(result))
     }
 
@@ -147,7 +150,7 @@ backends = [{ addr = "198.18.2.11:80" }]
         let path = dir.0.join("lb.toml");
         std::fs::write(&path, GOOD).unwrap();
         let mut source = FileSource::polling(path.clone(), Duration::from_millis(10));
-        let first = source.first().await.unwrap();
+        let first = source.first().await.unwrap().unwrap();
         assert_eq!(first.services["web"].backends.len(), 1);
 
         replace(

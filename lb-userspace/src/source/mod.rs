@@ -21,10 +21,10 @@ use crate::zk::source::ZkSourceConfig;
 pub type SourceFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 pub trait Source {
-    /// The state to start with. The file's content must be valid (an error refuses start-up);
-    /// ZooKeeper is waited for (bounded), else it is an empty state and the first answer is applied
-    /// when it comes.
-    fn first(&mut self) -> SourceFuture<'_, anyhow::Result<DesiredState>>;
+    /// The state to start with. An invalid file is an error; ZooKeeper is waited for (bounded),
+    /// and `Ok(None)` says it did not answer in time (its first answer comes through
+    /// [`Source::next`]). Either way the daemon starts from its state file if it has one.
+    fn first(&mut self) -> SourceFuture<'_, anyhow::Result<Option<DesiredState>>>;
 
     /// Waits for the next state. Invalid input is logged and recorded in the status by the source,
     /// and waited past: the last good state keeps forwarding.

@@ -30,7 +30,7 @@ impl ZooKeeperSource {
 }
 
 impl Source for ZooKeeperSource {
-    fn first(&mut self) -> SourceFuture<'_, anyhow::Result<DesiredState>> {
+    fn first(&mut self) -> SourceFuture<'_, anyhow::Result<Option<DesiredState>>> {
         Box::pin(async move {
             let states = &mut self.zk.states;
             let wait = async {
@@ -44,13 +44,13 @@ impl Source for ZooKeeperSource {
                 }
             };
             match tokio::time::timeout(FIRST_STATE_WAIT, wait).await {
-                Ok(state) => Ok(state.as_deref().cloned().unwrap_or_default()),
+                Ok(state) => Ok(Some(state.as_deref().cloned().unwrap_or_default())),
                 Err(_) => {
                     warn!(
-                        "no state from ZooKeeper within {FIRST_STATE_WAIT:?}; attaching with no services, \
-                         they are applied as soon as ZooKeeper answers"
+                        "no state from ZooKeeper within {FIRST_STATE_WAIT:?}; its services are applied \
+                         as soon as it answers"
                     );
-                    Ok(DesiredState::default())
+                    Ok(None)
                 }
             }
         })
