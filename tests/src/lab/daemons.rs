@@ -232,6 +232,13 @@ impl Lab {
                 args.extend([flag.to_string(), value.to_string()]);
             }
         }
+        // The state file in the lab's directory (removed with it), not in /var/lib/lb.
+        if !extra_args.contains(&"--state-file") {
+            args.extend([
+                "--state-file".to_owned(),
+                path_arg(&self.lb_state_file(lb))?,
+            ]);
+        }
         args.extend(source_args);
         args.extend(extra_args.iter().map(|s| s.to_string()));
         Ok(args)
@@ -427,6 +434,11 @@ impl Lab {
 
     fn lb_log_path(&self, lb: usize) -> PathBuf {
         self.dir.join(format!("lb{lb}.log"))
+    }
+
+    /// Load balancer `lb`'s state file (`lb run --state-file`), in the lab's directory.
+    pub fn lb_state_file(&self, lb: usize) -> PathBuf {
+        self.dir.join(format!("lb{lb}.state.json"))
     }
 
     /// Load balancer `lb`'s pin directory (under the lab's bpffs directory).

@@ -9,4 +9,5 @@ mod hitless;
 mod metrics;
 mod processes;
 mod smoke;
+mod state_file;
 mod zk;
