@@ -72,8 +72,17 @@ pub struct RunOptions {
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
-    // A broken file says so first, even to a user who could not run the daemon.
-    opts.source.precheck()?;
+    // A broken file says so first, even to a user who could not run the daemon, unless the state
+    // file can stand in for it (then `first_state` starts from that and says so).
+    if let Err(e) = opts.source.precheck() {
+        match state_file::read(&opts.state_file) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(e),
+            Err(saved) => {
+                return Err(e.context(format!("and the state file cannot stand in: {saved}")));
+            }
+        }
+    }
     crate::privilege::require_root("lb run")?;
     // First of all: a second daemon on these pins is refused before it reads or changes anything.
     let lock = PinDirLock::acquire(&opts.pin_dir)?;

@@ -52,7 +52,7 @@ impl SavedState {
                 service
                     .backends
                     .contains_key(&d.backend)
-                    .then(|| ProbeTarget {
+                    .then_some(ProbeTarget {
                         addr: d.backend,
                         check,
                     })
@@ -92,7 +92,10 @@ pub enum StateFileError {
         "the state file {path} holds an invalid state: {source}; remove it (the next successful \
          apply writes a new one)"
     )]
-    Invalid { path: PathBuf, source: ModelError },
+    Invalid {
+        path: PathBuf,
+        source: Box<ModelError>,
+    },
 }
 
 fn field_suffix(field: &str) -> String {
@@ -167,7 +170,7 @@ pub fn decode(path: &Path, text: &str) -> Result<SavedState, StateFileError> {
     let document: Document = serde_path_to_error::deserialize(&mut json).map_err(decode_error)?;
     let invalid = |source| StateFileError::Invalid {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     };
     let desired =
         desired_state(&document.services).map_err(|(field, message)| StateFileError::Decode {
