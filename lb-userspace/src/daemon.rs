@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 mod first_state;
 
 use crate::apply::{Applier, ApplyReport};
-use crate::dataplane::{AttachMode, Dataplane, ExistingPins, LoadOptions, link_path};
+use crate::dataplane::{AttachMode, AttachedMode, Dataplane, ExistingPins, LoadOptions, link_path};
 use crate::detach;
 use crate::health::{Health, HealthChecker, HealthView, ProbeTarget};
 use crate::metrics;
@@ -36,8 +36,8 @@ use crate::netif;
 use crate::nexthop::NextHopKeeper;
 use crate::owner::PinDirLock;
 use crate::report::{
-    self, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION, ServiceNotApplied,
-    StateFileStart, unix_ms,
+    self, AdoptionReport, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION,
+    ServiceNotApplied, StateFileStart, unix_ms,
 };
 use crate::source::{Families, Source, SourceSpec};
 use crate::state_file::{self, SavedState};
@@ -114,7 +114,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         capacity: opts.capacity,
         pin_dir: Some(opts.pin_dir.clone()),
         kernel_log: opts.kernel_log,
-        existing_pins: ExistingPins::Refuse,
+        existing_pins: ExistingPins::Adopt,
     })?;
     // From here on the maps are pinned: a way out before the link is pinned unpins them; after
     // that only --detach-on-exit does.
@@ -123,6 +123,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         not_applied,
         restored_down: first.restored_down,
         from_state_file: first.from_state_file,
+        waiting: first.waiting,
     };
     let result = serve(
         &opts,
@@ -167,6 +168,8 @@ struct Accepted {
     restored_down: Vec<ProbeTarget>,
     /// Set when the state is the state file's.
     from_state_file: Option<StateFileStart>,
+    /// No state at all yet (see `FirstState::waiting`).
+    waiting: bool,
 }
 
 fn describe(not_applied: &[ServiceNotApplied]) -> String {
@@ -196,15 +199,26 @@ fn serve(
     let mut applied = AppliedTimes::default();
     dp.set_config(outer)?;
     let apply_started = Instant::now();
-    let mut applier = Applier::new(opts.capacity, opts.hash_seed);
+    // Adopted maps keep the capacity they were created with.
+    let mut applier = Applier::new(dp.maps().capacity(), opts.hash_seed);
     let mut restored = HealthView::default();
     for target in &first.restored_down {
         restored.set(target.clone(), Health::Down);
+    }
+    // With nothing to go by yet, the pinned services keep forwarding untouched until the source
+    // delivers; they are adopted then.
+    let adopt_pending = dp.adopted() && first.waiting;
+    let mut adoption = None;
+    if dp.adopted() && !adopt_pending {
+        adoption = Some(adopt(dp, &mut applier, &first.desired, &restored)?);
     }
     let report = applier.apply_with_health(dp, &first.desired, &restored);
     info!(
         services = first.desired.services.len(),
         generation = report.generation,
+        added = ?report.added,
+        changed = ?report.changed,
+        removed = ?report.removed,
         "configuration applied"
     );
     applied.synced(true);
@@ -213,6 +227,17 @@ fn serve(
     nexthops.refresh(applier.backend_addrs().iter().map(|a| a.ip()));
 
     let mode = dp.attach_balancer(&opts.iface, opts.attach_mode)?;
+    if let AttachedMode::Replaced {
+        old_prog_id,
+        new_prog_id,
+    } = mode
+    {
+        info!(iface = %opts.iface, old_prog_id, new_prog_id, "replaced the program of the pinned XDP link (bpf_link_update: no packet without a program)");
+        if let Some(a) = &mut adoption {
+            a.replaced_prog_id = Some(old_prog_id);
+            a.prog_id = Some(new_prog_id);
+        }
+    }
     info!(iface = %opts.iface, mode = ?mode, pin_dir = %opts.pin_dir.display(), "forwarding");
 
     let mut ctx = Ctx {
@@ -227,6 +252,8 @@ fn serve(
         checker: None,
         restored_down: first.restored_down,
         from_state_file: first.from_state_file,
+        adopt_pending,
+        adoption,
         state_warned: false,
         reports: None,
         flows: 0,
@@ -280,6 +307,10 @@ struct Ctx<'a> {
     restored_down: Vec<ProbeTarget>,
     /// Set while the state forwarded is the state file's (until the source delivers).
     from_state_file: Option<StateFileStart>,
+    /// The maps were adopted but not yet the planner's: no state to match them with yet.
+    adopt_pending: bool,
+    /// What this run adopted from the pins (for `lb status`).
+    adoption: Option<AdoptionReport>,
     /// A failure to write the state file was logged (once until a write succeeds).
     state_warned: bool,
     /// The last report, for the metrics server (`None` until the first one is built).
@@ -455,6 +486,18 @@ fn apply_current(ctx: &mut Ctx<'_>) -> Option<ApplyReport> {
         .as_ref()
         .map(|c| c.view().clone())
         .unwrap_or_default();
+    if ctx.adopt_pending {
+        match adopt(ctx.dp, ctx.applier, &ctx.desired, &health) {
+            Ok(a) => {
+                ctx.adopt_pending = false;
+                ctx.adoption = Some(a);
+            }
+            Err(e) => {
+                error!("{e:#}; the pinned services keep forwarding as they are");
+                return None;
+            }
+        }
+    }
     let started = Instant::now();
     let r = ctx.applier.apply_with_health(ctx.dp, &ctx.desired, &health);
     if r.is_empty() {
@@ -463,6 +506,42 @@ fn apply_current(ctx: &mut Ctx<'_>) -> Option<ApplyReport> {
     ctx.applied.synced(true);
     ctx.applied.last_apply = Some(started.elapsed());
     Some(r)
+}
+
+/// Seeds the applier from the maps an earlier run pinned (see `Planner::adopt`): the next apply of
+/// `desired` writes only what differs from what they hold.
+fn adopt(
+    dp: &Dataplane,
+    applier: &mut Applier,
+    desired: &DesiredState,
+    health: &HealthView,
+) -> anyhow::Result<AdoptionReport> {
+    let pinned = dp
+        .maps()
+        .pinned_state()
+        .context("reading the pinned maps to adopt them")?;
+    let a = applier.adopt(&pinned, desired, health).map_err(|e| {
+        anyhow::anyhow!(
+            "the pinned maps cannot be adopted: {e}. Drain this host, remove the old balancer with \
+             `lb detach`, then start `lb run` again"
+        )
+    })?;
+    info!(
+        unchanged = ?a.unchanged,
+        rewrite = ?a.rewrite,
+        orphans = ?a.orphans,
+        draining = a.draining,
+        "adopted the maps an earlier run pinned: its flows, persistence entries and connection counters are kept"
+    );
+    Ok(AdoptionReport {
+        since_unix_ms: unix_ms(SystemTime::now()),
+        unchanged: a.unchanged,
+        rewritten: a.rewrite,
+        removed: a.orphans,
+        draining: a.draining,
+        replaced_prog_id: None,
+        prog_id: None,
+    })
 }
 
 /// Aborts a spawned task when dropped (the metrics server ends with the follow loop).
@@ -538,6 +617,7 @@ fn build_report(ctx: &Ctx<'_>, source: &dyn Source) -> DaemonReport {
         flows: ctx.flows as u64,
         flow_evictions: ctx.evictions,
         from_state_file: ctx.from_state_file.clone(),
+        adoption: ctx.adoption.clone(),
     }
 }
 

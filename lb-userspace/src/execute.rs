@@ -99,6 +99,14 @@ pub mod fake {
     }
 
     impl RecordingWriter {
+        /// A writer over maps that already hold `maps` (nothing written yet).
+        pub fn over(maps: FakeMaps) -> RecordingWriter {
+            RecordingWriter {
+                maps,
+                ..Default::default()
+            }
+        }
+
         /// Refuses every op `when` matches (until [`RecordingWriter::succeed`]).
         pub fn fail_when(&mut self, when: impl Fn(&Op) -> bool + 'static) {
             self.fail = Some(Box::new(when));

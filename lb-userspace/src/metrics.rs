@@ -397,6 +397,9 @@ mod tests {
             counters: [("drop_no_backend".to_owned(), 1)].into_iter().collect(),
             flows: 0,
             daemon: None,
+            attached: Vec::new(),
+            manager_pid: None,
+            unmanaged_since_unix_ms: None,
         };
         let mut zk = crate::report::tests::zk_status();
         zk.connection = ZkConnection::Connected;

@@ -98,9 +98,61 @@ impl PinDirLock {
     }
 }
 
+/// The pid holding the lock of `pin_dir` (`None`: no `lb` manages it), read from `/proc/locks`
+/// without touching the lock (taking it, even briefly, could refuse a daemon that is starting).
+pub fn holder(pin_dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(lock_file_path(pin_dir)).ok()?;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    lock_holder(
+        &locks,
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino(),
+    )
+}
+
+/// The pid of the `FLOCK` line of `/proc/locks` on the file (`major`, `minor`, `inode`).
+fn lock_holder(locks: &str, major: u32, minor: u32, inode: u64) -> Option<u32> {
+    locks.lines().find_map(|line| {
+        // `1: FLOCK  ADVISORY  WRITE 1234 00:19:5678 0 EOF`; waiters carry an extra `->` field.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&"FLOCK") || fields.contains(&"->") {
+            return None;
+        }
+        let mut id = fields.get(5)?.split(':');
+        let (maj, min, ino) = (id.next()?, id.next()?, id.next()?);
+        let same = u32::from_str_radix(maj, 16).ok()? == major
+            && u32::from_str_radix(min, 16).ok()? == minor
+            && ino.parse::<u64>().ok()? == inode;
+        same.then(|| fields.get(4)?.parse().ok()).flatten()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_holder_is_read_from_proc_locks_and_gone_with_the_lock() {
+        let pin_dir = std::env::temp_dir().join(format!("lb-holder-test-{}", std::process::id()));
+        let lock = PinDirLock::acquire(&pin_dir).expect("lock");
+        assert_eq!(holder(&pin_dir), Some(std::process::id()));
+        let path = lock.path().to_path_buf();
+        drop(lock);
+        assert_eq!(holder(&pin_dir), None, "the file is there, nobody holds it");
+        let _ = std::fs::remove_file(path);
+        assert_eq!(holder(&pin_dir), None);
+        let locks = "1: POSIX  ADVISORY  WRITE 10 00:19:77 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 11 00:1a:77 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 12 00:1a:77 0 EOF\n";
+        assert_eq!(lock_holder(locks, 0, 0x1a, 77), Some(11));
+        assert_eq!(
+            lock_holder(locks, 0, 0x19, 77),
+            None,
+            "a POSIX lock is not ours"
+        );
+    }
 
     #[test]
     fn lock_file_sits_next_to_the_status_file() {

@@ -52,6 +52,27 @@ pub struct DaemonReport {
     /// one at start-up; cleared by the source's first state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_state_file: Option<StateFileStart>,
+    /// Set when this run adopted the maps an earlier one pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<AdoptionReport>,
+}
+
+/// This run adopted the maps (and the XDP link) an earlier `lb run` pinned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptionReport {
+    pub since_unix_ms: u64,
+    /// Services the maps held exactly as this run would write them: left untouched.
+    pub unchanged: Vec<String>,
+    /// Services kept on their ids and rewritten by the first apply.
+    pub rewritten: Vec<String>,
+    /// Pinned services no desired one claims, removed by the first apply.
+    pub removed: Vec<String>,
+    /// Pinned backends no service holds, draining.
+    pub draining: usize,
+    /// The program the pinned link ran before this run replaced it.
+    pub replaced_prog_id: Option<u32>,
+    /// The program it runs now.
+    pub prog_id: Option<u32>,
 }
 
 /// The daemon started from its state file (`crate::state_file`) and its source has not yet
@@ -419,6 +440,7 @@ pub(crate) mod tests {
             flows: 4,
             flow_evictions: 0,
             from_state_file: None,
+            adoption: None,
         }
     }
 

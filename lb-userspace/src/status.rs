@@ -32,6 +32,15 @@ pub struct Status {
     /// What the running daemon reports; absent without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon: Option<DaemonView>,
+    /// Interfaces whose balancer link is pinned here: the program runs there, daemon or not.
+    #[serde(default)]
+    pub attached: Vec<String>,
+    /// The pid of the `lb` managing these pins (holding their lock); `None`: none does.
+    #[serde(default)]
+    pub manager_pid: Option<u32>,
+    /// Attached with no daemon managing it since about then (the last daemon's last report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmanaged_since_unix_ms: Option<u64>,
 }
 
 impl Status {
@@ -212,6 +221,9 @@ pub fn collect_without_flows(maps: &MapsView) -> anyhow::Result<Status> {
         counters,
         flows: 0,
         daemon: None,
+        attached: Vec::new(),
+        manager_pid: None,
+        unmanaged_since_unix_ms: None,
     })
 }
 
@@ -226,6 +238,11 @@ pub fn run(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
             None
         }
     };
+    status.attached = crate::dataplane::pinned_links(pin_dir);
+    status.manager_pid = crate::owner::holder(pin_dir);
+    if !status.attached.is_empty() && status.manager_pid.is_none() {
+        status.unmanaged_since_unix_ms = status.daemon.as_ref().map(|d| d.report.written_unix_ms);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -238,7 +255,21 @@ pub fn run(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
 pub fn render(s: &Status) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
-    if let Some(daemon) = &s.daemon {
+    if !s.attached.is_empty() && s.manager_pid.is_none() {
+        let since = match s.unmanaged_since_unix_ms {
+            Some(t) => format!(
+                "since {:.1}s ago (the last daemon's last report)",
+                report::unix_ms(SystemTime::now()).saturating_sub(t) as f64 / 1000.0
+            ),
+            None => "since an unknown time (no daemon report)".to_owned(),
+        };
+        let _ = writeln!(
+            o,
+            "UNMANAGED {since}: the program is attached to {} and forwards on the last applied \
+             state, but no `lb run` manages it (start one to adopt it, or `lb detach`)",
+            s.attached.join(", ")
+        );
+    } else if let Some(daemon) = &s.daemon {
         o.push_str(&daemon.render());
     }
     let _ = writeln!(

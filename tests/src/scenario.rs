@@ -325,6 +325,9 @@ mod tests {
             counters: [("drop_mtu".to_owned(), 0)].into_iter().collect(),
             flows: 0,
             daemon: None,
+            attached: Vec::new(),
+            manager_pid: None,
+            unmanaged_since_unix_ms: None,
         };
         counter(&status, "flow_new");
     }

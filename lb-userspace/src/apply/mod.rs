@@ -21,7 +21,7 @@ use crate::dataplane::{DataplaneError, MapWriter};
 use crate::execute;
 use crate::health::HealthView;
 use crate::model::{DesiredState, ServiceSpec};
-use crate::plan::{self, Op, Planner};
+use crate::plan::{self, AdoptError, Adoption, Op, PinnedState, Planner};
 
 pub use crate::plan::{CapacityError, RetiredBackend, ServiceHealth};
 
@@ -77,6 +77,21 @@ impl Applier {
             failures: BTreeMap::new(),
             vacated: BTreeSet::new(),
         }
+    }
+
+    /// Seeds this new applier from the maps an earlier `lb run` pinned (see [`Planner::adopt`]):
+    /// the next apply of `desired` with `health` writes only what differs from what they hold.
+    pub fn adopt(
+        &mut self,
+        pinned: &PinnedState,
+        desired: &DesiredState,
+        health: &HealthView,
+    ) -> Result<Adoption, AdoptError> {
+        let adoption = self
+            .planner
+            .adopt(pinned, desired, health, Instant::now())?;
+        self.generation = adoption.generation;
+        Ok(adoption)
     }
 
     /// The state the data plane forwards with now.
@@ -135,11 +150,21 @@ impl Applier {
         desired: &DesiredState,
         health: &HealthView,
     ) -> ApplyReport {
-        let names = plan::diff(&self.planner.applied_state(), desired);
+        let mut names = plan::diff(&self.planner.applied_state(), desired);
+        // Adopted services whose pinned maps differ from what the planner would write.
+        let stale: Vec<String> = self
+            .planner
+            .stale()
+            .filter(|n| desired.services.contains_key(*n) && !names.changed.iter().any(|c| c == n))
+            .map(str::to_owned)
+            .collect();
+        names.changed.extend(stale);
+        names.changed.sort();
         let health_changed: Vec<String> = self
             .planner
             .health_changed(desired, health)
             .map(|spec| spec.name.clone())
+            .filter(|n| !names.changed.contains(n))
             .collect();
         // A service whose new version is live but whose cleanup failed.
         let retry: Vec<String> = self

@@ -315,3 +315,249 @@ fn an_unchanged_state_writes_nothing() {
     assert_eq!(again.generation, 1);
     assert_eq!(w.written.len(), n);
 }
+
+// Adoption: a restarted daemon seeded from what the pinned maps hold.
+
+use crate::execute::fake::FakeMaps;
+use crate::model::BackendSpec;
+use crate::plan::{PinnedService, PinnedState};
+use lb_common::Scheduler;
+
+/// What `lb run` reads back from the pins: the fake maps as `MapsView::pinned_state` gives them.
+fn pinned(maps: &FakeMaps) -> PinnedState {
+    PinnedState {
+        services: maps
+            .services
+            .iter()
+            .map(|(key, entry)| PinnedService {
+                key: *key,
+                entry: *entry,
+                meta: maps.meta.get(&entry.id).copied().unwrap_or_default(),
+                table: maps.live_table(key).unwrap_or_default().to_vec(),
+            })
+            .collect(),
+        backends: maps
+            .backends
+            .iter()
+            .filter(|(_, b)| b.flags & BACKEND_F_VALID != 0)
+            .map(|(id, b)| (*id, *b))
+            .collect(),
+    }
+}
+
+/// rr over 0,1 with a health check (1 down); maglev over 2,3,4 weighted; wrr with persistence.
+fn three_services() -> (DesiredState, HealthView) {
+    let mut a = service("a", 1, &[0, 1]);
+    a.health_check = Some(HealthCheckSpec::default());
+    let mut b = service("b", 2, &[2, 3, 4]);
+    b.scheduler = Scheduler::Maglev;
+    b.backends.values_mut().for_each(|x| x.weight = 3);
+    let mut c = service("c", 3, &[5, 6]);
+    c.scheduler = Scheduler::WeightedRoundRobin;
+    c.persistence_timeout_s = 300;
+    let health = down(&a, &[1]);
+    (state(&[&a, &b, &c]), health)
+}
+
+fn big() -> Capacity {
+    Capacity {
+        table_size: 4099,
+        ..capacity(16)
+    }
+}
+
+#[test]
+fn adopting_what_the_maps_hold_writes_nothing_and_keeps_every_id() {
+    let (desired, health) = three_services();
+    let mut before = Applier::new(big(), 7);
+    let mut w = RecordingWriter::default();
+    before.apply_with_health(&mut w, &desired, &health);
+    let pins = pinned(&w.maps);
+
+    let mut after = Applier::new(big(), 7);
+    let adoption = after.adopt(&pins, &desired, &health).expect("adopt");
+    assert_eq!(adoption.unchanged, ["a", "b", "c"]);
+    assert!(adoption.rewrite.is_empty() && adoption.orphans.is_empty());
+    assert_eq!(adoption.generation, before.generation());
+    let mut w2 = RecordingWriter::over(w.maps.clone());
+    let report = after.apply_with_health(&mut w2, &desired, &health);
+    assert!(report.is_empty(), "{report:?}");
+    assert!(w2.written.is_empty(), "{:?}", w2.written);
+    for name in ["a", "b", "c"] {
+        assert_eq!(after.service_id(name), before.service_id(name));
+        for b in desired.services[name].backends.keys() {
+            assert_eq!(after.backend_id(name, b), before.backend_id(name, b));
+        }
+    }
+    // The same free ids and slots: nothing adopted is handed out again.
+    assert_eq!(after.planner.free_counts(), before.planner.free_counts());
+}
+
+#[test]
+fn an_adopted_service_that_changed_keeps_its_ids_and_writes_only_the_difference() {
+    let (desired, health) = three_services();
+    let mut before = Applier::new(big(), 7);
+    let mut w = RecordingWriter::default();
+    before.apply_with_health(&mut w, &desired, &health);
+    let mut after = Applier::new(big(), 7);
+    after
+        .adopt(&pinned(&w.maps), &desired, &health)
+        .expect("adopt");
+
+    let mut changed = desired.clone();
+    let c = changed.services.get_mut("c").expect("c");
+    *c = c.clone().with_backend(BackendSpec::new(addr(7)));
+    let mut w2 = RecordingWriter::over(w.maps.clone());
+    let report = after.apply_with_health(&mut w2, &changed, &health);
+    assert_eq!(report.changed, ["c"]);
+    assert_eq!(
+        after.backend_id("c", &addr(5)),
+        before.backend_id("c", &addr(5))
+    );
+    let new_id = after.backend_id("c", &addr(7)).expect("a new id");
+    let backend_writes: Vec<u32> = w2
+        .written
+        .iter()
+        .filter_map(|op| match op {
+            Op::PutBackend { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(backend_writes, [new_id], "only the new backend is written");
+    assert!(
+        !before.all_backend_ids().contains(&new_id),
+        "the new backend got an id no pinned backend holds"
+    );
+}
+
+#[test]
+fn maps_that_differ_from_the_desired_state_are_rewritten_on_their_ids() {
+    let (desired, health) = three_services();
+    let mut before = Applier::new(big(), 7);
+    let mut w = RecordingWriter::default();
+    before.apply_with_health(&mut w, &desired, &health);
+    // While no daemon ran, backend 2's weight changed in the source: the maps still hold weight 3.
+    let mut newer = desired.clone();
+    let b = newer.services.get_mut("b").expect("b");
+    b.backends.get_mut(&addr(2)).expect("backend 2").weight = 9;
+
+    let mut after = Applier::new(big(), 7);
+    let adoption = after
+        .adopt(&pinned(&w.maps), &newer, &health)
+        .expect("adopt");
+    assert_eq!(adoption.unchanged, ["a", "c"]);
+    assert_eq!(adoption.rewrite, ["b"]);
+    let mut w2 = RecordingWriter::over(w.maps.clone());
+    let report = after.apply_with_health(&mut w2, &newer, &health);
+    assert_eq!(report.changed, ["b"]);
+    assert!(report.added.is_empty() && report.removed.is_empty());
+    let id = before.backend_id("b", &addr(2)).expect("id");
+    assert_eq!(after.backend_id("b", &addr(2)), Some(id));
+    assert_eq!(w2.maps.backends[&id].weight, 9);
+    assert_eq!(after.service_id("b"), before.service_id("b"));
+    // What the maps hold now is what a planner that never restarted would have written.
+    let mut never_restarted = RecordingWriter::over(w.maps.clone());
+    before.apply_with_health(&mut never_restarted, &newer, &health);
+    let key = newer.services["b"].vip_key();
+    assert_eq!(
+        w2.maps.live_table(&key),
+        never_restarted.maps.live_table(&key)
+    );
+    assert_eq!(w2.maps.backends, never_restarted.maps.backends);
+}
+
+#[test]
+fn pinned_services_nobody_claims_are_removed_and_their_backends_drain() {
+    let (desired, health) = three_services();
+    let mut before = Applier::new(big(), 7);
+    let mut w = RecordingWriter::default();
+    before.apply_with_health(&mut w, &desired, &health);
+    let mut fewer = desired.clone();
+    fewer.services.remove("b");
+
+    let mut after = Applier::new(big(), 7);
+    let adoption = after
+        .adopt(&pinned(&w.maps), &fewer, &health)
+        .expect("adopt");
+    assert_eq!(adoption.orphans, ["(pinned 198.18.100.2:80)"]);
+    let mut w2 = RecordingWriter::over(w.maps.clone());
+    let report = after.apply_with_health(&mut w2, &fewer, &health);
+    assert_eq!(report.removed, ["(pinned 198.18.100.2:80)"]);
+    assert!(
+        !w2.maps
+            .services
+            .contains_key(&desired.services["b"].vip_key())
+    );
+    for addr_b in desired.services["b"].backends.keys() {
+        let id = before.backend_id("b", addr_b).expect("id");
+        assert_ne!(
+            w2.maps.backends[&id].flags & BACKEND_F_DRAINING,
+            0,
+            "{addr_b} drains"
+        );
+        assert!(after.retired().iter().any(|r| r.id == id));
+    }
+    assert_eq!(after.applied_state(), fewer);
+}
+
+#[test]
+fn backends_that_were_draining_stay_draining_until_released() {
+    let mut before = Applier::new(big(), 7);
+    let mut w = RecordingWriter::default();
+    let a = service("a", 1, &[0, 1]);
+    before.apply(&mut w, &state(&[&a]));
+    let gone = before.backend_id("a", &addr(1)).expect("id");
+    let smaller = service("a", 1, &[0]);
+    before.apply(&mut w, &state(&[&smaller]));
+
+    let mut after = Applier::new(big(), 7);
+    let adoption = after
+        .adopt(
+            &pinned(&w.maps),
+            &state(&[&smaller]),
+            &HealthView::default(),
+        )
+        .expect("adopt");
+    assert_eq!(adoption.unchanged, ["a"]);
+    assert_eq!(adoption.draining, 1);
+    assert_eq!(
+        after.retired().iter().map(|r| r.id).collect::<Vec<_>>(),
+        [gone]
+    );
+    // A flow still refers to it: kept. None does: released and cleared.
+    let mut w2 = RecordingWriter::over(w.maps.clone());
+    let in_use = BTreeSet::from([gone]);
+    assert_eq!(
+        after.release_retired(&mut w2, &in_use, Duration::ZERO).ok(),
+        Some(0)
+    );
+    assert_eq!(
+        after
+            .release_retired(&mut w2, &BTreeSet::new(), Duration::ZERO)
+            .ok(),
+        Some(1)
+    );
+    assert_eq!(w2.maps.backends[&gone], BackendEntry::default());
+}
+
+#[test]
+fn pins_this_planner_cannot_have_written_are_refused() {
+    let (desired, health) = three_services();
+    let mut before = Applier::new(big(), 7);
+    let mut w = RecordingWriter::default();
+    before.apply_with_health(&mut w, &desired, &health);
+    let mut pins = pinned(&w.maps);
+    let first = pins.services[0].entry;
+    pins.services[1].entry.id = first.id;
+    let err = Applier::new(big(), 7)
+        .adopt(&pins, &desired, &health)
+        .expect_err("two services on one id");
+    assert!(err.to_string().contains("service id"), "{err}");
+
+    let mut pins = pinned(&w.maps);
+    pins.services[0].entry.table_offset += 1;
+    let err = Applier::new(big(), 7)
+        .adopt(&pins, &desired, &health)
+        .expect_err("a table off its slot");
+    assert!(err.to_string().contains("not a table slot"), "{err}");
+}

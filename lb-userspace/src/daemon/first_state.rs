@@ -18,6 +18,9 @@ pub(super) struct FirstState {
     pub restored_down: Vec<ProbeTarget>,
     /// Set when `desired` is the state file's.
     pub from_state_file: Option<StateFileStart>,
+    /// Neither the source nor the state file had a state: `desired` is empty until the source
+    /// delivers (pinned maps are then adopted only when it does).
+    pub waiting: bool,
 }
 
 /// Picks the first state from the source's answer and the state file at `path`. Refuses only when
@@ -40,6 +43,7 @@ pub(super) fn choose(
                 desired,
                 restored_down,
                 from_state_file: None,
+                waiting: false,
             });
         }
         Ok(None) => None,
@@ -66,6 +70,7 @@ pub(super) fn choose(
                         desired: DesiredState::default(),
                         restored_down: Vec::new(),
                         from_state_file: None,
+                        waiting: true,
                     })
                 }
             }
@@ -95,5 +100,6 @@ fn from_saved(
             written_unix_ms: saved.written_unix_ms,
             reason,
         }),
+        waiting: false,
     }
 }

@@ -22,11 +22,14 @@ pub enum DataplaneError {
     },
 
     #[error(
-        "{dir} already holds the pins of an earlier `lb run` (XDP links pinned for {links:?}); its \
-         program may still be forwarding, so nothing was changed. Remove it with \
-         `lb detach --iface IFACE --pin-dir {dir}`, or use another --pin-dir"
+        "{dir} holds only some of the maps of an earlier `lb run` ({missing:?} are missing), so it \
+         cannot adopt them and nothing was changed. Drain this host, remove what is left with \
+         `lb detach --iface IFACE --pin-dir {dir}`, then start `lb run` again"
     )]
-    PinsExist { dir: PathBuf, links: Vec<String> },
+    PinsIncomplete {
+        dir: PathBuf,
+        missing: Vec<&'static str>,
+    },
 
     #[error(
         "the maps pinned in {dir} have layout version {found}, this `lb` is built for version \
@@ -42,6 +45,17 @@ pub enum DataplaneError {
 
     #[error("pinning the XDP link on {iface} at {path} failed: {reason}")]
     PinLink {
+        iface: String,
+        path: PathBuf,
+        reason: String,
+    },
+
+    #[error(
+        "replacing the program of the XDP link pinned for {iface} at {path} failed: {reason}; the \
+         program it runs keeps forwarding. If the link is broken, drain this host and \
+         `lb detach --iface {iface}`"
+    )]
+    ReplaceLink {
         iface: String,
         path: PathBuf,
         reason: String,

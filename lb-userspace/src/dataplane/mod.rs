@@ -14,7 +14,11 @@ use std::{io, path::PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapError,
-    programs::{Xdp, XdpMode, links::FdLink, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lb_common::{
     BackendEntry, DecapKey, FlowKey, LbConfig, ServiceEntry, ServiceMeta, VipKey,
@@ -64,6 +68,12 @@ pub enum AttachMode {
 pub enum AttachedMode {
     Native,
     Generic,
+    /// The interface already had our program through a pinned link: the link now runs this one
+    /// (`bpf_link_update`: one atomic swap, no packet without a program), in the link's mode.
+    Replaced {
+        old_prog_id: u32,
+        new_prog_id: u32,
+    },
 }
 
 /// The loaded data plane. Dropping it detaches the programs, except the balancer when its link is
@@ -74,17 +84,22 @@ pub struct Dataplane {
     maps: MapsView,
     ebpf: Ebpf,
     pin_dir: Option<PathBuf>,
+    /// The maps are an earlier run's, adopted from the pins.
+    adopted: bool,
 }
 
 impl Dataplane {
-    /// Creates the maps with `opts.capacity`, loads both programs into the kernel and pins the maps.
+    /// Loads both programs into the kernel on the maps pinned in `opts.pin_dir` when an earlier run
+    /// left them there (adopted, whatever `opts.capacity` says: see [`Dataplane::adopted`]), else on
+    /// new maps of `opts.capacity`, pinned there.
     pub fn load(opts: &LoadOptions) -> Result<Self, DataplaneError> {
         let cap = opts.capacity;
         cap.validate().map_err(DataplaneError::Capacity)?;
         crate::privilege::require_root("loading the data plane")?;
-        if let Some(dir) = &opts.pin_dir {
-            pins::prepare(dir, opts.existing_pins)?;
-        }
+        let adopted = match &opts.pin_dir {
+            Some(dir) => pins::prepare(dir, opts.existing_pins)?,
+            None => false,
+        };
 
         let log_level = if opts.kernel_log {
             kernel_log::LEVEL_DEBUG
@@ -105,6 +120,17 @@ impl Dataplane {
             .map_max_entries(maps::BACKEND_STATS, cap.max_backends)
             .map_max_entries(maps::NEXTHOP_CACHE, cap.max_backends)
             .override_global("AYA_LOG_LEVEL", &log_level, false);
+        let pin_paths: Vec<(&str, PathBuf)> = match &opts.pin_dir {
+            Some(dir) => pins::PINNED_MAPS
+                .iter()
+                .map(|name| (*name, dir.join(name)))
+                .collect(),
+            None => Vec::new(),
+        };
+        // Each map is opened from its pin when one exists, else created and pinned there.
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|source| DataplaneError::Object { source })?;
@@ -113,17 +139,6 @@ impl Dataplane {
             xdp_program(&mut ebpf, program)?
                 .load()
                 .map_err(|source| DataplaneError::Load { program, source })?;
-        }
-        if let Some(dir) = &opts.pin_dir {
-            for name in pins::PINNED_MAPS {
-                let path = dir.join(name);
-                let map = ebpf.map(name).ok_or_else(|| missing_map(name))?;
-                map.pin(&path).map_err(|source| DataplaneError::Pin {
-                    map: name,
-                    path,
-                    source,
-                })?;
-            }
         }
         let kernel_log = if opts.kernel_log {
             Some(KernelLog::start(&mut ebpf)?)
@@ -139,16 +154,39 @@ impl Dataplane {
             maps,
             ebpf,
             pin_dir: opts.pin_dir.clone(),
+            adopted,
         };
-        // Stamps the layout version into the fresh maps (a later start-up checks it).
-        dp.set_config(&LbConfig::default())?;
+        if adopted {
+            let pinned = dp.maps.capacity();
+            if pinned != cap {
+                tracing::warn!(
+                    ?pinned,
+                    requested = ?cap,
+                    "the pinned maps were created with another capacity; they are adopted as they are \
+                     (a new capacity takes effect after `lb detach` and a fresh start)"
+                );
+            }
+        } else {
+            // Stamps the layout version into the fresh maps (a later start-up checks it). Adopted
+            // maps keep their configuration: the program forwarding with them reads it.
+            dp.set_config(&LbConfig::default())?;
+        }
         Ok(dp)
+    }
+
+    /// Whether the maps are an earlier run's, found pinned and adopted: the flow table, persistence
+    /// entries and connection counters are the ones the program forwarded with.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// Attaches the balancer to `iface`, and turns on IPv4/IPv6 forwarding there (without it
     /// `bpf_fib_lookup` finds no route and every balanced packet is a `drop_no_route`). With a pin
     /// directory the link is pinned there ([`link_path`]): the program then keeps forwarding after
     /// this process ends, until the pin is removed.
+    ///
+    /// When the link of an earlier run is pinned there, this program replaces the one it runs
+    /// ([`AttachedMode::Replaced`]) instead.
     pub fn attach_balancer(
         &mut self,
         iface: &str,
@@ -156,6 +194,12 @@ impl Dataplane {
     ) -> Result<AttachedMode, DataplaneError> {
         crate::netif::ifindex(iface)?;
         forwarding::enable(iface)?;
+        if let Some(dir) = &self.pin_dir {
+            let path = link_path(dir, iface);
+            if path.exists() {
+                return self.replace_pinned(iface, &path);
+            }
+        }
         let (attached, link) = self.attach(PROG_BALANCER, iface, mode)?;
         if let Some(dir) = &self.pin_dir {
             let path = link_path(dir, iface);
@@ -175,6 +219,39 @@ impl Dataplane {
             drop(link.pin(&path).map_err(|e| pin_err(e.to_string()))?);
         }
         Ok(attached)
+    }
+
+    /// Swaps the balancer into the XDP link pinned at `path` (`bpf_link_update`).
+    fn replace_pinned(
+        &mut self,
+        iface: &str,
+        path: &std::path::Path,
+    ) -> Result<AttachedMode, DataplaneError> {
+        let err = |reason: String| DataplaneError::ReplaceLink {
+            iface: iface.to_string(),
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pinned = PinnedLink::from_pin(path).map_err(|e| err(e.to_string()))?;
+        let fd_link = FdLink::from(pinned);
+        let old_prog_id = fd_link
+            .info()
+            .map_err(|e| err(format!("reading the link: {e}")))?
+            .program_id();
+        let link = XdpLink::try_from(fd_link).map_err(|e| err(e.to_string()))?;
+        let xdp = xdp_program(&mut self.ebpf, PROG_BALANCER)?;
+        let new_prog_id = xdp
+            .info()
+            .map_err(|e| err(format!("reading the new program: {e}")))?
+            .id();
+        let id = xdp.attach_to_link(link).map_err(|e| err(e.to_string()))?;
+        // Closing our descriptor leaves the program attached: the pin holds the link.
+        let link = xdp.take_link(id).map_err(|e| err(e.to_string()))?;
+        drop(FdLink::try_from(link).map_err(|e| err(e.to_string()))?);
+        Ok(AttachedMode::Replaced {
+            old_prog_id,
+            new_prog_id,
+        })
     }
 
     /// Attaches the decapsulator to `iface` (on a backend).

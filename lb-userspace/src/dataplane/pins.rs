@@ -47,9 +47,10 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
 /// What a start-up does with pins of ours it finds in the pin directory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ExistingPins {
-    /// Refuse to start: they may belong to a program that still forwards (`lb run`).
+    /// Adopt them: they hold what a program that may still forward works with (`lb run`). Pins of
+    /// another layout, or only some of them, are refused.
     #[default]
-    Refuse,
+    Adopt,
     /// Remove them: nothing outlives the process that made them (`lb decap`).
     Remove,
 }
@@ -96,7 +97,8 @@ fn existing(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Makes sure `dir` exists on bpffs and deals with pins of ours already there as `existing` says.
-pub(crate) fn prepare(dir: &Path, existing_pins: ExistingPins) -> Result<(), DataplaneError> {
+/// Returns whether every map is pinned there, to be adopted.
+pub(crate) fn prepare(dir: &Path, existing_pins: ExistingPins) -> Result<bool, DataplaneError> {
     let pin_dir_err = |source| DataplaneError::PinDir {
         path: dir.to_path_buf(),
         source,
@@ -116,21 +118,29 @@ pub(crate) fn prepare(dir: &Path, existing_pins: ExistingPins) -> Result<(), Dat
     fs::create_dir_all(dir).map_err(pin_dir_err)?;
     let found = existing(dir);
     if found.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
-    if existing_pins == ExistingPins::Refuse {
-        let found = pinned_layout_version(dir);
-        if found != Some(LAYOUT_VERSION) {
+    if existing_pins == ExistingPins::Adopt {
+        let version = pinned_layout_version(dir);
+        if version != Some(LAYOUT_VERSION) {
             return Err(DataplaneError::LayoutMismatch {
                 dir: dir.to_path_buf(),
-                found: found.map_or_else(|| "unknown".to_owned(), |v| v.to_string()),
+                found: version.map_or_else(|| "unknown".to_owned(), |v| v.to_string()),
                 expected: LAYOUT_VERSION,
             });
         }
-        return Err(DataplaneError::PinsExist {
-            dir: dir.to_path_buf(),
-            links: pinned_links(dir),
-        });
+        let missing: Vec<&str> = PINNED_MAPS
+            .iter()
+            .filter(|name| !dir.join(name).exists())
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            return Err(DataplaneError::PinsIncomplete {
+                dir: dir.to_path_buf(),
+                missing,
+            });
+        }
+        return Ok(true);
     }
     for path in found {
         match fs::remove_file(&path) {
@@ -141,7 +151,7 @@ pub(crate) fn prepare(dir: &Path, existing_pins: ExistingPins) -> Result<(), Dat
             Err(e) => return Err(pin_dir_err(e)),
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Removes our pins (links first, so the program stops before its maps go) and then the directory

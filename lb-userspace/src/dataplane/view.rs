@@ -1,15 +1,17 @@
 //! `MapsView`: typed handles of every map. The daemon owns one through `Dataplane` (and writes
 //! through it); `lb status` opens one from the pins without the daemon and only reads.
 
-use std::{os::fd::AsFd as _, path::Path};
+use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
-    BackendEntry, Counter, DecapCounter, DecapKey, FlowEntry, FlowKey, LbConfig, PersistEntry,
-    PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipKey,
+    BACKEND_F_VALID, BackendEntry, Counter, DecapCounter, DecapKey, FlowEntry, FlowKey, LbConfig,
+    PersistEntry, PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipKey,
     limits::{Capacity, SCHEDULE_IDS_PER_ENTRY, SPARE_TABLE_SLOTS},
     maps,
 };
+
+use crate::plan::{PinnedService, PinnedState};
 
 use super::{DataplaneError, error::map_op, schedule::ScheduleMmap};
 
@@ -179,6 +181,31 @@ impl MapsView {
     /// Every tracked flow (at most the flow table's size; flows evicted while listing are skipped).
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>, DataplaneError> {
         bounded_entries(&self.flows, self.capacity.flow_table_size, maps::FLOWS)
+    }
+
+    /// What the planner needs of these maps to adopt them: every service with its metadata and
+    /// table, and every backend entry marked valid.
+    pub fn pinned_state(&self) -> Result<PinnedState, DataplaneError> {
+        let services = self
+            .services()?
+            .into_iter()
+            .map(|(key, entry)| {
+                Ok(PinnedService {
+                    key,
+                    entry,
+                    meta: self.service_meta(entry.id)?,
+                    table: self.table(&entry)?,
+                })
+            })
+            .collect::<Result<Vec<_>, DataplaneError>>()?;
+        let mut backends = BTreeMap::new();
+        for id in 0..self.capacity.max_backends {
+            let b = self.backend(id)?;
+            if b.flags & BACKEND_F_VALID != 0 {
+                backends.insert(id, b);
+            }
+        }
+        Ok(PinnedState { services, backends })
     }
 
     /// The sizes the maps were created with.

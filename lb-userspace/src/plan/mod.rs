@@ -15,6 +15,7 @@
 //!
 //! Every write before the flip carries its undo, so a failed write leaves the service as it was.
 
+mod adopt;
 mod diff;
 mod health;
 mod ids;
@@ -36,6 +37,7 @@ use thiserror::Error;
 use crate::model::{BackendSpec, DesiredState, ServiceSpec};
 use crate::tables::{TableBackend, build_table};
 
+pub use adopt::{AdoptError, Adoption, PinnedService, PinnedState};
 pub use diff::{NameDiff, diff};
 pub use health::ServiceHealth;
 pub use ids::IdPool;
@@ -73,6 +75,9 @@ struct AppliedService {
     health: ServiceHealth,
     /// What its `LB_SERVICES` entry holds.
     entry: ServiceEntry,
+    /// Adopted from pinned maps that differ from what this planner would write: what they hold
+    /// (the next plan writes the service in full against it).
+    pinned: Option<adopt::PinnedWrites>,
 }
 
 /// A backend that left its service: draining until no flow refers to it.
@@ -334,7 +339,12 @@ impl Planner {
         steps.push(Step::new(Op::WriteTable { offset, ids: table }, None));
         // 3. Metadata, the old VIP if it moved, then the flip.
         let meta = service_meta(spec);
-        let old_meta = previous.map_or_else(ServiceMeta::default, |p| service_meta(&p.spec));
+        let pinned = previous.and_then(|p| p.pinned.as_ref());
+        let old_meta = match (previous, pinned) {
+            (_, Some(pinned)) => pinned.meta,
+            (Some(p), None) => service_meta(&p.spec),
+            (None, None) => ServiceMeta::default(),
+        };
         if previous.is_none() || meta != old_meta {
             steps.push(Step::new(
                 Op::PutServiceMeta {
@@ -388,6 +398,7 @@ impl Planner {
                 backend_ids: ids.all,
                 health,
                 entry,
+                pinned: None,
             },
             previous_health: previous.map(|p| p.health.clone()),
             service_id_taken,
@@ -458,6 +469,8 @@ impl Planner {
                 BackendEntry::default()
             } else if ids.unretired.contains(&id) {
                 retired_entry(*addr, service_id)
+            } else if let Some(pinned) = previous.and_then(|p| p.pinned.as_ref()) {
+                pinned.backends.get(addr).copied().unwrap_or_default()
             } else {
                 previous
                     .and_then(|p| Some((p.spec.backends.get(addr)?, &p.health)))

@@ -1024,14 +1024,47 @@ fn pinned_maps_are_readable_without_the_daemon() {
     assert_eq!(view.table(&svc).unwrap(), vec![5, 5, 5]);
     assert_eq!(view.counters().unwrap().len(), Counter::COUNT as usize);
 
-    // A second load (a restarted daemon) never deletes what it finds: it refuses, naming the fix.
+    // A second load (a restarted daemon) adopts what it finds: the same maps, contents kept,
+    // whatever capacity it is given.
     drop(view);
     drop(dp);
+    let bigger = LoadOptions {
+        capacity: Capacity {
+            max_services: tiny_capacity().max_services * 2,
+            ..tiny_capacity()
+        },
+        ..opts.clone()
+    };
+    let dp = Dataplane::load(&bigger).expect("adopt the pins of an earlier run");
+    assert!(dp.adopted());
+    assert_eq!(
+        dp.maps().capacity(),
+        tiny_capacity(),
+        "the pinned maps' sizes"
+    );
+    assert_eq!(dp.maps().backend_conns(5).unwrap(), 42, "counters kept");
+    assert_eq!(dp.maps().services().unwrap(), vec![(vip, svc)]);
+    let pinned = dp.maps().pinned_state().expect("read what the pins hold");
+    assert_eq!(pinned.services.len(), 1);
+    assert_eq!(pinned.services[0].table, vec![5, 5, 5]);
+    assert_eq!(pinned.backends.keys().copied().collect::<Vec<_>>(), vec![5]);
+    drop(dp);
+    // Only some of the maps pinned: refused, naming the missing ones and the fix; nothing changed.
+    let flows_pin = pin_dir.join(lb_common::maps::FLOWS);
+    let kept = pin_dir.join("kept-flows");
+    std::fs::rename(&flows_pin, &kept).expect("move a pin aside");
     let err = Dataplane::load(&opts)
         .err()
-        .expect("pins of an earlier run");
-    assert!(matches!(err, DataplaneError::PinsExist { .. }), "{err}");
-    assert!(err.to_string().contains("lb detach"), "{err}");
+        .expect("an incomplete set of pins");
+    assert!(
+        matches!(err, DataplaneError::PinsIncomplete { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(lb_common::maps::FLOWS) && err.to_string().contains("lb detach"),
+        "{err}"
+    );
+    std::fs::rename(&kept, &flows_pin).expect("put the pin back");
     let view = lb_userspace::dataplane::MapsView::open_pinned(&pin_dir).expect("pins kept");
     assert_eq!(
         view.backend_conns(5).unwrap(),
