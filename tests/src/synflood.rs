@@ -68,6 +68,17 @@ pub fn syn_flood(
     sources: u8,
     count: usize,
 ) -> anyhow::Result<usize> {
+    syn_stream(vip, base, sources, count, Duration::ZERO)
+}
+
+/// Like [`syn_flood`], one SYN every `pace` (as fast as possible with `Duration::ZERO`).
+pub fn syn_stream(
+    vip: SocketAddrV4,
+    base: Ipv4Addr,
+    sources: u8,
+    count: usize,
+    pace: Duration,
+) -> anyhow::Result<usize> {
     ensure!(sources > 0, "a flood needs at least one source address");
     let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_RAW)))
         .context("raw socket (needs root)")?;
@@ -77,6 +88,9 @@ pub fn syn_flood(
     for i in 0..count {
         if started.elapsed() > MAX_DURATION {
             break;
+        }
+        if let Some(wait) = (pace * i as u32).checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
         }
         let [a, b, c, d] = base.octets();
         let src_ip = Ipv4Addr::new(a, b, c, d.wrapping_add((i % usize::from(sources)) as u8));

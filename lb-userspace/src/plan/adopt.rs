@@ -46,7 +46,7 @@ pub(super) struct PinnedWrites {
     pub meta: ServiceMeta,
 }
 
-/// What [`Planner::adopt`] did, by service name.
+/// What [`Planner::adopt`] did, by service name (each list sorted).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Adoption {
     /// The maps hold exactly these services' writes: the next apply leaves them alone.
@@ -139,6 +139,13 @@ impl Planner {
             self.retire(&left, service_id, now);
         }
         adoption.draining = self.retired.len();
+        for names in [
+            &mut adoption.unchanged,
+            &mut adoption.rewrite,
+            &mut adoption.orphans,
+        ] {
+            names.sort();
+        }
         Ok(adoption)
     }
 

@@ -203,6 +203,23 @@ impl Lab {
         self.run_lb_in(&self.lb_netns(lb), &args)
     }
 
+    /// The id of the XDP program on load balancer `lb`'s `eth0` (`None`: none is attached).
+    pub fn lb_xdp_prog_id(&self, lb: usize) -> anyhow::Result<Option<u32>> {
+        let link = ip(&self.lb_netns(lb), &["-d", "link", "show", "dev", "eth0"])?;
+        let Some(rest) = link.split("prog/xdp id ").nth(1) else {
+            return Ok(None);
+        };
+        let id = rest.split_whitespace().next().unwrap_or_default();
+        Ok(Some(id.parse().with_context(|| {
+            format!("no program id in `ip link`: {link}")
+        })?))
+    }
+
+    /// Runs later daemons from `bin` (`None`: the default of [`LabOptions::lb_bin`]).
+    pub fn set_lb_bin(&mut self, bin: Option<PathBuf>) {
+        self.opts.lb_bin = bin;
+    }
+
     /// Whether an XDP program is attached to load balancer `lb`'s `eth0`.
     pub fn lb_has_xdp(&self, lb: usize) -> anyhow::Result<bool> {
         Ok(ip(&self.lb_netns(lb), &["link", "show", "dev", "eth0"])?.contains("prog/xdp"))
