@@ -34,7 +34,7 @@ use crate::metrics;
 use crate::model::DesiredState;
 use crate::netif;
 use crate::nexthop::NextHopKeeper;
-use crate::owner::PinDirLock;
+use crate::owner::{IfaceClaim, PinDirLock};
 use crate::report::{
     self, AdoptionReport, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION,
     ServiceNotApplied, StateFileStart, unix_ms,
@@ -86,6 +86,17 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     crate::privilege::require_root("lb run")?;
     // First of all: a second daemon on these pins is refused before it reads or changes anything.
     let lock = PinDirLock::acquire(&opts.pin_dir)?;
+    // And one daemon per interface (whatever its pin dir).
+    let _claim = match IfaceClaim::acquire(&opts.iface) {
+        Ok(claim) => claim,
+        Err(e) => {
+            if !opts.pin_dir.exists() {
+                // Nothing of ours is pinned: the lock file was made just now.
+                lock.remove();
+            }
+            return Err(e.into());
+        }
+    };
     opts.capacity
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid capacity: {e}"))?;
@@ -223,7 +234,8 @@ fn serve(
     );
     applied.synced(true);
     applied.last_apply = Some(apply_started.elapsed());
-    let mut nexthops = NextHopKeeper::default();
+    // A daemon that adopted the pins adopts the next hops the earlier one kept resolved.
+    let mut nexthops = NextHopKeeper::new(dp.adopted());
     nexthops.refresh(applier.backend_addrs().iter().map(|a| a.ip()));
 
     let mode = dp.attach_balancer(&opts.iface, opts.attach_mode)?;

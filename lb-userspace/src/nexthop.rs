@@ -53,13 +53,25 @@ fn parse_route_get(dst: IpAddr, json: &[u8]) -> anyhow::Result<NextHop> {
     })
 }
 
-/// The managed neighbour entries this daemon installed.
+/// The managed neighbour entries this daemon installed (or adopted).
 #[derive(Default)]
 pub struct NextHopKeeper {
     installed: BTreeSet<NextHop>,
+    /// Managed entries already there are an earlier daemon's on the same pins: ours now.
+    adopt_existing: bool,
 }
 
 impl NextHopKeeper {
+    /// A keeper that owns only what it installs, or also the managed entries it finds
+    /// (`adopt_existing`: the daemon adopted an earlier one's pins, and with them its next hops).
+    /// Entries it does not own are never removed by it.
+    pub fn new(adopt_existing: bool) -> Self {
+        NextHopKeeper {
+            installed: BTreeSet::new(),
+            adopt_existing,
+        }
+    }
+
     /// Makes sure every backend's next hop has a managed neighbour entry. Errors are logged per
     /// backend (a missing route is a counted `drop_no_route` in the data plane, not a daemon failure).
     pub fn refresh(&mut self, backends: impl IntoIterator<Item = IpAddr>) {
@@ -74,10 +86,14 @@ impl NextHopKeeper {
         }
         for nh in wanted.difference(&self.installed.clone()) {
             match install(nh) {
-                Ok(()) => {
+                Ok(Installed::New) => {
                     info!(next_hop = %nh.addr, dev = %nh.dev, "keeping next hop resolved");
                     self.installed.insert(nh.clone());
                 }
+                Ok(Installed::Managed) if self.adopt_existing => {
+                    self.installed.insert(nh.clone());
+                }
+                Ok(_) => {}
                 Err(e) => warn!(next_hop = %nh.addr, "cannot install a managed neighbour: {e:#}"),
             }
         }
@@ -107,10 +123,20 @@ impl Drop for NextHopKeeper {
     }
 }
 
-fn install(nh: &NextHop) -> anyhow::Result<()> {
-    // An existing resolved (or permanent) entry is left alone: it already gives the XDP program a MAC.
-    if neighbour_state(nh)?.is_some_and(|s| s.iter().any(|x| x == "PERMANENT" || x == "MANAGED")) {
-        return Ok(());
+/// What [`install`] found or did.
+enum Installed {
+    New,
+    /// A managed entry was there (ours from an earlier daemon, or another's).
+    Managed,
+    Permanent,
+}
+
+fn install(nh: &NextHop) -> anyhow::Result<Installed> {
+    // An existing managed (or permanent) entry is left alone: it already gives the XDP program a MAC.
+    match neighbour_state(nh)? {
+        Some(s) if s.iter().any(|x| x == "PERMANENT") => return Ok(Installed::Permanent),
+        Some(s) if s.iter().any(|x| x == "MANAGED") => return Ok(Installed::Managed),
+        _ => {}
     }
     let out = Command::new("ip")
         .args([
@@ -127,7 +153,7 @@ fn install(nh: &NextHop) -> anyhow::Result<()> {
     if !out.status.success() {
         bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(())
+    Ok(Installed::New)
 }
 
 fn neighbour_state(nh: &NextHop) -> anyhow::Result<Option<Vec<String>>> {

@@ -24,6 +24,18 @@ pub enum LockError {
         lock: PathBuf,
         holder: String,
     },
+    #[error(
+        "another `lb` ({holder}) already balances interface {iface} in this network namespace; \
+         nothing was changed. Stop it first (or restart it: a new `lb run` with its --pin-dir \
+         adopts what it pinned)"
+    )]
+    IfaceHeld { iface: String, holder: String },
+    #[error("claiming interface {iface}: {source}")]
+    IfaceIo {
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("the lock file {lock} of pin directory {pin_dir}: {source}")]
     Io {
         pin_dir: PathBuf,
@@ -98,6 +110,64 @@ impl PinDirLock {
     }
 }
 
+/// One `lb run` per interface and network namespace: a listening abstract unix socket named for the
+/// interface (abstract names live in the network namespace and vanish with their process, however
+/// it ends, so nothing is left to clean up). A second claim is refused with the holder's pid.
+#[derive(Debug)]
+pub struct IfaceClaim {
+    _listener: std::os::unix::net::UnixListener,
+}
+
+impl IfaceClaim {
+    pub fn acquire(iface: &str) -> Result<IfaceClaim, LockError> {
+        use std::os::linux::net::SocketAddrExt as _;
+        use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+        let io_err = |source| LockError::IfaceIo {
+            iface: iface.to_owned(),
+            source,
+        };
+        let addr = SocketAddr::from_abstract_name(format!("lb-iface:{iface}")).map_err(io_err)?;
+        match UnixListener::bind_addr(&addr) {
+            Ok(listener) => Ok(IfaceClaim {
+                _listener: listener,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                let holder = UnixStream::connect_addr(&addr)
+                    .ok()
+                    .and_then(|s| peer_pid(&s))
+                    .map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"));
+                Err(LockError::IfaceHeld {
+                    iface: iface.to_owned(),
+                    holder,
+                })
+            }
+            Err(e) => Err(io_err(e)),
+        }
+    }
+}
+
+/// The pid of the process at the other end of `stream` (`SO_PEERCRED`).
+fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd as _;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for the kernel to fill; the fd is open.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+}
+
 /// The pid holding the lock of `pin_dir` (`None`: no `lb` manages it), read from `/proc/locks`
 /// without touching the lock (taking it, even briefly, could refuse a daemon that is starting).
 pub fn holder(pin_dir: &Path) -> Option<u32> {
@@ -132,6 +202,24 @@ fn lock_holder(locks: &str, major: u32, minor: u32, inode: u64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interface_is_claimed_once_until_its_claim_is_dropped() {
+        let iface = format!("lbtest{}", std::process::id());
+        let first = IfaceClaim::acquire(&iface).expect("the first claim");
+        let err = IfaceClaim::acquire(&iface).expect_err("a second claim");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!("balances interface {iface}")),
+            "{msg}"
+        );
+        drop(first);
+        IfaceClaim::acquire(&iface).expect("free again");
+    }
 
     #[test]
     fn the_holder_is_read_from_proc_locks_and_gone_with_the_lock() {

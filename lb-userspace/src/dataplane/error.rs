@@ -112,6 +112,14 @@ pub enum DataplaneError {
     #[error(transparent)]
     NoSuchInterface(#[from] crate::netif::NoSuchInterface),
 
+    #[error(
+        "{iface} already runs an XDP program that is not pinned in this pin dir (another `lb run`'s \
+         with a different --pin-dir, or another tool's); it was left as it is. To take over an \
+         earlier `lb run`'s balancer start with its --pin-dir (it is adopted), or remove it first \
+         with `lb detach --iface {iface} --pin-dir ITS_DIR`"
+    )]
+    IfaceBusy { iface: String },
+
     #[error("attaching XDP to {iface} failed: {source}")]
     Attach {
         iface: String,

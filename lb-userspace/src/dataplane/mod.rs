@@ -200,7 +200,9 @@ impl Dataplane {
                 return self.replace_pinned(iface, &path);
             }
         }
-        let (attached, link) = self.attach(PROG_BALANCER, iface, mode)?;
+        let (attached, link) = self
+            .attach(PROG_BALANCER, iface, mode)
+            .map_err(|e| busy(e, iface))?;
         if let Some(dir) = &self.pin_dir {
             let path = link_path(dir, iface);
             let pin_err = |reason: String| DataplaneError::PinLink {
@@ -284,6 +286,8 @@ impl Dataplane {
             AttachMode::Generic => attach(xdp, XdpMode::Skb).map(|l| (AttachedMode::Generic, l)),
             AttachMode::Auto => match attach(xdp, XdpMode::Driver) {
                 Ok(l) => Ok((AttachedMode::Native, l)),
+                // Taken, not unsupported: generic mode would be refused too.
+                Err(e) if is_busy(&e) => Err(e),
                 Err(e) => {
                     tracing::warn!(
                         iface,
@@ -431,6 +435,25 @@ fn xdp_program<'a>(
     ebpf.program_mut(program)
         .and_then(|p| <&mut Xdp>::try_from(p).ok())
         .ok_or(DataplaneError::MissingProgram { program })
+}
+
+/// An attach refused because the interface already runs an XDP program (one not pinned in our pin
+/// dir: another `lb run`'s, or someone else's) says so.
+fn busy(e: DataplaneError, iface: &str) -> DataplaneError {
+    if is_busy(&e) {
+        DataplaneError::IfaceBusy {
+            iface: iface.to_owned(),
+        }
+    } else {
+        e
+    }
+}
+
+fn is_busy(e: &DataplaneError) -> bool {
+    matches!(e, DataplaneError::Attach {
+        source: aya::programs::ProgramError::SyscallError(sys),
+        ..
+    } if matches!(sys.io_error.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)))
 }
 
 fn missing_map(map: &'static str) -> DataplaneError {

@@ -343,3 +343,84 @@ fn sigterm_leaves_forwarding_and_detach_on_exit_removes_everything() {
     let err = lab.lb_detach(0).expect_err("nothing left to detach");
     assert!(format!("{err:#}").contains("nothing to detach"), "{err:#}");
 }
+
+/// One balancer per interface: a second `lb run` with another pin dir is refused at once while the
+/// first runs; once the first is killed, the second is refused at attach, naming how to adopt. Neither
+/// refusal touches the first's program or leaves anything of its own behind.
+#[test]
+fn a_second_lb_run_on_the_same_interface_is_refused_and_changes_nothing() {
+    let mut lab = start_lab();
+    let svc = web("maglev");
+    start_serving(&mut lab, std::slice::from_ref(&svc), &[]);
+    let prog = lab.lb_xdp_prog_id(0).expect("ip link").expect("attached");
+    let other = lab.pin_root_path().join("other");
+    let (other_arg, config, state) = (
+        other.display().to_string(),
+        lab.lb_config_path(0).display().to_string(),
+        lab.dir().join("other.state.json").display().to_string(),
+    );
+    let args = [
+        "run",
+        "--iface",
+        "eth0",
+        "--pin-dir",
+        &other_arg,
+        "--config",
+        &config,
+        "--state-file",
+        &state,
+        "--max-services",
+        "16",
+        "--max-backends",
+        "256",
+        "--table-size",
+        "4099",
+        "--flow-table-size",
+        "65536",
+        "--persist-table-size",
+        "4096",
+    ];
+    let assert_untouched = |lab: &Lab, when: &str| {
+        assert_eq!(
+            lab.lb_xdp_prog_id(0).expect("ip link"),
+            Some(prog),
+            "{when}"
+        );
+        let spread = lab
+            .in_client(|| lb_tests::spread(svc.vip, 20, 4))
+            .expect("client");
+        assert_eq!(spread.failures, 0, "{when}: {:?}", spread.failure_samples);
+        for file in [
+            other.clone(),
+            lock_file_path(&other),
+            status_file_path(&other),
+        ] {
+            assert!(!file.exists(), "{when}: {} left behind", file.display());
+        }
+    };
+
+    let err = lab
+        .run_lb_in(&lab.lb_netns(0), &args)
+        .expect_err("a second balancer on eth0");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("already balances interface eth0"),
+        "unclear refusal: {err}"
+    );
+    assert_untouched(&lab, "while the first runs");
+
+    lab.kill_lb(0).expect("kill -9");
+    let err = lab
+        .run_lb_in(&lab.lb_netns(0), &args)
+        .expect_err("a balancer on eth0 whose program another pin dir holds");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("already runs an XDP program that is not pinned in this pin dir")
+            && err.contains("--pin-dir"),
+        "unclear refusal: {err}"
+    );
+    assert_untouched(&lab, "while the first is unmanaged");
+
+    lab.lb_detach(0).expect("lb detach");
+    assert_all_removed(&lab);
+}
