@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod decap;
 pub mod detach;
 pub mod execute;
+pub mod flows;
 pub mod health;
 pub mod metrics;
 pub mod model;

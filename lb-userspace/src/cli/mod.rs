@@ -83,6 +83,8 @@ enum Command {
     Detach(DetachArgs),
     /// Print services, backends, connections and counters from the pinned maps.
     Status(StatusArgs),
+    /// List the flow table: client, VIP, service, backend, state, idle time (like `ipvsadm -L -c`).
+    Flows(FlowsArgs),
     /// Refresh the status table every second with per-second rates (like `ipvsadm -L --rate`).
     Top(TopArgs),
     /// Backend side: keep this backend registered in ZooKeeper while it runs (drains on SIGTERM).
@@ -132,6 +134,21 @@ struct StatusArgs {
     #[arg(long, default_value = lb_common::maps::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct FlowsArgs {
+    #[arg(long, default_value = lb_common::maps::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Only the flows of this service.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only the flows to this backend (IP:PORT).
+    #[arg(long)]
+    backend: Option<std::net::SocketAddr>,
+    /// Machine-readable output (an array of flows).
     #[arg(long)]
     json: bool,
 }
@@ -191,6 +208,14 @@ impl Cli {
                 done(detach::run(&a.iface, &a.pin_dir, purge.as_deref()))
             }
             Command::Status(a) => done(status::run(&a.pin_dir, a.json)),
+            Command::Flows(a) => done(lb_userspace::flows::run(
+                &a.pin_dir,
+                &lb_userspace::flows::FlowFilter {
+                    service: a.service,
+                    backend: a.backend,
+                },
+                a.json,
+            )),
             Command::Top(a) => done(top::run(
                 &a.pin_dir,
                 Duration::from_millis(a.interval_ms),

@@ -416,6 +416,14 @@ impl Lab {
     }
 
     /// `lb status` of load balancer `lb`, as the operator sees it.
+    /// `lb flows ARGS` on load balancer `lb`'s pin directory; returns its stdout.
+    pub fn lb_flows(&self, lb: usize, args: &[&str]) -> anyhow::Result<String> {
+        let pin_dir = path_arg(&self.lb_pin_dir(lb))?;
+        let mut all = vec!["flows", "--pin-dir", &pin_dir];
+        all.extend_from_slice(args);
+        cmd::run(&path_arg(&self.lb_bin()?)?, &all)
+    }
+
     pub fn lb_status_text(&self, lb: usize) -> anyhow::Result<String> {
         cmd::run(
             &path_arg(&self.lb_bin()?)?,
