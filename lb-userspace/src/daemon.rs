@@ -265,6 +265,7 @@ fn serve(
         restored_down: first.restored_down,
         from_state_file: first.from_state_file,
         adopt_pending,
+        waiting: first.waiting,
         adoption,
         state_warned: false,
         reports: None,
@@ -321,6 +322,8 @@ struct Ctx<'a> {
     from_state_file: Option<StateFileStart>,
     /// The maps were adopted but not yet the planner's: no state to match them with yet.
     adopt_pending: bool,
+    /// No state yet: neither the source nor the state file had one (`/healthz` answers 503).
+    waiting: bool,
     /// What this run adopted from the pins (for `lb status`).
     adoption: Option<AdoptionReport>,
     /// A failure to write the state file was logged (once until a write succeeds).
@@ -453,6 +456,7 @@ fn apply_desired(ctx: &mut Ctx<'_>, desired: DesiredState) {
     if let Some(start) = ctx.from_state_file.take() {
         info!(state_file = %start.path.display(), "the source delivered its state: resyncing from it (no longer forwarding the state file's)");
     }
+    ctx.waiting = false;
     let (desired, not_applied) = ctx.families.split(desired);
     log_not_applied(&not_applied);
     ctx.not_applied = not_applied;
@@ -629,6 +633,7 @@ fn build_report(ctx: &Ctx<'_>, source: &dyn Source) -> DaemonReport {
         flows: ctx.flows as u64,
         flow_evictions: ctx.evictions,
         from_state_file: ctx.from_state_file.clone(),
+        ready: !ctx.waiting,
         adoption: ctx.adoption.clone(),
     }
 }

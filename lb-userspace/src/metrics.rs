@@ -69,6 +69,17 @@ fn gauge(v: u64) -> i64 {
 /// Renders one scrape (pure: maps already read).
 pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt::Error> {
     let mut r = Registry::with_prefix("lb");
+    gauges(
+        &mut r,
+        "build_info",
+        "1, labelled with the release, the git commit and the data-plane layout version",
+    )
+    .get_or_create(&labels(&[
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("commit", env!("LB_GIT_COMMIT")),
+        ("layout", &lb_common::layout::LAYOUT_VERSION.to_string()),
+    ]))
+    .set(1);
     let svc_packets = counters(
         &mut r,
         "service_packets",
@@ -271,11 +282,22 @@ fn answer(
             "text/plain",
             "only GET\n".to_owned(),
         )
+    } else if request.uri().path() == "/healthz" {
+        if daemon.borrow().ready {
+            (StatusCode::OK, "text/plain", "ready\n".to_owned())
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "not ready: no state yet (the source has delivered none and there is no state file)\n"
+                    .to_owned(),
+            )
+        }
     } else if request.uri().path() != "/metrics" {
         (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "metrics are at /metrics\n".to_owned(),
+            "metrics are at /metrics (readiness at /healthz)\n".to_owned(),
         )
     } else {
         let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
@@ -319,16 +341,21 @@ mod tests {
 
     /// One request on a new connection to a server without maps; returns the whole response.
     async fn exchange(request: &str) -> String {
+        exchange_with(true, request).await
+    }
+
+    /// [`exchange`] with a daemon report that is `ready` or not.
+    async fn exchange_with(ready: bool, request: &str) -> String {
         use crate::report::{FileStatus, SourceStatus};
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (_tx, daemon) = watch::channel(crate::report::tests::report(SourceStatus::File(
-            FileStatus {
-                config_file: "/etc/lb.toml".into(),
-                rejected: None,
-            },
-        )));
+        let mut report = crate::report::tests::report(SourceStatus::File(FileStatus {
+            config_file: "/etc/lb.toml".into(),
+            rejected: None,
+        }));
+        report.ready = ready;
+        let (_tx, daemon) = watch::channel(report);
         let server = tokio::spawn(serve(listener, "/nonexistent/lb-pins".into(), daemon));
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream.write_all(request.as_bytes()).await.unwrap();
@@ -353,9 +380,18 @@ mod tests {
         let elsewhere = exchange("GET / HTTP/1.1\r\nHost: lb\r\n\r\n").await;
         assert!(elsewhere.starts_with("HTTP/1.1 404 "), "{elsewhere}");
         assert!(
-            elsewhere.ends_with("metrics are at /metrics\n"),
+            elsewhere.ends_with("metrics are at /metrics (readiness at /healthz)\n"),
             "{elsewhere}"
         );
+        // The test report is ready (it forwards a state).
+        let health = exchange("GET /healthz HTTP/1.1\r\nHost: lb\r\n\r\n").await;
+        assert!(
+            health.starts_with("HTTP/1.1 200 ") && health.ends_with("ready\n"),
+            "{health}"
+        );
+        let waiting = exchange_with(false, "GET /healthz HTTP/1.1\r\nHost: lb\r\n\r\n").await;
+        assert!(waiting.starts_with("HTTP/1.1 503 "), "{waiting}");
+        assert!(waiting.contains("no state yet"), "{waiting}");
         let post =
             exchange("POST /metrics HTTP/1.1\r\nHost: lb\r\nContent-Length: 0\r\n\r\n").await;
         assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
@@ -406,6 +442,16 @@ mod tests {
         let mut daemon = crate::report::tests::report(crate::report::SourceStatus::Zookeeper(zk));
         daemon.flows = 5;
         let text = render(&status, &daemon).unwrap();
+        let build = format!(
+            "lb_build_info{{version=\"{}\",commit=\"{}\",layout=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("LB_GIT_COMMIT"),
+            lb_common::layout::LAYOUT_VERSION
+        );
+        assert!(
+            text.lines().any(|l| l == build),
+            "{build} missing in {text}"
+        );
         for line in [
             "lb_service_new_flows_total{service=\"web\"} 2",
             "lb_backend_packets_total{service=\"web\",backend=\"198.18.2.11:80\"} 9",

@@ -52,6 +52,9 @@ pub struct DaemonReport {
     /// one at start-up; cleared by the source's first state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_state_file: Option<StateFileStart>,
+    /// The daemon forwards a state (its source's or its state file's): `/healthz` answers 200.
+    #[serde(default)]
+    pub ready: bool,
     /// Set when this run adopted the maps an earlier one pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adoption: Option<AdoptionReport>,
@@ -440,6 +443,7 @@ pub(crate) mod tests {
             flows: 4,
             flow_evictions: 0,
             from_state_file: None,
+            ready: true,
             adoption: None,
         }
     }
