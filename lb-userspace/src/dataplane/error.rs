@@ -70,6 +70,12 @@ pub enum DataplaneError {
     },
 
     #[error(
+        "no balancer is pinned at {dir}: no `lb run` is running or has run with this --pin-dir \
+         (or it was detached): is `lb run` running, with the same --pin-dir?"
+    )]
+    NoPinDir { dir: PathBuf },
+
+    #[error(
         "map {map} is not pinned at {path} (is `lb run` running, with the same --pin-dir?): {source}"
     )]
     NotPinned {

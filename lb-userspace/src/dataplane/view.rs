@@ -102,6 +102,11 @@ impl MapsView {
 
     /// Opens the maps a running `lb run` pinned under `pin_dir`, read-only.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self, DataplaneError> {
+        if !pin_dir.exists() {
+            return Err(DataplaneError::NoPinDir {
+                dir: pin_dir.to_path_buf(),
+            });
+        }
         Self::from_source(
             |name| {
                 let path = pin_dir.join(name);

@@ -1130,7 +1130,11 @@ fn helpful_errors_for_missing_pins_and_bpffs() {
     let err = lb_userspace::dataplane::MapsView::open_pinned(&missing)
         .err()
         .expect("nothing is pinned there");
-    assert!(err.to_string().contains("is `lb run` running"), "{err}");
+    assert!(
+        err.to_string().contains("no balancer is pinned at")
+            && err.to_string().contains("is `lb run` running"),
+        "{err}"
+    );
 
     let not_bpffs =
         std::env::temp_dir().join(format!("lb-fixture-not-bpffs-{}", std::process::id()));
