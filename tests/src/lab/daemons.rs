@@ -83,7 +83,7 @@ impl Lab {
     }
 
     /// Writes `config_toml` to the lab directory and starts `lb run` in load balancer `lb`'s
-    /// namespace with small map sizes (each overridable by `extra_args`) and `extra_args`; waits (20 s at most) until `lb status`
+    /// namespace with small map sizes (each overridable by `extra_args`) and `extra_args`; waits (30 s at most) until `lb status`
     /// answers. On failure the error carries the daemon's log tail.
     pub fn start_lb(
         &mut self,

@@ -46,7 +46,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 /// The port every backend server listens on.
 pub const SERVER_PORT: u16 = 80;
 /// How long a started process may take to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to build.
 #[derive(Clone, Debug)]

@@ -1,8 +1,9 @@
 //! The last good state survives the daemon: `lb run` writes it to its state file after every
 //! apply, and a restart whose source cannot deliver (ZooKeeper stopped, the configuration file
 //! broken) forwards it — real TCP through the real program — with health as last known, then
-//! resyncs when the source is back. The first daemon runs with `--detach-on-exit`, so the restart
-//! loads fresh maps: what forwards after it comes from the state file alone.
+//! resyncs when the source is back. In the first tests the first daemon runs with `--detach-on-exit`,
+//! so the restart loads fresh maps: what forwards after it comes from the state file alone; the last
+//! one restarts on the pinned maps under load, for every scheduler.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -213,4 +214,91 @@ fn a_corrupt_state_file_with_a_broken_config_refuses_naming_both() {
     let msg = format!("{err:#}");
     assert!(msg.contains("lb0.state.json"), "{msg}");
     assert!(msg.contains("lb0.toml"), "{msg}");
+}
+
+/// For every scheduler, under load (50 held connections exchanging data, new ones meanwhile): `lb run`
+/// is stopped, ZooKeeper is stopped, and `lb run` starts again: it forwards the state file's services
+/// (not none), adopts the pinned maps without rewriting them, breaks no held connection and fails no
+/// new one, then resyncs when ZooKeeper is back.
+#[test]
+fn a_restart_with_zookeeper_stopped_breaks_no_connection_for_every_scheduler() {
+    use lb_tests::ContinuousLoad;
+    use lb_tests::scenario::SCHEDULERS;
+
+    const HELD: usize = 50;
+    let mut t = ZkLab::start(options()).expect("the lab with ZooKeeper starts");
+    let client = t.lab.client_netns();
+    for (n, scheduler) in SCHEDULERS.into_iter().enumerate() {
+        let web = service("web", vip(1, false), scheduler, &[1, 2, 3]);
+        let vip_arg = web.vip.to_string();
+        t.admin(&[
+            "service",
+            "put",
+            "web",
+            "--vip",
+            &vip_arg,
+            "--scheduler",
+            scheduler,
+        ])
+        .expect("service put");
+        if n == 0 {
+            for i in 0..3 {
+                t.put_backend("web", b(i), i as u32 + 1)
+                    .expect("backend put");
+            }
+        }
+        if t.lab.check_lb_running(0).is_err() {
+            t.start_lb(0, &[]).expect("lb starts");
+        }
+        t.wait_serves(0, &web).expect("lb0 serves web");
+        assert_eventually!(
+            state_file::read(&t.lab.lb_state_file(0)).is_ok_and(|s| s.is_some_and(|s| s
+                .desired
+                .services
+                .get("web")
+                .is_some_and(|w| w.scheduler.name() == scheduler))),
+            SETTLE,
+            "{scheduler}: the state file never held web"
+        );
+        let load = ContinuousLoad::start(&client, web.vip, HELD, Duration::from_secs(90))
+            .expect("load starts");
+        let rounds = load.rounds();
+        assert_eventually!(load.rounds() >= rounds + 5, SETTLE, "the load stalled");
+
+        t.lab.stop_lb(0).expect("SIGTERM");
+        t.zk.stop().expect("stop ZooKeeper");
+        t.start_lb(0, &[]).expect("lb starts without ZooKeeper");
+        let status = t.status(0).expect("lb status");
+        assert!(status_shows(&status, &web), "{scheduler}: {status:?}");
+        assert!(
+            daemon(&status).from_state_file.is_some(),
+            "{scheduler}: not from the state file: {status:?}"
+        );
+        let adoption = daemon(&status).adoption.clone().expect("adopted the pins");
+        assert_eq!(adoption.unchanged, ["web"], "{scheduler}: {adoption:?}");
+        let rounds = load.rounds();
+        assert_eventually!(load.rounds() >= rounds + 10, SETTLE, "the load stalled");
+
+        t.zk.restart().expect("start ZooKeeper again");
+        assert_eventually!(
+            t.status(0)
+                .is_ok_and(|s| daemon(&s).from_state_file.is_none()),
+            APPLY_TIMEOUT + SETTLE,
+            "{scheduler}: never resynced from ZooKeeper: {:?}",
+            t.status(0)
+        );
+        let report = load.finish().expect("load");
+        eprintln!(
+            "{scheduler:>10} restart, ZooKeeper stopped  broken {}/{} moved {} new failures {}/{}",
+            report.broken, report.held, report.moved, report.new_failures, report.new_conns
+        );
+        assert!(report.held >= HELD, "{scheduler}: {report:?}");
+        assert_eq!(
+            (report.broken, report.moved, report.new_failures),
+            (0, 0, 0),
+            "{scheduler}: {report:?}"
+        );
+    }
+    t.lab.stop_lb(0).expect("stop lb0");
+    t.lab.lb_detach(0).expect("lb detach");
 }
