@@ -327,4 +327,60 @@ mod tests {
         .join()
         .unwrap();
     }
+
+    /// The unit shipped in `packaging/`, read at build time.
+    const UNIT: &str = include_str!("../../packaging/lb.service");
+
+    fn unit_values(key: &str) -> Vec<String> {
+        let prefix = format!("{key}=");
+        let mut caps: Vec<String> = UNIT
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(prefix.as_str()))
+            .flat_map(|v| v.split_whitespace().map(str::to_string))
+            .collect();
+        caps.sort();
+        caps
+    }
+
+    #[test]
+    fn the_systemd_unit_grants_exactly_the_required_capabilities() {
+        let mut required: Vec<String> = LOAD_REQUIRED.iter().map(|c| c.name.to_string()).collect();
+        required.sort();
+        assert_eq!(unit_values("AmbientCapabilities"), required);
+        assert_eq!(unit_values("CapabilityBoundingSet"), required);
+        assert_eq!(unit_values("NoNewPrivileges"), ["yes"]);
+        assert_eq!(unit_values("Restart"), ["always"]);
+    }
+
+    #[test]
+    fn systemd_analyze_verifies_the_unit() {
+        let Ok(out) = std::process::Command::new("systemd-analyze")
+            .arg("--version")
+            .output()
+        else {
+            eprintln!("no systemd-analyze here (`cargo xtask setup` installs it); skipped");
+            return;
+        };
+        assert!(out.status.success());
+        // verify checks that ExecStart's binary exists: point it at this test binary.
+        let exe = std::env::current_exe().unwrap();
+        let dir = std::env::temp_dir().join(format!("lb-unit-verify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let unit = dir.join("lb.service");
+        let text = UNIT.replace("/usr/local/bin/lb", &exe.to_string_lossy());
+        assert_ne!(text, UNIT);
+        std::fs::write(&unit, text).unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit)
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "systemd-analyze verify: {stderr}");
+        assert!(
+            !stderr.contains("lb.service"),
+            "systemd-analyze verify warns about the unit: {stderr}"
+        );
+    }
 }
