@@ -176,15 +176,16 @@ pub struct Shed {
     pub dropped: Vec<String>,
     /// Kept capabilities that were permitted (and stay effective, permitted, inheritable, ambient).
     pub kept: Vec<&'static str>,
-    /// Whether the bounding set was cut down to `kept` too (needs CAP_SETPCAP; without it, as under
-    /// the systemd unit, it stays the unit's `CapabilityBoundingSet=`, and `NoNewPrivileges` keeps
-    /// an exec from regaining anything).
+    /// Whether the bounding set was cut down to `kept` too (needs CAP_SETPCAP, which root has;
+    /// without it, as under the systemd unit, it stays as started). Either way no_new_privs is set,
+    /// so no exec (of `ip`, say, even by uid 0) gains more than `kept` again.
     pub bounding_reduced: bool,
 }
 
 /// Drops every capability but `kept` from the calling thread's effective, permitted, inheritable,
-/// ambient and (with CAP_SETPCAP) bounding sets. Threads started later inherit the result. Call it
-/// while the process has no other thread holding capabilities that matter.
+/// ambient and (with CAP_SETPCAP) bounding sets, and sets no_new_privs. Threads started later
+/// inherit the result. Call it while the process has no other thread holding capabilities that
+/// matter.
 pub fn keep_only(kept: &'static [Capability]) -> io::Result<Shed> {
     let before = CapSets::current()?;
     let keep = mask(kept) & before.permitted;
@@ -224,6 +225,10 @@ pub fn keep_only(kept: &'static [Capability]) -> io::Result<Shed> {
         if r != 0 {
             return Err(io::Error::last_os_error());
         }
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     let dropped = (0..=last)
         .filter(|n| before.permitted & !keep & (1 << n) != 0)

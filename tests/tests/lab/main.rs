@@ -7,6 +7,7 @@ mod balancing;
 mod health;
 mod hitless;
 mod metrics;
+mod privilege;
 mod processes;
 mod smoke;
 mod state_file;
