@@ -4,8 +4,8 @@
 //!
 //! Measured on Linux 6.18 (README, "Privileges and the systemd unit"): loading the XDP program
 //! needs CAP_BPF (map creation), CAP_NET_ADMIN (XDP program type, attach, the interface's forwarding
-//! sysctl, neighbour entries) and CAP_PERFMON (the verifier refuses the program's pointer
-//! arithmetic without it). Locked memory is charged to the memory cgroup, so CAP_SYS_RESOURCE is not
+//! sysctl, neighbour entries) and CAP_PERFMON (without it the verifier keeps the pointer
+//! restrictions of unprivileged programs and rejects the balancer). Locked memory is charged to the memory cgroup, so CAP_SYS_RESOURCE is not
 //! needed; the pin, status and state directories only need to be writable.
 
 use std::io;
@@ -268,11 +268,56 @@ fn last_cap() -> u32 {
         .min(63)
 }
 
+/// The kernel's capability names by number (`include/uapi/linux/capability.h`), for the log line.
+const NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
 fn cap_name(n: u32) -> String {
-    [CAP_SETPCAP, CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF]
-        .iter()
-        .find(|c| c.number == n)
-        .map_or_else(|| format!("cap {n}"), |c| c.name.to_string())
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .map_or_else(|| format!("cap {n}"), |name| (*name).to_string())
 }
 
 #[cfg(test)]
@@ -306,6 +351,13 @@ mod tests {
         if !has_all {
             let err = require("lb run", LOAD_REQUIRED).unwrap_err();
             assert!(!err.missing.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_constants_match_the_kernel_s_numbers() {
+        for c in [CAP_SETPCAP, CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF] {
+            assert_eq!(cap_name(c.number), c.name);
         }
     }
 
