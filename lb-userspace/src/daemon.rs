@@ -83,7 +83,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
-    crate::privilege::require_root("lb run")?;
+    crate::privilege::require("lb run", crate::privilege::LOAD_REQUIRED)?;
     // First of all: a second daemon on these pins is refused before it reads or changes anything.
     let lock = PinDirLock::acquire(&opts.pin_dir)?;
     // And one daemon per interface (whatever its pin dir).
@@ -251,6 +251,7 @@ fn serve(
         }
     }
     info!(iface = %opts.iface, mode = ?mode, pin_dir = %opts.pin_dir.display(), "forwarding");
+    crate::privilege::shed_after_attach();
 
     let mut ctx = Ctx {
         opts,

@@ -15,7 +15,7 @@ use tracing::info;
 
 use crate::dataplane::{AttachMode, Dataplane, ExistingPins, LoadOptions};
 use crate::netif;
-use crate::privilege::require_root;
+use crate::privilege;
 
 /// The decap program shares the object with the balancer; its maps are created at the smallest size.
 pub const DECAP_CAPACITY: Capacity = Capacity {
@@ -30,7 +30,7 @@ pub const DECAP_CAPACITY: Capacity = Capacity {
 const ADDR_REFRESH: Duration = Duration::from_secs(5);
 
 pub fn run(iface: &str, mode: AttachMode, pin_dir: &Path) -> anyhow::Result<()> {
-    require_root("lb decap")?;
+    privilege::require("lb decap", privilege::LOAD_REQUIRED)?;
     netif::ifindex(iface)?;
     // Signals first: one that arrives while loading waits for the loop below instead of killing the
     // process with its maps pinned.

@@ -12,11 +12,11 @@ use tracing::{info, warn};
 
 use crate::dataplane::{self, link_path, pinned_links};
 use crate::owner::PinDirLock;
-use crate::privilege::require_root;
 use crate::report;
 
 pub fn run(iface: &str, pin_dir: &Path, purge_state: Option<&Path>) -> anyhow::Result<()> {
-    require_root("lb detach")?;
+    // No capability: unlinking the pins (the link's pin last held) detaches the program; it needs
+    // write access to the pin directory and /run/lb only (measured; README).
     if !pin_dir.exists() {
         bail!(
             "nothing to detach: {} does not exist (is --pin-dir the one `lb run` was given?)",

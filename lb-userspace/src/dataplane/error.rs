@@ -7,7 +7,7 @@ use aya::{EbpfError, maps::MapError, pin::PinError, programs::ProgramError};
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error(transparent)]
-    NotRoot(#[from] crate::privilege::NotRoot),
+    MissingCapabilities(#[from] crate::privilege::MissingCapabilities),
 
     #[error(
         "{path} is not on a BPF filesystem, so maps cannot be pinned there; mount one with `mount -t bpf bpf /sys/fs/bpf`"

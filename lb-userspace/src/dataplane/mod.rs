@@ -95,7 +95,7 @@ impl Dataplane {
     pub fn load(opts: &LoadOptions) -> Result<Self, DataplaneError> {
         let cap = opts.capacity;
         cap.validate().map_err(DataplaneError::Capacity)?;
-        crate::privilege::require_root("loading the data plane")?;
+        crate::privilege::require("loading the data plane", crate::privilege::LOAD_REQUIRED)?;
         let adopted = match &opts.pin_dir {
             Some(dir) => pins::prepare(dir, opts.existing_pins)?,
             None => false,

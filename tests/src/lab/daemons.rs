@@ -129,12 +129,22 @@ impl Lab {
     ) -> anyhow::Result<()> {
         self.attach_pass_to_router_port(lb)?;
         let pin_dir = self.lb_pin_dir(lb);
-        let args = self.lb_run_args(lb, source_args, extra_args)?;
+        let mut args = self.lb_run_args(lb, source_args, extra_args)?;
         let log = self.lb_log_path(lb);
+        let mut program = self.lb_bin()?;
+        if let Some((wrapper, wrapper_args)) = self.opts.lb_run_wrapper.split_first() {
+            args = wrapper_args
+                .iter()
+                .cloned()
+                .chain([path_arg(&program)?])
+                .chain(args)
+                .collect();
+            program = PathBuf::from(wrapper);
+        }
         let mut proc = NsProcess::spawn(
             &format!("lb{lb}"),
             &self.lb_netns(lb),
-            &self.lb_bin()?,
+            &program,
             &args,
             &log,
         )?;

@@ -64,6 +64,9 @@ pub struct LabOptions {
     /// A daemon counts as started only once an XDP program is on its interface (off for stand-ins
     /// of `lb` that load no program).
     pub wait_for_xdp: bool,
+    /// A command `lb run` is started through (`setpriv --bounding-set=...`: the privilege tests);
+    /// empty: `lb run` itself. It must exec `lb`, so the daemon keeps the pid it was spawned with.
+    pub lb_run_wrapper: Vec<String>,
 }
 
 impl Default for LabOptions {
@@ -75,6 +78,7 @@ impl Default for LabOptions {
             lb_bin: None,
             server_bin: None,
             wait_for_xdp: true,
+            lb_run_wrapper: Vec::new(),
         }
     }
 }

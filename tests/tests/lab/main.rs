@@ -8,6 +8,7 @@ mod flows;
 mod health;
 mod hitless;
 mod metrics;
+mod privilege;
 mod processes;
 mod smoke;
 mod state_file;
