@@ -12,6 +12,7 @@ use lb_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::dataplane::{MapsView, now_coarse_ns};
+use crate::status::{meta_name, socket_addr as addr};
 
 /// One flow as `lb flows` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,18 +147,6 @@ impl FlowTable {
             state: FlowState::of(e),
             idle_s: self.now_ns.saturating_sub(e.last_seen_ns) as f64 / 1e9,
         }
-    }
-}
-
-fn meta_name(m: &ServiceMeta) -> String {
-    let len = m.name.iter().position(|b| *b == 0).unwrap_or(m.name.len());
-    String::from_utf8_lossy(&m.name[..len]).into_owned()
-}
-
-fn addr(words: [u32; 4], family: u8, port_be: u16) -> String {
-    match lb_common::addr::from_words(words, family) {
-        Some(ip) => SocketAddr::new(ip, u16::from_be(port_be)).to_string(),
-        None => format!("<family {family}>"),
     }
 }
 

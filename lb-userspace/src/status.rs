@@ -13,7 +13,8 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 use lb_common::{
-    BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, Scheduler, ServiceEntry, VipKey,
+    BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, Scheduler, ServiceEntry, ServiceMeta,
+    VipKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -124,7 +125,7 @@ impl BackendMapState {
     }
 }
 
-fn socket_addr(words: [u32; 4], family: u8, port_be: u16) -> String {
+pub(crate) fn socket_addr(words: [u32; 4], family: u8, port_be: u16) -> String {
     match lb_common::addr::from_words(words, family) {
         Some(ip) => SocketAddr::new(ip, u16::from_be(port_be)).to_string(),
         None => format!("<family {family}>"),
@@ -133,6 +134,16 @@ fn socket_addr(words: [u32; 4], family: u8, port_be: u16) -> String {
 
 fn clamp_conns(n: u64) -> u64 {
     if (n as i64) < 0 { 0 } else { n }
+}
+
+/// The service name a `ServiceMeta` holds (NUL-padded).
+pub(crate) fn meta_name(meta: &ServiceMeta) -> String {
+    let len = meta
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(meta.name.len());
+    String::from_utf8_lossy(&meta.name[..len]).into_owned()
 }
 
 fn vip_string(k: &VipKey) -> String {
@@ -187,14 +198,9 @@ pub fn collect_without_flows(maps: &MapsView) -> anyhow::Result<Status> {
     let mut out = Vec::new();
     for (key, e) in services {
         let meta = maps.service_meta(e.id)?;
-        let name_len = meta
-            .name
-            .iter()
-            .position(|b| *b == 0)
-            .unwrap_or(meta.name.len());
         let stats = maps.service_stats(e.id)?;
         out.push(ServiceStatus {
-            name: String::from_utf8_lossy(&meta.name[..name_len]).into_owned(),
+            name: meta_name(&meta),
             id: e.id,
             vip: vip_string(&key),
             scheduler: Scheduler::from_u32(e.scheduler)

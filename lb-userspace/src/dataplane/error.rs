@@ -2,7 +2,7 @@
 
 use std::{io, path::PathBuf};
 
-use aya::{EbpfError, maps::MapError, pin::PinError, programs::ProgramError};
+use aya::{EbpfError, maps::MapError, programs::ProgramError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -59,14 +59,6 @@ pub enum DataplaneError {
         iface: String,
         path: PathBuf,
         reason: String,
-    },
-
-    #[error("pinning map {map} at {path} failed: {source}")]
-    Pin {
-        map: &'static str,
-        path: PathBuf,
-        #[source]
-        source: PinError,
     },
 
     #[error(
