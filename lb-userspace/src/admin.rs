@@ -10,7 +10,10 @@ use std::net::SocketAddr;
 use serde::Serialize;
 use zookeeper_client::{Client, CreateMode, Error as ZkErr, MultiWriteError};
 
-use crate::model::{BackendSpec, ModelError, ServiceSpec, backend_from_json, service_from_json};
+use crate::model::{
+    BackendSpec, BackendState, MAX_WEIGHT, ModelError, ServiceSpec, backend_from_json,
+    service_from_json,
+};
 use crate::zk::acl::node_acls;
 use crate::zk::client::{ZkError, ZkTarget};
 use crate::zk::schema::{Schema, backend_node_name, parse_backend_node_name};
@@ -62,9 +65,60 @@ impl PutOutcome {
     }
 }
 
-/// The fields of a service node, as the operator gives them.
+/// A service field that `--unset` takes back to its documented default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceField {
+    Scheduler,
+    PersistenceTimeout,
+    PersistenceNetmask,
+    HealthCheck,
+    PanicThreshold,
+}
+
+impl ServiceField {
+    const ALL: [ServiceField; 5] = [
+        ServiceField::Scheduler,
+        ServiceField::PersistenceTimeout,
+        ServiceField::PersistenceNetmask,
+        ServiceField::HealthCheck,
+        ServiceField::PanicThreshold,
+    ];
+
+    /// The node's JSON key (and the name `--unset` takes).
+    pub fn key(self) -> &'static str {
+        match self {
+            ServiceField::Scheduler => "scheduler",
+            ServiceField::PersistenceTimeout => "persistence_timeout_s",
+            ServiceField::PersistenceNetmask => "persistence_netmask",
+            ServiceField::HealthCheck => "health_check",
+            ServiceField::PanicThreshold => "panic_threshold",
+        }
+    }
+}
+
+impl std::str::FromStr for ServiceField {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let key = s.replace('-', "_");
+        ServiceField::ALL
+            .into_iter()
+            .find(|f| f.key() == key)
+            .ok_or_else(|| {
+                let names: Vec<&str> = ServiceField::ALL.iter().map(|f| f.key()).collect();
+                format!(
+                    "`{s}` is not a field that can be unset; expected one of {} (the VIP stays)",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// A change to a service node: the fields given replace the node's, the `unset` ones go back to
+/// their defaults, and every other field of the node stays as it is. With `replace` the node is
+/// rewritten from the fields given alone (what `put` did before edits were partial).
 #[derive(Clone, Debug, Default)]
-pub struct ServiceFields {
+pub struct ServiceEdit {
     pub vip: Option<SocketAddr>,
     pub scheduler: Option<String>,
     pub persistence_timeout_s: Option<u32>,
@@ -73,14 +127,49 @@ pub struct ServiceFields {
     pub health_check: Option<serde_json::Value>,
     /// Panic threshold in percent (0: off).
     pub panic_threshold: Option<u8>,
+    pub unset: Vec<ServiceField>,
+    pub replace: bool,
 }
 
-impl ServiceFields {
-    /// The node's JSON: only the fields given (the daemon applies the documented defaults).
-    pub fn to_json(&self, vip: SocketAddr) -> serde_json::Value {
+/// Where the edit's check put the VIP it did not know yet: any VIP takes every field's bounds.
+const PLACEHOLDER_VIP: &str = "[2001:db8::]:1";
+
+impl ServiceEdit {
+    /// Checks the fields given on their own, before anything is read: a bad scheduler or health
+    /// check fails without a ZooKeeper connection. The merged node is checked again before the write.
+    pub fn check(&self, name: &str) -> Result<(), AdminError> {
+        for field in &self.unset {
+            if self.given().contains(&field.key()) {
+                return Err(AdminError::Refused(format!(
+                    "--unset {} and a value for it were both given; give one",
+                    field.key()
+                )));
+            }
+        }
+        let mut alone = serde_json::Map::new();
+        self.write_into(&mut alone);
+        if !alone.contains_key("vip") {
+            alone.insert("vip".into(), PLACEHOLDER_VIP.into());
+        }
+        let bytes = serde_json::to_vec(&alone).map_err(|e| AdminError::Refused(e.to_string()))?;
+        service_from_json(name, &bytes)?;
+        Ok(())
+    }
+
+    fn given(&self) -> Vec<&'static str> {
         let mut o = serde_json::Map::new();
-        o.insert("vip".into(), vip.to_string().into());
-        o.insert("proto".into(), "tcp".into());
+        self.write_into(&mut o);
+        ServiceField::ALL
+            .iter()
+            .map(|f| f.key())
+            .filter(|k| o.contains_key(*k))
+            .collect()
+    }
+
+    fn write_into(&self, o: &mut serde_json::Map<String, serde_json::Value>) {
+        if let Some(vip) = self.vip {
+            o.insert("vip".into(), vip.to_string().into());
+        }
         if let Some(s) = &self.scheduler {
             o.insert("scheduler".into(), s.clone().into());
         }
@@ -96,23 +185,64 @@ impl ServiceFields {
         if let Some(p) = self.panic_threshold {
             o.insert("panic_threshold".into(), p.into());
         }
-        serde_json::Value::Object(o)
+    }
+
+    /// The node's new JSON: the existing node (if any, and unless `replace`) with the edit applied.
+    pub fn apply_to(
+        &self,
+        name: &str,
+        existing: Option<&[u8]>,
+    ) -> Result<serde_json::Value, AdminError> {
+        let mut o = match existing {
+            Some(data) if !self.replace => match serde_json::from_slice(data) {
+                Ok(serde_json::Value::Object(o)) => o,
+                _ => {
+                    return Err(AdminError::Refused(format!(
+                        "the node of service {name} does not hold a JSON object; rewrite it whole with `lb service put {name} --replace --vip IP:PORT ...`"
+                    )));
+                }
+            },
+            _ => serde_json::Map::new(),
+        };
+        self.write_into(&mut o);
+        for field in &self.unset {
+            o.remove(field.key());
+        }
+        if !o.contains_key("vip") {
+            return Err(AdminError::Refused(match existing {
+                None => format!("service {name} does not exist; creating it needs --vip IP:PORT"),
+                Some(_) => {
+                    format!("--replace rewrites service {name} whole, so it needs --vip IP:PORT")
+                }
+            }));
+        }
+        o.entry("proto").or_insert_with(|| "tcp".into());
+        Ok(serde_json::Value::Object(o))
     }
 }
 
-/// Creates a service or replaces its fields (its backends stay). Refused when the result would be
-/// invalid, when an existing backend would no longer fit the VIP, or when another service holds the VIP.
+/// Creates a service or edits its fields (its backends stay): a read-modify-write of the node,
+/// written with the version it was read at, so a concurrent edit fails instead of being lost.
+/// Refused when the result would be invalid, when an existing backend would no longer fit the VIP,
+/// or when another service holds the VIP.
 pub async fn put_service(
     client: &Client,
     target: &ZkTarget,
     name: &str,
-    data: &serde_json::Value,
+    edit: &ServiceEdit,
 ) -> Result<PutOutcome, AdminError> {
+    edit.check(name)?;
     let schema = &target.schema;
-    let bytes = serde_json::to_vec(data).map_err(|e| AdminError::Refused(e.to_string()))?;
+    let path = schema.service_path(name);
+    let existing = match client.get_data(&path).await {
+        Ok((data, stat)) => Some((data, stat.version)),
+        Err(ZkErr::NoNode) => None,
+        Err(e) => return Err(op("read", &path)(e)),
+    };
+    let data = edit.apply_to(name, existing.as_ref().map(|(d, _)| d.as_slice()))?;
+    let bytes = serde_json::to_vec(&data).map_err(|e| AdminError::Refused(e.to_string()))?;
     let (spec, _warnings) = service_from_json(name, &bytes)?;
     let tree = read_tree(client, schema).await?.unwrap_or_default();
-    let path = schema.service_path(name);
 
     for (other, raw) in &tree {
         if other == name {
@@ -148,10 +278,10 @@ pub async fn put_service(
     }
 
     let acls = node_acls(target.auth.is_some());
-    match client.get_data(&path).await {
-        Ok((_, stat)) => {
+    match existing {
+        Some((_, version)) => {
             client
-                .set_data(&path, &bytes, Some(stat.version))
+                .set_data(&path, &bytes, Some(version))
                 .await
                 .map_err(|e| match e {
                     ZkErr::BadVersion => AdminError::Concurrent { path: path.clone() },
@@ -159,7 +289,7 @@ pub async fn put_service(
                 })?;
             Ok(PutOutcome::Updated)
         }
-        Err(ZkErr::NoNode) => {
+        None => {
             let options = CreateMode::Persistent.with_acls(acls);
             // The parents first (idempotent), then the service and its backends directory together.
             client
@@ -183,7 +313,6 @@ pub async fn put_service(
             })?;
             Ok(PutOutcome::Created)
         }
-        Err(e) => Err(op("read", &path)(e)),
     }
 }
 
@@ -304,29 +433,126 @@ async fn read_service(
     }
 }
 
-fn backend_json(backend: &BackendSpec) -> Vec<u8> {
-    serde_json::json!({ "weight": backend.weight, "state": backend.state.name() })
-        .to_string()
-        .into_bytes()
+/// A change to a backend node: the fields given replace the node's, the others stay (a new node
+/// starts from weight 1, active).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendEdit {
+    pub weight: Option<u32>,
+    pub state: Option<BackendState>,
 }
 
-/// Creates a persistent backend node or replaces its data, checked against its service (port,
-/// family, weight) in a transaction that also checks the service did not change meanwhile.
+impl BackendEdit {
+    /// Checks the fields given on their own, before anything is read.
+    pub fn check(&self) -> Result<(), AdminError> {
+        match self.weight {
+            Some(w) if w > MAX_WEIGHT => Err(AdminError::Refused(format!(
+                "--weight {w} is above the maximum {MAX_WEIGHT} (weights go from 0 to {MAX_WEIGHT})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The node's new JSON: the existing node's object (or `{}`) with the edit applied; other
+    /// fields of the node stay.
+    fn apply_to(&self, path: &str, existing: Option<&[u8]>) -> Result<Vec<u8>, AdminError> {
+        let mut o = match existing {
+            Some(data) if data.iter().all(u8::is_ascii_whitespace) => serde_json::Map::new(),
+            Some(data) => match serde_json::from_slice(data) {
+                Ok(serde_json::Value::Object(o)) => o,
+                _ => {
+                    return Err(AdminError::Refused(format!(
+                        "{path} does not hold a JSON object; remove it with `lb backend rm` and put it again"
+                    )));
+                }
+            },
+            None => serde_json::Map::new(),
+        };
+        o.entry("weight").or_insert_with(|| 1.into());
+        o.entry("state")
+            .or_insert_with(|| BackendState::Active.name().into());
+        if let Some(w) = self.weight {
+            o.insert("weight".into(), w.into());
+        }
+        if let Some(state) = self.state {
+            o.insert("state".into(), state.name().into());
+        }
+        serde_json::to_vec(&o).map_err(|e| AdminError::Refused(e.to_string()))
+    }
+}
+
+/// Creates a persistent backend node or edits its fields (see [`BackendEdit`]; an ephemeral,
+/// registered node stays ephemeral), checked against its service (port, family, weight) in a
+/// transaction that also checks neither node changed since it was read.
 pub async fn put_backend(
     client: &Client,
     target: &ZkTarget,
     service: &str,
-    backend: &BackendSpec,
+    addr: SocketAddr,
+    edit: &BackendEdit,
 ) -> Result<PutOutcome, AdminError> {
+    edit_backend(client, target, service, addr, edit, true).await
+}
+
+/// Changes a backend's weight, keeping everything else; the backend must exist.
+pub async fn set_backend_weight(
+    client: &Client,
+    target: &ZkTarget,
+    service: &str,
+    addr: SocketAddr,
+    weight: u32,
+) -> Result<(), AdminError> {
+    let edit = BackendEdit {
+        weight: Some(weight),
+        state: None,
+    };
+    edit_backend(client, target, service, addr, &edit, false)
+        .await
+        .map(drop)
+}
+
+/// Changes an existing backend (`lb backend drain`); unlike [`put_backend`] it creates none.
+pub async fn change_backend(
+    client: &Client,
+    target: &ZkTarget,
+    service: &str,
+    addr: SocketAddr,
+    edit: &BackendEdit,
+) -> Result<(), AdminError> {
+    edit_backend(client, target, service, addr, edit, false)
+        .await
+        .map(drop)
+}
+
+async fn edit_backend(
+    client: &Client,
+    target: &ZkTarget,
+    service: &str,
+    addr: SocketAddr,
+    edit: &BackendEdit,
+    create: bool,
+) -> Result<PutOutcome, AdminError> {
+    edit.check()?;
     let schema = &target.schema;
     let (spec, version) = read_service(client, schema, service).await?;
-    spec.with_backend(backend.clone()).validate()?;
     let service_path = schema.service_path(service);
     let dir = schema.backends_dir(service);
-    let path = schema.backend_path(service, backend.addr);
-    let data = backend_json(backend);
+    let path = schema.backend_path(service, addr);
+    let existing = match client.get_data(&path).await {
+        Ok((data, stat)) => Some((data, stat.version)),
+        Err(ZkErr::NoNode) if create => None,
+        Err(ZkErr::NoNode) => {
+            return Err(AdminError::NoBackend {
+                service: service.to_owned(),
+                backend: addr,
+                path,
+            });
+        }
+        Err(e) => return Err(op("read", &path)(e)),
+    };
+    let data = edit.apply_to(&path, existing.as_ref().map(|(d, _)| d.as_slice()))?;
+    let (backend, _) = backend_from_json(&backend_node_name(addr), &data)?;
+    spec.with_backend(backend).validate()?;
     let options = CreateMode::Persistent.with_acls(node_acls(target.auth.is_some()));
-    let existing = client.check_stat(&path).await.map_err(op("read", &path))?;
     let has_dir = client
         .check_stat(&dir)
         .await
@@ -337,9 +563,9 @@ pub async fn put_backend(
         .add_check_version(&service_path, version)
         .map_err(op("check", &service_path))?;
     let outcome = match existing {
-        Some(stat) => {
+        Some((_, node_version)) => {
             multi
-                .add_set_data(&path, &data, Some(stat.version))
+                .add_set_data(&path, &data, Some(node_version))
                 .map_err(op("write", &path))?;
             PutOutcome::Updated
         }
@@ -382,47 +608,6 @@ pub async fn remove_backend(
         }),
         Err(e) => Err(op("delete", &path)(e)),
     }
-}
-
-/// Changes a backend's weight, keeping its state (and its node kind: a registered backend stays
-/// ephemeral). Guarded by the node's version.
-pub async fn set_backend_weight(
-    client: &Client,
-    target: &ZkTarget,
-    service: &str,
-    backend: SocketAddr,
-    weight: u32,
-) -> Result<(), AdminError> {
-    let schema = &target.schema;
-    let path = schema.backend_path(service, backend);
-    let (spec, _) = read_service(client, schema, service).await?;
-    let (data, stat) = match client.get_data(&path).await {
-        Ok(x) => x,
-        Err(ZkErr::NoNode) => {
-            return Err(AdminError::NoBackend {
-                service: service.to_owned(),
-                backend,
-                path,
-            });
-        }
-        Err(e) => return Err(op("read", &path)(e)),
-    };
-    let node = backend_node_name(backend);
-    let (mut current, _) = backend_from_json(&node, &data).map_err(|e| {
-        AdminError::Refused(format!(
-            "{path} holds invalid data ({e}); use `lb backend put` to replace it"
-        ))
-    })?;
-    current.weight = weight;
-    spec.with_backend(current.clone()).validate()?;
-    client
-        .set_data(&path, &backend_json(&current), Some(stat.version))
-        .await
-        .map_err(|e| match e {
-            ZkErr::BadVersion => AdminError::Concurrent { path: path.clone() },
-            e => op("write", &path)(e),
-        })?;
-    Ok(())
 }
 
 /// One row of `lb backend ls`.

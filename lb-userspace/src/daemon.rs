@@ -24,6 +24,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+mod control;
 mod first_state;
 
 use crate::apply::{Applier, ApplyReport};
@@ -69,6 +70,8 @@ pub struct RunOptions {
     pub detach_on_exit: bool,
     /// Where the last good state is kept (see [`state_file`]).
     pub state_file: PathBuf,
+    /// The local control socket ([`crate::control`]); `None`: none.
+    pub control_socket: Option<PathBuf>,
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -411,8 +414,22 @@ async fn follow(
         },
         _ => None,
     };
+    let (calls_tx, mut calls) = tokio::sync::mpsc::channel::<crate::control::server::Call>(8);
+    let _control_server = match &ctx.opts.control_socket {
+        Some(path) => match crate::control::server::bind(path) {
+            Ok(socket) => Some(AbortOnDrop(tokio::spawn(socket.serve(calls_tx.clone())))),
+            Err(e) => {
+                warn!(socket = %path.display(), "no control socket ({e}): `lb backend weight|drain` and `lb stats zero` cannot reach this daemon");
+                None
+            }
+        },
+        None => None,
+    };
     loop {
         tokio::select! {
+            Some((request, reply)) = calls.recv() => {
+                let _ = reply.send(control::handle(ctx, source, request));
+            }
             changed = health_changed(&mut ctx.checker) => {
                 if changed {
                     apply_health(ctx);

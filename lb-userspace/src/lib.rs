@@ -6,6 +6,7 @@ pub mod apply;
 pub mod atomic_file;
 pub mod check;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;

@@ -253,7 +253,7 @@ impl Keeper {
                 }
                 state = states.changed() => match state {
                     SessionState::Expired | SessionState::Closed => return Ok(KeepEnd::SessionLost),
-                    SessionState::AuthFailed => bail!("ZooKeeper refused the credentials"),
+                    SessionState::AuthFailed => bail!("ZooKeeper refused the credentials ({})", crate::zk::auth::REFUSED_HINT),
                     SessionState::Disconnected => warn!("ZooKeeper connection lost; the node stays while the session lives"),
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => info!("ZooKeeper connection back"),
                 },

@@ -25,7 +25,6 @@ use lb_tests::zk_server::{ZkServer, ZkServerOptions};
 use lb_tests::{Lab, LabOptions};
 use lb_userspace::admin;
 use lb_userspace::dataplane::MapsView;
-use lb_userspace::model::BackendSpec;
 use lb_userspace::zk::acl::node_acls;
 use lb_userspace::zk::client::ZkTarget;
 use zookeeper_client::{Client, CreateMode};
@@ -126,14 +125,15 @@ fn write_to_map_latency(
         let target = target.clone();
         let backends = backends.clone();
         move |client| async move {
-            let fields = admin::ServiceFields {
+            let edit = admin::ServiceEdit {
                 vip: Some(vip),
                 scheduler: Some("maglev".into()),
                 ..Default::default()
             };
-            admin::put_service(&client, &target, "web", &fields.to_json(vip)).await?;
+            admin::put_service(&client, &target, "web", &edit).await?;
             for b in &backends {
-                admin::put_backend(&client, &target, "web", &BackendSpec::new(*b)).await?;
+                admin::put_backend(&client, &target, "web", *b, &admin::BackendEdit::default())
+                    .await?;
             }
             Ok(())
         }

@@ -5,25 +5,28 @@ use std::net::SocketAddr;
 
 use clap::Subcommand;
 use lb_userspace::admin::{
-    ServiceFields, list_backends, list_services, put_backend, put_service, remove_backend,
-    remove_service, render_backends, render_services, set_backend_weight,
+    BackendEdit, ServiceEdit, ServiceField, change_backend, list_backends, list_services,
+    put_backend, put_service, remove_backend, remove_service, render_backends, render_services,
+    set_backend_weight,
 };
-use lb_userspace::model::{BackendSpec, BackendState, MAX_WEIGHT};
+use lb_userspace::control::Request;
+use lb_userspace::model::BackendState;
 use lb_userspace::zk::client::ZkTarget;
 use zookeeper_client::Client;
 
-use super::zk::ZkArgs;
+use super::local::LocalArgs;
+use super::zk::{OptionalZkArgs, ZkArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCommand {
-    /// Create a service or replace its fields (its backends stay).
+    /// Create a service, or change only the fields given (the others and the backends stay).
     Put {
         #[command(flatten)]
         zk: ZkArgs,
         name: String,
-        /// IP:PORT clients connect to ([2001:db8::100]:80 for IPv6).
+        /// IP:PORT clients connect to ([2001:db8::100]:80 for IPv6); needed to create.
         #[arg(long)]
-        vip: SocketAddr,
+        vip: Option<SocketAddr>,
         /// rr, wrr, random, wrandom, least-conn or maglev (default maglev).
         #[arg(long)]
         scheduler: Option<String>,
@@ -39,6 +42,13 @@ pub enum ServiceCommand {
         /// Percent of healthy backends below which new flows go to all backends (default 0: off).
         #[arg(long)]
         panic_threshold: Option<u8>,
+        /// Take fields back to their defaults: scheduler, persistence_timeout_s,
+        /// persistence_netmask, health_check, panic_threshold (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        unset: Vec<ServiceField>,
+        /// Rewrite the node from the flags given alone (fields not given take their defaults).
+        #[arg(long)]
+        replace: bool,
     },
     /// Delete a service and all its backends (one transaction).
     Rm {
@@ -57,17 +67,18 @@ pub enum ServiceCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum BackendCommand {
-    /// Add a (persistent) backend to a service or replace its weight and state.
+    /// Add a (persistent) backend to a service, or change only the fields given.
     Put {
         #[command(flatten)]
         zk: ZkArgs,
         service: String,
         addr: SocketAddr,
-        #[arg(long, default_value_t = 1)]
-        weight: u32,
-        /// active or draining.
-        #[arg(long, default_value = "active")]
-        state: String,
+        /// 0 to 65535 (a new backend: 1).
+        #[arg(long)]
+        weight: Option<u32>,
+        /// active or draining (a new backend: active).
+        #[arg(long)]
+        state: Option<String>,
     },
     /// Remove a backend.
     Rm {
@@ -76,13 +87,28 @@ pub enum BackendCommand {
         service: String,
         addr: SocketAddr,
     },
-    /// Change a backend's weight (0 to 65535; 0 takes no new connections).
+    /// Change a backend's weight (0 to 65535; 0 takes no new connections): in ZooKeeper with
+    /// --zk, else in the local daemon's configuration file through its control socket.
     Weight {
         #[command(flatten)]
-        zk: ZkArgs,
+        zk: OptionalZkArgs,
+        #[command(flatten)]
+        local: LocalArgs,
         service: String,
         addr: SocketAddr,
         weight: u32,
+    },
+    /// Drain a backend (no new connections, established ones stay), or with --undo make it
+    /// active again: in ZooKeeper with --zk, else through the local daemon's control socket.
+    Drain {
+        #[command(flatten)]
+        zk: OptionalZkArgs,
+        #[command(flatten)]
+        local: LocalArgs,
+        service: String,
+        addr: SocketAddr,
+        #[arg(long)]
+        undo: bool,
     },
     /// List a service's backends.
     Ls {
@@ -120,6 +146,8 @@ pub fn run_service(command: ServiceCommand) -> anyhow::Result<()> {
                 persistence_netmask,
                 health_check,
                 panic_threshold,
+                unset,
+                replace,
             } => {
                 let health_check = health_check
                     .map(|h| {
@@ -130,16 +158,19 @@ pub fn run_service(command: ServiceCommand) -> anyhow::Result<()> {
                         })
                     })
                     .transpose()?;
-                let fields = ServiceFields {
-                    vip: Some(vip),
+                let edit = ServiceEdit {
+                    vip,
                     scheduler,
                     persistence_timeout_s,
                     persistence_netmask,
                     health_check,
                     panic_threshold,
+                    unset,
+                    replace,
                 };
+                edit.check(&name)?;
                 let (client, target) = connect(&zk).await?;
-                let outcome = put_service(&client, &target, &name, &fields.to_json(vip)).await?;
+                let outcome = put_service(&client, &target, &name, &edit).await?;
                 println!("service {name} {}", outcome.verb());
             }
             ServiceCommand::Rm { zk, name } => {
@@ -172,14 +203,13 @@ pub fn run_backend(command: BackendCommand) -> anyhow::Result<()> {
                 weight,
                 state,
             } => {
-                if weight > MAX_WEIGHT {
-                    anyhow::bail!("--weight {weight} is above the maximum {MAX_WEIGHT}");
-                }
-                let mut backend = BackendSpec::new(addr);
-                backend.weight = weight;
-                backend.state = BackendState::from_name(&state)?;
+                let edit = BackendEdit {
+                    weight,
+                    state: state.as_deref().map(BackendState::from_name).transpose()?,
+                };
+                edit.check()?;
                 let (client, target) = connect(&zk).await?;
-                let outcome = put_backend(&client, &target, &service, &backend).await?;
+                let outcome = put_backend(&client, &target, &service, addr, &edit).await?;
                 println!("backend {addr} of {service} {}", outcome.verb());
             }
             BackendCommand::Rm { zk, service, addr } => {
@@ -189,13 +219,63 @@ pub fn run_backend(command: BackendCommand) -> anyhow::Result<()> {
             }
             BackendCommand::Weight {
                 zk,
+                local,
                 service,
                 addr,
                 weight,
             } => {
-                let (client, target) = connect(&zk).await?;
-                set_backend_weight(&client, &target, &service, addr, weight).await?;
-                println!("backend {addr} of {service} weight {weight}");
+                BackendEdit {
+                    weight: Some(weight),
+                    state: None,
+                }
+                .check()?;
+                match zk.given() {
+                    Some(zk) => {
+                        let (client, target) = connect(&zk).await?;
+                        set_backend_weight(&client, &target, &service, addr, weight).await?;
+                        println!("backend {addr} of {service} weight {weight}");
+                    }
+                    None => println!(
+                        "{}",
+                        local.call(&Request::BackendWeight {
+                            service,
+                            backend: addr,
+                            weight,
+                        })?
+                    ),
+                }
+            }
+            BackendCommand::Drain {
+                zk,
+                local,
+                service,
+                addr,
+                undo,
+            } => {
+                let state = if undo {
+                    BackendState::Active
+                } else {
+                    BackendState::Draining
+                };
+                match zk.given() {
+                    Some(zk) => {
+                        let (client, target) = connect(&zk).await?;
+                        let edit = BackendEdit {
+                            weight: None,
+                            state: Some(state),
+                        };
+                        change_backend(&client, &target, &service, addr, &edit).await?;
+                        println!("backend {addr} of {service} {}", state.name());
+                    }
+                    None => println!(
+                        "{}",
+                        local.call(&Request::BackendState {
+                            service,
+                            backend: addr,
+                            state,
+                        })?
+                    ),
+                }
             }
             BackendCommand::Ls { zk, service, json } => {
                 let (client, target) = connect(&zk).await?;

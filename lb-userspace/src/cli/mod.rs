@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod local;
 mod register;
 mod run;
 mod zk;
@@ -92,9 +93,12 @@ enum Command {
     /// Services in ZooKeeper: put, rm, ls.
     #[command(subcommand)]
     Service(admin::ServiceCommand),
-    /// Backends in ZooKeeper: put, rm, weight, ls.
+    /// Backends in ZooKeeper (put, rm, weight, drain, ls), or of the local daemon's file (weight, drain).
     #[command(subcommand)]
     Backend(admin::BackendCommand),
+    /// The local daemon's counters: zero.
+    #[command(subcommand)]
+    Stats(local::StatsCommand),
     /// Configuration: check a file or the ZooKeeper tree without running anything.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -224,6 +228,7 @@ impl Cli {
             Command::Register(a) => done(lb_userspace::register::run(a.registration()?)),
             Command::Service(c) => done(admin::run_service(c)),
             Command::Backend(c) => done(admin::run_backend(c)),
+            Command::Stats(c) => done(local::run_stats(c)),
             Command::Config(c) => config::run(c),
             Command::Version => {
                 println!("{}", config::version_text());

@@ -76,6 +76,10 @@ pub struct RunArgs {
     /// configuration file broken [default: /var/lib/lb/<pin dir with / as _>.state.json].
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// The root-only control socket for `lb backend weight|drain` and `lb stats zero`, or `off`
+    /// [default: /run/lb/<pin dir with / as _>.sock].
+    #[arg(long, value_name = "PATH|off")]
+    control_socket: Option<PathBuf>,
 }
 
 /// The ZooKeeper options of `lb run` (`--zk` is optional there: `--config` is the other source).
@@ -197,6 +201,11 @@ impl RunArgs {
             state_file: self
                 .state_file
                 .unwrap_or_else(|| lb_userspace::state_file::default_path(&self.pin_dir)),
+            control_socket: match self.control_socket {
+                Some(p) if p.as_os_str() == "off" => None,
+                Some(p) => Some(p),
+                None => Some(lb_userspace::control::default_socket_path(&self.pin_dir)),
+            },
         })
     }
 }

@@ -160,6 +160,13 @@ pub enum DataplaneError {
         source: io::Error,
     },
 
+    #[error("cannot tell the CPUs the per-CPU maps hold ({what}): {source}")]
+    Cpus {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("invalid capacity: {0}")]
     Capacity(&'static str),
 

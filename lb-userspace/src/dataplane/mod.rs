@@ -379,6 +379,36 @@ impl Dataplane {
             .map_err(map_op(maps::BACKEND_CONNS, "update"))
     }
 
+    /// Zeroes the traffic counters (`lb stats zero`, like `ipvsadm -Z`): the data plane's, every
+    /// service's and every backend's. Flows and the connection counts least-conn balances on stay.
+    pub fn zero_stats(&mut self) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| DataplaneError::Cpus {
+            what: what.to_owned(),
+            source: e,
+        })?;
+        fn zero<T: aya::Pod + Default>(
+            map: &mut aya::maps::PerCpuArray<aya::maps::MapData, T>,
+            name: &'static str,
+            cpus: usize,
+        ) -> Result<(), DataplaneError> {
+            for index in 0..map.len() {
+                let values: Vec<T> = (0..cpus).map(|_| T::default()).collect();
+                let values = aya::maps::PerCpuValues::try_from(values).map_err(|e| {
+                    DataplaneError::Cpus {
+                        what: format!("{cpus} values for {name}"),
+                        source: e,
+                    }
+                })?;
+                map.set(index, values, 0).map_err(map_op(name, "update"))?;
+            }
+            Ok(())
+        }
+        zero(&mut self.maps.stats, maps::STATS, cpus)?;
+        zero(&mut self.maps.service_stats, maps::SERVICE_STATS, cpus)?;
+        zero(&mut self.maps.backend_stats, maps::BACKEND_STATS, cpus)?;
+        zero(&mut self.maps.decap_stats, maps::DECAP_STATS, cpus)
+    }
+
     /// Accepts tunnel packets to this local address in `lb_decap`.
     pub fn add_decap_addr(&mut self, key: &DecapKey) -> Result<(), DataplaneError> {
         self.maps

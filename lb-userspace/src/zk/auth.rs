@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 /// The environment variable read when no `--zk-auth-file` is given.
 pub const AUTH_ENV: &str = "LB_ZK_AUTH";
 
+/// What to check when ZooKeeper refuses the credentials.
+pub const REFUSED_HINT: &str = "check the user:password in --zk-auth-file (or $LB_ZK_AUTH) against the ensemble's digest users";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("cannot read the ZooKeeper auth file {path}: {source}")]

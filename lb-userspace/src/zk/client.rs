@@ -96,7 +96,7 @@ impl ZkTarget {
             .map_err(|source| ZkError::Connect {
                 connect: self.connect.clone(),
                 auth_hint: if matches!(source, zookeeper_client::Error::AuthFailed) {
-                    ", and that the credentials are right"
+                    "; ZooKeeper refused the credentials: check the user:password in --zk-auth-file (or $LB_ZK_AUTH)"
                 } else {
                     ""
                 },

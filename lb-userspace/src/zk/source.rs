@@ -182,7 +182,8 @@ impl Worker {
                 }
                 SessionEnd::AuthFailed => {
                     error!(
-                        "ZooKeeper refused the credentials; forwarding continues with the last state"
+                        "ZooKeeper refused the credentials ({}); forwarding continues with the last state",
+                        crate::zk::auth::REFUSED_HINT
                     );
                     self.set_connection(ZkConnection::AuthFailed, None);
                 }
