@@ -31,6 +31,7 @@ use crate::apply::{Applier, ApplyReport};
 use crate::dataplane::{AttachMode, AttachedMode, Dataplane, ExistingPins, LoadOptions, link_path};
 use crate::detach;
 use crate::health::{Health, HealthChecker, HealthView, ProbeTarget};
+use crate::log_values::List;
 use crate::metrics;
 use crate::model::DesiredState;
 use crate::netif;
@@ -43,6 +44,7 @@ use crate::report::{
 use crate::source::{Families, Source, SourceSpec};
 use crate::state_file::{self, SavedState};
 use crate::sweeper::{self, FlowTimeouts};
+use crate::telemetry::{Reload, telemetry};
 
 /// A backend that left the configuration keeps its id at least this long after its last flow.
 const RETIRED_GRACE: Duration = Duration::from_secs(10);
@@ -230,13 +232,17 @@ fn serve(
     info!(
         services = first.desired.services.len(),
         generation = report.generation,
-        added = ?report.added,
-        changed = ?report.changed,
-        removed = ?report.removed,
+        added = %List(&report.added),
+        changed = %List(&report.changed),
+        removed = %List(&report.removed),
         "configuration applied"
     );
     applied.synced(true);
     applied.last_apply = Some(apply_started.elapsed());
+    telemetry().applied(apply_started.elapsed());
+    if !first.waiting && first.from_state_file.is_none() {
+        telemetry().reload(Reload::Taken);
+    }
     // A daemon that adopted the pins adopts the next hops the earlier one kept resolved.
     let mut nexthops = NextHopKeeper::new(dp.adopted());
     nexthops.refresh(applier.backend_addrs().iter().map(|a| a.ip()));
@@ -475,6 +481,7 @@ fn apply_desired(ctx: &mut Ctx<'_>, desired: DesiredState) {
         info!(state_file = %start.path.display(), "the source delivered its state: resyncing from it (no longer forwarding the state file's)");
     }
     ctx.waiting = false;
+    telemetry().reload(Reload::Taken);
     let (desired, not_applied) = ctx.families.split(desired);
     log_not_applied(&not_applied);
     ctx.not_applied = not_applied;
@@ -488,7 +495,7 @@ fn apply_desired(ctx: &mut Ctx<'_>, desired: DesiredState) {
             info!("configuration unchanged");
         }
         Some(r) => {
-            info!(generation = r.generation, added = ?r.added, changed = ?r.changed, removed = ?r.removed, "configuration applied");
+            info!(generation = r.generation, added = %List(&r.added), changed = %List(&r.changed), removed = %List(&r.removed), "configuration applied");
             save_state(ctx);
             ctx.nexthops
                 .refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
@@ -507,7 +514,7 @@ async fn health_changed(checker: &mut Option<HealthChecker>) -> bool {
 /// A backend's health changed: re-apply the last desired state with the new health.
 fn apply_health(ctx: &mut Ctx<'_>) {
     if let Some(r) = apply_current(ctx) {
-        info!(generation = r.generation, services = ?r.health_changed, "backend health applied");
+        info!(generation = r.generation, services = %List(&r.health_changed), "backend health applied");
         save_state(ctx);
     }
 }
@@ -539,6 +546,7 @@ fn apply_current(ctx: &mut Ctx<'_>) -> Option<ApplyReport> {
     }
     ctx.applied.synced(true);
     ctx.applied.last_apply = Some(started.elapsed());
+    telemetry().applied(started.elapsed());
     Some(r)
 }
 
@@ -561,9 +569,9 @@ fn adopt(
         )
     })?;
     info!(
-        unchanged = ?a.unchanged,
-        rewrite = ?a.rewrite,
-        orphans = ?a.orphans,
+        unchanged = %List(&a.unchanged),
+        rewrite = %List(&a.rewrite),
+        orphans = %List(&a.orphans),
         draining = a.draining,
         "adopted the maps an earlier run pinned: its flows, persistence entries and connection counters are kept"
     );

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::dataplane::MapsView;
-use crate::report::{DaemonReport, ZkConnection};
+use crate::report::{DaemonReport, SourceStatus, ZkConnection};
 use crate::status::{BackendMapState, Status, collect_without_flows};
 
 /// The content type of a scrape.
@@ -132,7 +132,7 @@ pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt
     let events = counters(
         &mut r,
         "datapath_events",
-        "Every verdict and event of the XDP program, by name",
+        "Every verdict and event of the XDP program by name, drops aside (they are lb_drops_total)",
     );
     let flows = Gauge::<i64>::default();
     r.register(
@@ -140,6 +140,13 @@ pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt
         "Entries in the flow table at the last sweep",
         flows.clone(),
     );
+    let capacity = Gauge::<i64>::default();
+    r.register(
+        "flow_table_capacity",
+        "Entries the flow table holds at most (--flow-table-size); beyond it the LRU evicts",
+        capacity.clone(),
+    );
+    capacity.set(i64::from(status.flow_table_capacity));
     let evictions = Counter::<u64>::default();
     r.register(
         "flow_evictions",
@@ -157,6 +164,7 @@ pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt
         "service_not_applied",
         "1 for each service the daemon could not apply (capacity or address family; see lb status)",
     );
+    crate::telemetry::telemetry().register(&mut r);
     let apply = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     r.register(
         "last_apply_duration_seconds",
@@ -190,12 +198,11 @@ pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt
         }
     }
     for (name, &v) in &status.counters {
-        events.get_or_create(&labels(&[("event", name)])).inc_by(v);
-        if let Some(reason) = name.strip_prefix("drop_") {
-            drops
-                .get_or_create(&labels(&[("reason", reason)]))
-                .inc_by(v);
+        match name.strip_prefix("drop_") {
+            Some(reason) => drops.get_or_create(&labels(&[("reason", reason)])),
+            None => events.get_or_create(&labels(&[("event", name)])),
         }
+        .inc_by(v);
     }
     flows.set(gauge(daemon.flows));
     evictions.inc_by(daemon.flow_evictions);
@@ -217,6 +224,29 @@ pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt
                 .get_or_create(&labels(&[("state", s.name())]))
                 .set(i64::from(s == zk));
         }
+    }
+    if let SourceStatus::Zookeeper(zk) = &daemon.source {
+        let rejected = Gauge::<i64>::default();
+        r.register(
+            "zookeeper_rejected_znodes",
+            "Znodes of the current tree that failed validation and were left out (see lb status, the daemon's log)",
+            rejected.clone(),
+        );
+        rejected.set(gauge(zk.current_rejections as u64));
+        let rejections = Counter::<u64>::default();
+        r.register(
+            "zookeeper_rejections",
+            "Distinct rejected znodes seen since start (each counted once, when first seen)",
+            rejections.clone(),
+        );
+        rejections.inc_by(zk.rejections);
+        let held = Gauge::<i64>::default();
+        r.register(
+            "zookeeper_held_backends",
+            "Backends the mass-removal guard keeps although ZooKeeper removed them",
+            held.clone(),
+        );
+        held.set(gauge(zk.held_backends as u64));
     }
     let mut out = String::new();
     encode(&mut out, &r)?;
@@ -403,6 +433,13 @@ mod tests {
         assert!(bind(taken.local_addr().unwrap()).await.is_none());
     }
 
+    fn zk_rejections(daemon: &DaemonReport) -> usize {
+        match &daemon.source {
+            SourceStatus::Zookeeper(zk) => zk.current_rejections,
+            SourceStatus::File(_) => panic!("a ZooKeeper report"),
+        }
+    }
+
     #[test]
     fn renders_services_backends_and_daemon_state() {
         let status = Status {
@@ -432,6 +469,7 @@ mod tests {
             }],
             counters: [("drop_no_backend".to_owned(), 1)].into_iter().collect(),
             flows: 0,
+            flow_table_capacity: 1024,
             daemon: None,
             attached: Vec::new(),
             manager_pid: None,
@@ -441,6 +479,12 @@ mod tests {
         zk.connection = ZkConnection::Connected;
         let mut daemon = crate::report::tests::report(crate::report::SourceStatus::Zookeeper(zk));
         daemon.flows = 5;
+        let probed: SocketAddr = "198.19.77.1:80".parse().unwrap();
+        let t = crate::telemetry::telemetry();
+        t.probe(probed, "tcp", true, Duration::from_millis(2));
+        t.probe(probed, "tcp", false, Duration::from_millis(3));
+        t.probe(probed, "tcp", false, Duration::from_millis(4));
+        t.applied(Duration::from_millis(1));
         let text = render(&status, &daemon).unwrap();
         let build = format!(
             "lb_build_info{{version=\"{}\",commit=\"{}\",layout=\"{}\"}} 1",
@@ -463,11 +507,33 @@ mod tests {
             "lb_service_not_applied{service=\"v6\"} 1",
             "lb_zookeeper_session_state{state=\"connected\"} 1",
             "lb_zookeeper_session_state{state=\"expired\"} 0",
+            "lb_flow_table_capacity 1024",
+            "lb_health_probes_total{backend=\"198.19.77.1:80\",check=\"tcp\",result=\"pass\"} 1",
+            "lb_health_probes_total{backend=\"198.19.77.1:80\",check=\"tcp\",result=\"fail\"} 2",
+            "lb_health_probe_duration_seconds_count{backend=\"198.19.77.1:80\",check=\"tcp\"} 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in:\n{text}"
             );
         }
+        // A drop is counted once: as a drop reason, not again as a data-plane event.
+        assert!(
+            !text.contains("lb_datapath_events_total{event=\"drop_"),
+            "{text}"
+        );
+        let zk_rejected = format!("lb_zookeeper_rejected_znodes {}", zk_rejections(&daemon));
+        assert!(
+            text.lines().any(|l| l == zk_rejected),
+            "{zk_rejected} in {text}"
+        );
+        let applies = text
+            .lines()
+            .find_map(|l| l.strip_prefix("lb_apply_duration_seconds_count "))
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(applies.is_some_and(|n| n >= 1), "{text}");
+        t.forget_probe(probed, "tcp");
+        let text = render(&status, &daemon).unwrap();
+        assert!(!text.contains("198.19.77.1:80"), "{text}");
     }
 }

@@ -8,6 +8,7 @@
 //! restrictions of unprivileged programs and rejects the balancer). Locked memory is charged to the memory cgroup, so CAP_SYS_RESOURCE is not
 //! needed; the pin, status and state directories only need to be writable.
 
+use crate::log_values::List;
 use std::io;
 
 /// One Linux capability: its name as the kernel, `setpriv` and systemd spell it, and its number.
@@ -251,8 +252,8 @@ pub fn keep_only(kept: &'static [Capability]) -> io::Result<Shed> {
 pub fn shed_after_attach() {
     match keep_only(RUN_KEPT) {
         Ok(shed) => tracing::info!(
-            kept = ?shed.kept,
-            dropped = ?shed.dropped,
+            kept = %List(&shed.kept),
+            dropped = %List(&shed.dropped),
             bounding_set_reduced = shed.bounding_reduced,
             "attached; dropped the capabilities the daemon no longer needs"
         ),

@@ -30,6 +30,9 @@ pub struct Status {
     pub counters: BTreeMap<String, u64>,
     /// Entries in the flow table (established, half-open and closing).
     pub flows: usize,
+    /// Entries the flow table holds at most (`--flow-table-size`); the LRU evicts beyond it.
+    #[serde(default)]
+    pub flow_table_capacity: u32,
     /// What the running daemon reports; absent without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon: Option<DaemonView>,
@@ -226,6 +229,7 @@ pub fn collect_without_flows(maps: &MapsView) -> anyhow::Result<Status> {
         services: out,
         counters,
         flows: 0,
+        flow_table_capacity: capacity.flow_table_size,
         daemon: None,
         attached: Vec::new(),
         manager_pid: None,
@@ -309,7 +313,11 @@ pub fn render(s: &Status) -> String {
             );
         }
     }
-    let _ = writeln!(o, "\nflows in table: {}", s.flows);
+    let _ = writeln!(
+        o,
+        "\nflows in table: {} of {} (--flow-table-size)",
+        s.flows, s.flow_table_capacity
+    );
     let _ = writeln!(o, "counters:");
     for (name, v) in &s.counters {
         if *v > 0 {

@@ -324,6 +324,7 @@ mod tests {
             services: Vec::new(),
             counters: [("drop_mtu".to_owned(), 0)].into_iter().collect(),
             flows: 0,
+            flow_table_capacity: 1024,
             daemon: None,
             attached: Vec::new(),
             manager_pid: None,

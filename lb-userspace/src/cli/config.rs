@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use lb_userspace::check;
 
-use super::zk::ZkArgs;
+use super::zk::OptionalZkArgs;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ConfigCommand {
@@ -20,12 +20,12 @@ pub struct CheckArgs {
     /// The TOML file `lb run --config` would read.
     file: Option<PathBuf>,
     #[command(flatten)]
-    zk: Option<ZkArgs>,
+    zk: OptionalZkArgs,
 }
 
 pub fn run(command: ConfigCommand) -> anyhow::Result<ExitCode> {
     let ConfigCommand::Check(args) = command;
-    let (report, what) = match (&args.file, &args.zk) {
+    let (report, what) = match (&args.file, args.zk.given()) {
         (Some(file), _) => (check::file(file), file.display().to_string()),
         (None, Some(zk)) => {
             let target = zk.target()?;

@@ -47,6 +47,25 @@ pub enum Request {
     StatsZero,
 }
 
+/// As the log shows it: `backend_weight web 198.18.2.11:80 3`.
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::BackendWeight {
+                service,
+                backend,
+                weight,
+            } => write!(f, "backend_weight {service} {backend} {weight}"),
+            Request::BackendState {
+                service,
+                backend,
+                state,
+            } => write!(f, "backend_state {service} {backend} {}", state.name()),
+            Request::StatsZero => f.write_str("stats_zero"),
+        }
+    }
+}
+
 /// The answer: what was done, or why nothing was.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]

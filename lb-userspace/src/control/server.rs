@@ -104,7 +104,7 @@ async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> io::Result<()>
                 reason: format!("not a request ({e}); use the `lb` CLI of the same version"),
             },
             Ok(request) => {
-                info!(pid = ?peer.pid(), ?request, "control request");
+                info!(pid = peer.pid().unwrap_or(0), %request, "control request");
                 let (tx, rx) = oneshot::channel();
                 if calls.send((request, tx)).await.is_err() {
                     Response::Refused {

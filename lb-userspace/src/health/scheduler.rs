@@ -2,7 +2,7 @@
 //! Transitions come back on a channel; the tasks never touch the data plane.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::{Health, HealthView, ProbeTarget, Tracker, probe};
 use crate::model::DesiredState;
+use crate::telemetry::telemetry;
 
 /// A backend's health changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +72,7 @@ impl HealthChecker {
             let keep = wanted.contains(target);
             if !keep {
                 task.abort();
+                telemetry().forget_probe(target.addr, target.check.kind.name());
             }
             keep
         });
@@ -137,7 +139,14 @@ async fn probe_loop(
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
+        let started = Instant::now();
         let result = probe(target.addr, check).await;
+        telemetry().probe(
+            target.addr,
+            check.kind.name(),
+            result.is_ok(),
+            started.elapsed(),
+        );
         let Some(health) = tracker.record(result.is_ok()) else {
             continue;
         };

@@ -12,6 +12,7 @@ use super::{Source, SourceFuture};
 use crate::config;
 use crate::model::DesiredState;
 use crate::report::{FileStatus, SourceStatus};
+use crate::telemetry::{Reload, telemetry};
 
 /// How often the configuration file is checked for changes.
 const FILE_POLL: Duration = Duration::from_secs(1);
@@ -60,6 +61,7 @@ impl FileSource {
             Err(e) => {
                 error!("configuration rejected, the last good configuration keeps forwarding: {e}");
                 self.rejected = Some(e.to_string());
+                telemetry().reload(Reload::Rejected);
                 None
             }
         }
@@ -71,6 +73,7 @@ impl Source for FileSource {
         let result = config::load_config_file(&self.path).map(Some).map_err(|e| {
             // Recorded so the status shows why a start from the state file happened.
             self.rejected = Some(e.to_string());
+            telemetry().reload(Reload::Rejected);
             anyhow::anyhow!("{e}")
         });
         let result = result.context("the configuration is invalid; nothing was loaded");

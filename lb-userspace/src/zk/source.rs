@@ -23,6 +23,7 @@ use super::backoff::Backoff;
 use super::client::{ZkError, ZkTarget};
 use super::guard::{GuardConfig, GuardEvent, MassRemovalGuard};
 use super::snapshot::{RawService, RawTree, Rejection, Warning, build_snapshot};
+use crate::log_values::List;
 use crate::model::DesiredState;
 use crate::report::unix_ms;
 pub use crate::report::{ZkConnection, ZkStatus};
@@ -365,14 +366,14 @@ impl Worker {
                     total,
                 } => warn!(
                     service = %service,
-                    held = ?backends,
+                    held = %List(&backends),
                     "{} of {total} backends vanished at once (more than {:.0}%): keeping them for {:?} in case ZooKeeper, not the backends, is failing",
                     backends.len(),
                     self.config.guard.max_removal_share * 100.0,
                     self.config.guard.grace,
                 ),
                 GuardEvent::Released { service, backends } => {
-                    info!(service = %service, removed = ?backends, "mass-removal grace ended: removing the held backends")
+                    info!(service = %service, removed = %List(&backends), "mass-removal grace ended: removing the held backends")
                 }
             }
         }

@@ -38,8 +38,13 @@ fn scrape(lab: &Lab) -> Scrape {
 }
 
 fn number(s: &Sample) -> f64 {
-    match s.value {
-        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+    match &s.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        // A histogram reads as its number of observations (the +Inf bucket).
+        Value::Histogram(buckets) => buckets
+            .iter()
+            .find(|b| b.less_than.is_infinite())
+            .map_or(f64::NAN, |b| b.count),
         _ => f64::NAN,
     }
 }
@@ -78,7 +83,7 @@ fn metrics_agree_with_the_connections_made() {
     lab.start_lb(
         0,
         &to_toml(std::slice::from_ref(&svc)),
-        &["--metrics", METRICS],
+        &["--metrics", METRICS, "--log-format", "json"],
     )
     .expect("lb starts");
     assert_eventually!(
@@ -118,6 +123,77 @@ fn metrics_agree_with_the_connections_made() {
     assert!(one(&m, "lb_last_apply_duration_seconds", &[]) > 0.0);
     let flows_new = one(&m, "lb_datapath_events_total", &[("event", "flow_new")]);
     assert_eq!(flows_new, CONNS as f64);
+    // A drop is one sample, under lb_drops_total; the events leave them out.
+    let drop_events: Vec<&Sample> = (m.samples.iter())
+        .filter(|s| s.metric == "lb_datapath_events_total")
+        .filter(|s| {
+            s.labels
+                .get("event")
+                .is_some_and(|e| e.starts_with("drop_"))
+        })
+        .collect();
+    assert!(drop_events.is_empty(), "{drop_events:?}");
+    assert!(one(&m, "lb_flow_table_capacity", &[]) >= 1024.0);
+    assert!(one(&m, "lb_apply_duration_seconds", &[]) >= 1.0);
+    assert_eq!(one(&m, "lb_config_last_reload_successful", &[]), 1.0);
+    assert!(one(&m, "lb_config_last_reload_success_timestamp_seconds", &[]) > 1.7e9);
+    assert!(one(&m, "lb_config_reloads_total", &[("result", "success")]) >= 1.0);
+    for i in 0..3 {
+        let backend = Lab::backend_addr(i, false).to_string();
+        let labels = [("backend", backend.as_str()), ("check", "tcp")];
+        let mut passed = labels.to_vec();
+        passed.push(("result", "pass"));
+        let passes = one(&m, "lb_health_probes_total", &passed);
+        assert!(passes >= 1.0, "b{i}: {passes} passed probes");
+        let timed = one(&m, "lb_health_probe_duration_seconds", &labels);
+        assert!(timed >= passes, "b{i}: {timed} timed, {passes} passed");
+    }
+
+    // The daemon's log is JSON, one object per line, with values (not Rust Debug strings).
+    let log = lab.lb_log(0).expect("lb log");
+    let mut applied = None;
+    for line in log.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["fields"]["message"] == "configuration applied" {
+            applied = Some(v);
+        }
+    }
+    let applied = applied.unwrap_or_else(|| panic!("no `configuration applied` in {log}"));
+    assert_eq!(applied["fields"]["added"], "web", "{applied}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log}");
+
+    // A configuration that does not validate is rejected, and said so; the last good one stays.
+    let good = to_toml(std::slice::from_ref(&svc));
+    lab.rewrite_config(
+        0,
+        "[[services]]\nname = \"web\"\nvip = \"not an address\"\n",
+    )
+    .expect("rewrite");
+    assert_eventually!(
+        one(&scrape(&lab), "lb_config_last_reload_successful", &[]) == 0.0,
+        Duration::from_secs(10),
+        "a rejected configuration file never showed in lb_config_last_reload_successful"
+    );
+    let m = scrape(&lab);
+    assert!(one(&m, "lb_config_reloads_total", &[("result", "rejected")]) >= 1.0);
+    assert_eq!(
+        one(
+            &m,
+            "lb_backend_up",
+            &[
+                ("service", "web"),
+                ("backend", &Lab::backend_addr(0, false).to_string())
+            ]
+        ),
+        1.0
+    );
+    lab.rewrite_config(0, &good).expect("rewrite");
+    assert_eventually!(
+        one(&scrape(&lab), "lb_config_last_reload_successful", &[]) == 1.0,
+        Duration::from_secs(10),
+        "the good configuration again never showed as taken"
+    );
 
     // Health state follows a stopped server.
     lab.stop_backend_server(2).expect("stop b2");
@@ -131,4 +207,10 @@ fn metrics_agree_with_the_connections_made() {
         Duration::from_secs(5),
         "b2 never reported down in the metrics"
     );
+    let failed = [
+        ("backend", b2.as_str()),
+        ("check", "tcp"),
+        ("result", "fail"),
+    ];
+    assert!(one(&scrape(&lab), "lb_health_probes_total", &failed) >= 2.0);
 }

@@ -129,6 +129,35 @@ fn lb_run_reports_a_bad_file_before_root_and_the_interface() {
 }
 
 #[test]
+fn a_fatal_error_follows_the_json_log_format() {
+    let bad = TempConfig::new("json.toml", BAD);
+    let out = lb_as_nobody(&[
+        "--log-format",
+        "json",
+        "run",
+        "--config",
+        bad.arg(),
+        "--iface",
+        "lb-no-such-if0",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log line");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    let fatal: serde_json::Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
+    assert_eq!(fatal["level"], "ERROR", "{fatal}");
+    let error = fatal["fields"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("services[0].scheduler"), "{fatal}");
+    // Not a terminal: no colour codes.
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+}
+
+#[test]
 fn lb_version_names_the_commit_and_the_layout() {
     let out = lb_as_nobody(&["version"]);
     let (stdout, _) = text(&out);
