@@ -27,6 +27,7 @@
 //! tags every error with the line and field it is about (`config::de`).
 
 mod de;
+mod mapping;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ use serde::Deserialize;
 use crate::model::fields::ServiceFields;
 use crate::model::{DesiredState, ErrorField, ModelError, ServiceSpec};
 use de::{DecodeError, NodeDeserializer};
+pub use mapping::{MappedService, check_mapping, check_mapping_file};
 use tree::{Node, Value};
 
 /// A place in a configuration file; shown as `FILE:LINE:COLUMN` (both 1-based).
@@ -162,10 +164,16 @@ pub fn check_config_file(path: &Path) -> Result<DesiredState, ConfigErrors> {
 pub fn check_config(text: &str, origin: &str) -> Result<DesiredState, ConfigErrors> {
     let source = Source { origin, text };
     let root = tree::parse(text).map_err(|e| ConfigErrors(vec![source.syntax_error(&e)]))?;
+    check_tree(&source, &root)
+}
+
+/// Checks a parsed file: every service against the model and the services before it.
+fn check_tree(source: &Source<'_>, root: &Node) -> Result<DesiredState, ConfigErrors> {
+    let source = *source;
     let nodes = root.get("services").map_or(&[][..], Node::items);
     let mut errors = Vec::new();
     let fields: Vec<Option<ServiceFields>> = match FileFields::deserialize(NodeDeserializer {
-        node: &root,
+        node: root,
         path: String::new(),
     }) {
         Ok(file) => file.services.into_iter().map(Some).collect(),
@@ -311,6 +319,7 @@ fn service(
 }
 
 /// The text being read, for turning byte offsets into locations.
+#[derive(Clone, Copy)]
 struct Source<'a> {
     origin: &'a str,
     text: &'a str,

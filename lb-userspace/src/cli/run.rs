@@ -1,15 +1,18 @@
 //! `lb run` options, turned into the daemon's plain [`RunOptions`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
+use lb_userspace::config::check_mapping_file;
 use lb_userspace::daemon::RunOptions;
 use lb_userspace::source::SourceSpec;
 use lb_userspace::sweeper::FlowTimeouts;
 use lb_userspace::zk::auth::DigestAuth;
 use lb_userspace::zk::client::ZkTarget;
 use lb_userspace::zk::guard::{DEFAULT_GRACE, DEFAULT_MAX_REMOVAL_SHARE, GuardConfig};
+use lb_userspace::zk::registry::{Registry, RegistryFormat, RegistryService};
 use lb_userspace::zk::schema::DEFAULT_ROOT;
 use lb_userspace::zk::source::ZkSourceConfig;
 
@@ -111,6 +114,72 @@ pub struct ZkRunArgs {
     /// Mass-removal guard: how long backends that vanished in a mass removal keep forwarding (s).
     #[arg(long, default_value_t = DEFAULT_GRACE.as_secs())]
     pub zk_guard_grace_s: u64,
+    /// The tree under --zk-root: ours (`native`), Apache Curator's service discovery (`curator`)
+    /// or Finagle serversets (`serverset`); the last two need --zk-services.
+    #[arg(long, value_enum, default_value = "native")]
+    pub zk_format: ZkFormat,
+    /// The service mapping (TOML: name, vip, scheduler, health check, registry_name, endpoint per
+    /// service) for --zk-format curator|serverset: the registry gives only the backends.
+    #[arg(long)]
+    pub zk_services: Option<PathBuf>,
+}
+
+/// `--zk-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZkFormat {
+    Native,
+    Curator,
+    Serverset,
+}
+
+impl ZkFormat {
+    fn registry(self) -> Option<RegistryFormat> {
+        match self {
+            ZkFormat::Native => None,
+            ZkFormat::Curator => Some(RegistryFormat::Curator),
+            ZkFormat::Serverset => Some(RegistryFormat::Serverset),
+        }
+    }
+}
+
+/// Reads `--zk-services` for `format` (every error of the file at once).
+pub fn load_registry(format: RegistryFormat, path: &Path) -> anyhow::Result<Registry> {
+    let mapped = check_mapping_file(path).map_err(|errors| {
+        anyhow::anyhow!(
+            "the service mapping {} is invalid:\n{errors}",
+            path.display()
+        )
+    })?;
+    let services = mapped
+        .into_iter()
+        .map(|m| RegistryService {
+            spec: m.spec,
+            registry_name: m.registry_name,
+            endpoint: m.endpoint,
+        })
+        .collect();
+    Registry::new(format, services).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// `--zk-format` and `--zk-services` together: the registry, `None` for our own schema.
+pub fn registry_args(
+    format: ZkFormat,
+    services: Option<&Path>,
+) -> anyhow::Result<Option<Registry>> {
+    match (format.registry(), services) {
+        (None, None) => Ok(None),
+        (None, Some(path)) => bail!(
+            "--zk-services {} is for --zk-format curator or serverset: with our own schema the \
+             services are ZooKeeper nodes; drop --zk-services or give --zk-format",
+            path.display()
+        ),
+        (Some(format), None) => bail!(
+            "--zk-format {} needs --zk-services FILE: the registry holds only instances, so the \
+             services (VIP, scheduler, health check) come from that TOML mapping",
+            format.name()
+        ),
+        (Some(format), Some(path)) => load_registry(format, path).map(Some),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +190,11 @@ impl ZkRunArgs {
     /// The source configuration, or `None` without `--zk`.
     pub fn source_config(&self) -> anyhow::Result<Option<ZkSourceConfig>> {
         let Some(connect) = &self.zk else {
+            if self.zk_format != ZkFormat::Native || self.zk_services.is_some() {
+                bail!(
+                    "--zk-format and --zk-services describe a ZooKeeper tree; give --zk HOSTS too"
+                );
+            }
             return Ok(None);
         };
         if !(0.0..=1.0).contains(&self.zk_guard_share) {
@@ -136,6 +210,7 @@ impl ZkRunArgs {
             max_removal_share: self.zk_guard_share,
             grace: Duration::from_secs(self.zk_guard_grace_s),
         };
+        config.registry = registry_args(self.zk_format, self.zk_services.as_deref())?.map(Arc::new);
         Ok(Some(config))
     }
 }

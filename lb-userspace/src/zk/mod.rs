@@ -48,6 +48,7 @@ pub mod auth;
 pub mod backoff;
 pub mod client;
 pub mod guard;
+pub mod registry;
 pub mod schema;
 pub mod snapshot;
 pub mod source;

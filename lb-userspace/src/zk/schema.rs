@@ -80,6 +80,11 @@ impl Schema {
         }
     }
 
+    /// `<root>/<relative>` (`relative` has no leading '/').
+    pub fn child_path(&self, relative: &str) -> String {
+        format!("{}/{relative}", self.root)
+    }
+
     /// `<root>/services`: its children are the services.
     pub fn services_dir(&self) -> String {
         format!("{}/{SERVICES}", self.root)

@@ -22,6 +22,7 @@ use zookeeper_client::{AddWatchMode, Client, EventType, SessionState};
 use super::backoff::Backoff;
 use super::client::{ZkError, ZkTarget};
 use super::guard::{GuardConfig, GuardEvent, MassRemovalGuard};
+use super::registry::{self, Registry};
 use super::snapshot::{RawService, RawTree, Rejection, Warning, build_snapshot};
 use crate::log_values::List;
 use crate::model::DesiredState;
@@ -40,6 +41,9 @@ pub struct ZkSourceConfig {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub guard: GuardConfig,
+    /// Another registry's tree under the root (`--zk-format curator|serverset`); `None`: our own
+    /// schema.
+    pub registry: Option<Arc<Registry>>,
 }
 
 impl ZkSourceConfig {
@@ -52,6 +56,7 @@ impl ZkSourceConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             guard: GuardConfig::default(),
+            registry: None,
         }
     }
 }
@@ -266,7 +271,7 @@ impl Worker {
                             dirty = None;
                             continue;
                         }
-                        match read_tree(client, &self.config.target.schema).await {
+                        match self.read(client).await {
                             Ok(Some(raw)) => {
                                 dirty = None;
                                 read_failures = 0;
@@ -300,11 +305,29 @@ impl Worker {
         }
     }
 
+    /// Reads the tree in the configured layout.
+    async fn read(&self, client: &Client) -> Result<Option<RawTree>, ZkError> {
+        let schema = &self.config.target.schema;
+        match &self.config.registry {
+            None => read_tree(client, schema).await,
+            Some(registry) => registry::read_instances(client, schema, registry).await,
+        }
+    }
+
+    /// The node whose absence keeps the last state: `<root>/services`, or a registry's root.
+    fn listed_dir(&self) -> String {
+        let schema = &self.config.target.schema;
+        match &self.config.registry {
+            None => schema.services_dir(),
+            Some(_) => schema.root().to_owned(),
+        }
+    }
+
     /// `<root>/services` is missing: with services applied that looks like a wrong `--zk-root` or an
     /// accident, not "remove everything", so the last state stays (an empty `services` node removes
     /// all services). Without services applied it is simply an empty state.
     fn services_dir_missing(&mut self, logged: &mut bool) {
-        let dir = self.config.target.schema.services_dir();
+        let dir = self.listed_dir();
         if self.built.services.is_empty() {
             if !*logged {
                 warn!(znode = %dir, "no services: the node does not exist yet");
@@ -316,7 +339,7 @@ impl Worker {
         if !*logged {
             error!(
                 znode = %dir,
-                "the services node is missing; keeping the last state ({} services). Check --zk-root; \
+                "the node is missing; keeping the last state ({} services). Check --zk-root; \
                  to remove every service, leave {dir} in place with no children",
                 self.built.services.len()
             );
@@ -329,7 +352,11 @@ impl Worker {
     }
 
     fn publish_tree(&mut self, raw: &RawTree) {
-        let snapshot = build_snapshot(&self.config.target.schema, raw, &self.built);
+        let schema = &self.config.target.schema;
+        let snapshot = match &self.config.registry {
+            None => build_snapshot(schema, raw, &self.built),
+            Some(registry) => registry::build_snapshot(registry, schema, raw, &self.built),
+        };
         let mut new_rejections = 0;
         for r in &snapshot.rejections {
             if !self.logged_rejections.contains(r) {

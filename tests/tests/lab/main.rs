@@ -10,6 +10,7 @@ mod hitless;
 mod metrics;
 mod privilege;
 mod processes;
+mod registry;
 mod smoke;
 mod state_file;
 mod zk;

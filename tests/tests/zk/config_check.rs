@@ -43,10 +43,10 @@ fn text(out: &Output) -> (String, String) {
 }
 
 /// A file `nobody` can read, removed on drop.
-struct TempConfig(std::path::PathBuf);
+pub(crate) struct TempConfig(std::path::PathBuf);
 
 impl TempConfig {
-    fn new(name: &str, content: &str) -> TempConfig {
+    pub(crate) fn new(name: &str, content: &str) -> TempConfig {
         let dir = std::env::temp_dir().join(format!("lb-config-check-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -56,7 +56,7 @@ impl TempConfig {
         TempConfig(path)
     }
 
-    fn arg(&self) -> &str {
+    pub(crate) fn arg(&self) -> &str {
         self.0.to_str().unwrap()
     }
 }

@@ -8,6 +8,7 @@
 mod admin;
 mod config_check;
 mod register;
+mod registry;
 mod source;
 mod source_args;
 

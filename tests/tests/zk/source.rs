@@ -14,7 +14,7 @@ use zookeeper_client::{Acls, Client, CreateMode};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn writer(server: &ZkServer) -> Client {
+pub(crate) async fn writer(server: &ZkServer) -> Client {
     Client::connect(&server.connect_string())
         .await
         .expect("test client connects")
@@ -34,7 +34,7 @@ async fn create(client: &Client, path: &str, data: &str) {
 }
 
 /// Waits (bounded) until the latest state satisfies `pred`; returns it.
-async fn state_where(
+pub(crate) async fn state_where(
     states: &mut watch::Receiver<Option<Arc<DesiredState>>>,
     what: &str,
     pred: impl Fn(&DesiredState) -> bool,
@@ -49,7 +49,7 @@ async fn state_where(
         .unwrap()
 }
 
-async fn status_where(
+pub(crate) async fn status_where(
     status: &mut watch::Receiver<ZkStatus>,
     what: &str,
     pred: impl Fn(&ZkStatus) -> bool,
@@ -73,7 +73,7 @@ fn latest<T: Clone>(rx: &mut watch::Receiver<T>, what: &str) -> T {
     rx.borrow_and_update().clone()
 }
 
-fn backends(state: &DesiredState, service: &str) -> Vec<SocketAddr> {
+pub(crate) fn backends(state: &DesiredState, service: &str) -> Vec<SocketAddr> {
     state
         .services
         .get(service)
@@ -81,7 +81,7 @@ fn backends(state: &DesiredState, service: &str) -> Vec<SocketAddr> {
         .unwrap_or_default()
 }
 
-fn addr(s: &str) -> SocketAddr {
+pub(crate) fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 

@@ -57,3 +57,53 @@ fn bad_zookeeper_options_are_refused() {
     assert!(!ok);
     assert!(err.contains("/nonexistent/auth"), "{err}");
 }
+
+#[test]
+fn registry_formats_need_a_mapping_and_the_mapping_needs_one() {
+    let (ok, err) = lb_run(&["--zk", "127.0.0.1:2181", "--zk-format", "curator"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--zk-format curator needs --zk-services FILE"),
+        "{err}"
+    );
+    let (ok, err) = lb_run(&["--zk", "127.0.0.1:2181", "--zk-services", "/etc/map.toml"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--zk-services /etc/map.toml is for --zk-format curator or serverset"),
+        "{err}"
+    );
+    let (ok, err) = lb_run(&["--config", "/etc/lb.toml", "--zk-format", "serverset"]);
+    assert!(!ok);
+    assert!(err.contains("give --zk HOSTS too"), "{err}");
+
+    let mapping = crate::config_check::TempConfig::new(
+        "registry-map.toml",
+        "[[services]]\nname = \"web\"\nvip = \"198.18.100.1:80\"\nendpoint = \"http\"\nbackends = []\n",
+    );
+    let path = mapping.arg();
+    let args = [
+        "--zk",
+        "127.0.0.1:2181",
+        "--zk-format",
+        "curator",
+        "--zk-services",
+        path,
+    ];
+    let (ok, err) = lb_run(&args);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("{path}:5:1: services[0].backends")),
+        "{err}"
+    );
+    std::fs::write(
+        path,
+        "[[services]]\nname = \"web\"\nvip = \"198.18.100.1:80\"\nendpoint = \"http\"\n",
+    )
+    .unwrap();
+    let (ok, err) = lb_run(&args);
+    assert!(!ok);
+    assert!(
+        err.contains("endpoint \"http\" is not one of port, sslPort"),
+        "{err}"
+    );
+}
