@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod generate;
 mod local;
 mod register;
 mod run;
@@ -104,6 +105,9 @@ enum Command {
     Config(config::ConfigCommand),
     /// Print the release, the git commit and the data-plane layout version.
     Version,
+    /// Write the man pages and shell completions (packaging: `cargo xtask dist`).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -230,6 +234,7 @@ impl Cli {
             Command::Backend(c) => done(admin::run_backend(c)),
             Command::Stats(c) => done(local::run_stats(c)),
             Command::Config(c) => config::run(c),
+            Command::Generate(a) => done(generate::run(&a)),
             Command::Version => {
                 println!("{}", config::version_text());
                 Ok(ExitCode::SUCCESS)
