@@ -2,6 +2,8 @@
 //! addresses and hands the inner packet (addressed to the VIP on `lo`) to the stack, so backends work on
 //! kernels without the ipip / ip6_tunnel modules.
 
+pub mod check;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;

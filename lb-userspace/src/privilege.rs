@@ -425,7 +425,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lb-unit-verify-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let unit = dir.join("lb.service");
-        let text = UNIT.replace("/usr/local/bin/lb", &exe.to_string_lossy());
+        let text = UNIT.replace("/usr/bin/lb", &exe.to_string_lossy());
         assert_ne!(text, UNIT);
         std::fs::write(&unit, text).unwrap();
         let out = std::process::Command::new("systemd-analyze")

@@ -44,8 +44,9 @@ pub fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs every host test in release mode with `LB_BIN` pointing at the freshly built daemon.
-pub fn test(root: &Path, extra: &[OsString]) -> anyhow::Result<()> {
+/// Runs every host test in release mode with `LB_BIN` pointing at the freshly built daemon and
+/// `LB_DEB` at the freshly built package.
+pub fn test(root: &Path, extra: &[OsString], deb: &Path) -> anyhow::Result<()> {
     let lb = release_bin(root, "lb");
     let mut args: Vec<OsString> = [
         "test",
@@ -60,14 +61,16 @@ pub fn test(root: &Path, extra: &[OsString]) -> anyhow::Result<()> {
     .collect();
     args.extend(extra.iter().cloned());
     println!(
-        "xtask: LB_BIN={} cargo {}",
+        "xtask: LB_BIN={} LB_DEB={} cargo {}",
         lb.display(),
+        deb.display(),
         args.join(" ".as_ref()).to_string_lossy()
     );
     let status = Command::new(cargo_program())
         .args(&args)
         .current_dir(root)
         .env("LB_BIN", &lb)
+        .env("LB_DEB", deb)
         .status()
         .context("cannot start cargo test")?;
     if !status.success() {

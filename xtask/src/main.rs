@@ -5,6 +5,7 @@
 
 mod cargo;
 mod clean;
+mod dist;
 mod setup;
 
 use std::ffi::OsString;
@@ -28,12 +29,16 @@ enum Command {
     Setup,
     /// Set up, then build `lb` (with its XDP object) and the test binaries in release mode.
     Build,
+    /// Build, then the Debian package `target/debian/lb_<version>_<arch>.deb` (binary, man pages,
+    /// completions, systemd unit, example configuration); prints its path.
+    Dist,
     /// Build, then run `target/release/lb` with the given arguments (root).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Set up, build, then run every host test (unit and namespace-lab integration tests).
+    /// Set up, build (and the Debian package, for the `dist` tests: `LB_DEB`), then run every host
+    /// test (unit and namespace-lab integration tests).
     Test {
         /// Passed on to `cargo test` (e.g. a test name filter, or `-- --nocapture`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -67,13 +72,20 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(),
         Command::CleanLabs => clean::run(),
         Command::Build => build(&root),
+        Command::Dist => {
+            setup::run()?;
+            cargo::cargo(&root, &["build", "--release", "-p", "lb-userspace"])?;
+            println!("{}", dist::package(&root)?.display());
+            Ok(())
+        }
         Command::Run { args } => {
             build(&root)?;
             cargo::exec(&cargo::release_bin(&root, "lb"), &args)
         }
         Command::Test { args } => {
             build(&root)?;
-            cargo::test(&root, &args)
+            let deb = dist::package(&root)?;
+            cargo::test(&root, &args, &deb)
         }
         Command::Demo => {
             build(&root)?;

@@ -9,8 +9,12 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages the namespace lab, the ZooKeeper tests and the bench use.
 /// `systemd` gives `systemd-analyze verify` (the unit test); `clang` builds Katran's object for the bench;
-/// nginx, wrk, haproxy and nftables are the end-to-end bench's backends, load and peers.
+/// nginx, wrk, haproxy and nftables are the end-to-end bench's backends, load and peers; `dpkg-dev`
+/// gives cargo-deb `dpkg-shlibdeps` (the package's Depends), `groff-base` renders the man pages in the
+/// `dist` tests.
 const APT_PACKAGES: &[&str] = &[
+    "dpkg-dev",
+    "groff-base",
     "iproute2",
     "ethtool",
     "util-linux",
@@ -26,12 +30,15 @@ const APT_PACKAGES: &[&str] = &[
 /// The LLVM major version of the nightly toolchain that bpf-linker must be built against.
 const LLVM_MAJOR: &str = "22";
 const BPFFS: &str = "/sys/fs/bpf";
+/// cargo-deb builds the Debian package (`cargo xtask dist`); this release builds with our toolchain.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn run() -> anyhow::Result<()> {
     check_root()?;
     apt_packages()?;
     nightly()?;
     bpf_linker()?;
+    cargo_deb()?;
     bpffs()?;
     println!("setup: everything is in place");
     Ok(())
@@ -208,6 +215,32 @@ fn bpf_linker() -> anyhow::Result<()> {
             ])
             .arg(format!("llvm-{LLVM_MAJOR}")),
         "cargo install bpf-linker",
+    )
+}
+
+fn cargo_deb() -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    if let Ok(out) = Command::new(&cargo).args(["deb", "--version"]).output()
+        && out.status.success()
+    {
+        ok(&format!(
+            "cargo-deb ({})",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+        return Ok(());
+    }
+    doing(&format!(
+        "cargo install cargo-deb --locked --version {CARGO_DEB_VERSION}"
+    ));
+    status(
+        Command::new(cargo).args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ]),
+        "cargo install cargo-deb",
     )
 }
 

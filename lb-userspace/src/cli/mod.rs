@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod generate;
 mod local;
 mod register;
 mod run;
@@ -104,6 +105,9 @@ enum Command {
     Config(config::ConfigCommand),
     /// Print the release, the git commit and the data-plane layout version.
     Version,
+    /// Write the man pages and shell completions (packaging: `cargo xtask dist`).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -115,6 +119,19 @@ struct DecapArgs {
     /// Where the decap maps are pinned (so `lb status --decap` can read them).
     #[arg(long, default_value = "/sys/fs/bpf/lb-decap")]
     pin_dir: PathBuf,
+    /// Check, read-only, that this host is set up as a backend (VIPs on lo, ARP, rp_filter, MSS,
+    /// decapsulation) and say what to change; exit status 1 unless every check is ok.
+    #[arg(long)]
+    check: bool,
+    /// With --check: a VIP this backend serves (repeat; default: the non-loopback addresses on lo).
+    #[arg(long = "vip", value_name = "IP", requires = "check")]
+    vips: Vec<std::net::IpAddr>,
+    /// With --check: the largest packets clients send (bounds their segments whatever MSS is offered).
+    #[arg(long, default_value_t = 1500, requires = "check")]
+    client_mtu: u32,
+    /// With --check: print the report as JSON.
+    #[arg(long, requires = "check")]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -203,6 +220,20 @@ impl Cli {
         let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
         match self.command {
             Command::Run(a) => done(daemon::run(a.options()?)),
+            Command::Decap(a) if a.check => {
+                let opts = decap::check::CheckOptions {
+                    iface: a.iface,
+                    vips: a.vips,
+                    client_mtu: a.client_mtu,
+                    pin_dir: a.pin_dir,
+                };
+                let ok = decap::check::run(&opts, a.json)?;
+                Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
             Command::Decap(a) => done(decap::run(&a.iface, a.xdp_mode.into(), &a.pin_dir)),
             Command::Detach(a) => {
                 let purge = a.purge_state.then(|| {
@@ -230,6 +261,7 @@ impl Cli {
             Command::Backend(c) => done(admin::run_backend(c)),
             Command::Stats(c) => done(local::run_stats(c)),
             Command::Config(c) => config::run(c),
+            Command::Generate(a) => done(generate::run(&a)),
             Command::Version => {
                 println!("{}", config::version_text());
                 Ok(ExitCode::SUCCESS)

@@ -385,6 +385,26 @@ impl Lab {
         cmd::in_netns(netns, &path_arg(&self.lb_bin()?)?, args)
     }
 
+    /// Runs `lb ARGS` to completion inside the lab namespace `netns`, whatever its exit status;
+    /// returns the status and stdout (for commands whose exit status is the verdict).
+    pub fn run_lb_status_in(
+        &self,
+        netns: &str,
+        args: &[&str],
+    ) -> anyhow::Result<(ExitStatus, String)> {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}/{netns}", cmd::NETNS_DIR))
+            .arg("--")
+            .arg(self.lb_bin()?)
+            .args(args)
+            .output()
+            .context("cannot start nsenter")?;
+        Ok((
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    }
+
     /// Stops load balancer `lb`'s daemon.
     pub fn stop_lb(&mut self, lb: usize) -> anyhow::Result<()> {
         let proc = self.lbs.get_mut(lb).and_then(Option::take);
@@ -479,6 +499,11 @@ impl Lab {
     /// Load balancer `lb`'s pin directory (under the lab's bpffs directory).
     pub fn lb_pin_dir(&self, lb: usize) -> PathBuf {
         self.pin_root_path().join(format!("lb{lb}"))
+    }
+
+    /// Where backend `i`'s `lb decap` pins its maps (`lb decap --pin-dir`).
+    pub fn decap_pin_dir(&self, i: usize) -> PathBuf {
+        self.pin_root_path().join(Self::backend_name(i))
     }
 
     /// The lab's bpffs directory (`/sys/fs/bpf/lbt-<id>`); created when the first daemon starts.
