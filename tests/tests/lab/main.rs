@@ -4,6 +4,7 @@
 
 mod apply_isolation;
 mod balancing;
+mod control;
 mod flows;
 mod health;
 mod hitless;
