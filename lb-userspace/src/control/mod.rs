@@ -81,8 +81,15 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Response> {
     use anyhow::Context as _;
     let mut stream = UnixStream::connect(socket).map_err(|e| {
+        // A backend change has another way to go; zeroing counters has not.
+        let or_zk = match request {
+            Request::BackendWeight { .. } | Request::BackendState { .. } => {
+                "; to change it in ZooKeeper instead, give --zk HOST:PORT (or set LB_ZK)"
+            }
+            Request::StatsZero => "",
+        };
         anyhow::anyhow!(
-            "cannot reach the daemon's control socket {}: {e} (is `lb run` running with this --pin-dir, or give --control-socket; the socket is root-only)",
+            "cannot reach the daemon's control socket {}: {e} (is `lb run` running with this --pin-dir, or give --control-socket; the socket is root-only){or_zk}",
             socket.display()
         )
     })?;

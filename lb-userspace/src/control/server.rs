@@ -86,19 +86,21 @@ impl ControlSocket {
 async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> io::Result<()> {
     let peer = stream.peer_cred()?;
     let (read, mut write) = stream.into_split();
+    // Read the request even from a caller about to be refused: closing on an unread request
+    // would fail its write (EPIPE) before it could read why.
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST));
+    match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => return Ok(()),
+        Ok(r) => {
+            r?;
+        }
+    }
     let response = if peer.uid() != 0 {
         Response::Refused {
             reason: format!("the control socket is root-only (uid {} asked)", peer.uid()),
         }
     } else {
-        let mut line = String::new();
-        let mut reader = BufReader::new(read.take(MAX_REQUEST));
-        match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
-            Err(_) => return Ok(()),
-            Ok(r) => {
-                r?;
-            }
-        }
         match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::Refused {
                 reason: format!("not a request ({e}); use the `lb` CLI of the same version"),

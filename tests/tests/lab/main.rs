@@ -4,6 +4,7 @@
 
 mod apply_isolation;
 mod balancing;
+mod control;
 mod decap_check;
 mod flows;
 mod health;
