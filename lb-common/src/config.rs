@@ -14,6 +14,7 @@ pub struct LbConfig {
     pub hash_seed: u32,
     /// [`crate::layout::LAYOUT_VERSION`] of the daemon that created the maps (the program ignores it).
     pub layout_version: u32,
-    /// Zero; keeps the struct free of padding.
-    pub _reserved: u32,
+    /// New flows per second per CPU above which a SYN is forwarded by consistent hash without
+    /// creating state (the new-flow guard); 0 turns the guard off.
+    pub max_new_flows_per_cpu: u32,
 }

@@ -16,11 +16,14 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// The flow holds one unit of its backend's active-connection counter.
+/// The flow holds one unit of its backend's active-connection counter (set with
+/// [`FLOW_F_ESTABLISHED`], cleared when it closes).
 pub const FLOW_F_COUNTED: u32 = 1 << 0;
-/// The client sent more than its SYN (the handshake completed, as far as the LB can see).
+/// The client's first ACK after its SYN arrived: the handshake completed, as far as the LB can see.
+/// A flow without it (and without [`FLOW_F_CLOSED`]) is half-open.
 pub const FLOW_F_ESTABLISHED: u32 = 1 << 1;
-/// The client sent FIN or RST; the counter unit has been returned.
+/// The client sent FIN or RST; the counter unit has been returned. The entry stays (same backend)
+/// until the closed timeout.
 pub const FLOW_F_CLOSED: u32 = 1 << 2;
 
 /// Value of `LB_FLOWS`.

@@ -28,6 +28,13 @@ pub const LEAST_CONN_EXACT_MAX: u32 = 32;
 /// A flow's `last_seen_ns` is rewritten at most this often, to keep established-flow packets from
 /// dirtying a shared cache line on every packet.
 pub const FLOW_TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+/// Default of `--max-new-flows-per-cpu` (Katran bypasses its LRU above ~125k new flows/s per core).
+pub const DEFAULT_MAX_NEW_FLOWS_PER_CPU: u32 = 125_000;
+/// The window of the new-flow guard.
+pub const NEW_FLOW_GUARD_WINDOW_NS: u64 = 1_000_000_000;
+/// Upper bound of the consistent-hash table of a service whose scheduler is not Maglev (a prime;
+/// the table takes the room its slot has left, up to this).
+pub const HASH_TABLE_MAX: u32 = 16_411;
 
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

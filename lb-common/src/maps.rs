@@ -18,6 +18,8 @@ pub const DECAP_STATS: &str = "LB_DECAP_STATS";
 /// Per-CPU cache of `bpf_fib_lookup` results by backend id (kernel-internal; sized like
 /// `LB_BACKENDS`, never pinned).
 pub const NEXTHOP_CACHE: &str = "LB_NH_CACHE";
+/// Per-CPU state of the new-flow guard (not pinned: a restart starts a fresh window).
+pub const GUARD: &str = "LB_GUARD";
 
 /// The balancer XDP program.
 pub const PROG_BALANCER: &str = "lb_balancer";

@@ -93,7 +93,8 @@ pub enum TableKind {
 
 /// Value of the service map.
 ///
-/// The table lives at `LB_SCHEDULE[table_offset .. table_offset + table_len]` and holds backend ids.
+/// The table lives at `LB_SCHEDULE[table_offset .. table_offset + table_len]` and holds backend ids;
+/// the hash table at `[hash_offset .. hash_offset + hash_len]` of the same slot.
 /// Userspace writes a new table into a free slot and then replaces this whole entry (one atomic map
 /// update), so the XDP program sees either the old table or the new one, never a mix.
 #[repr(C)]
@@ -113,6 +114,13 @@ pub struct ServiceEntry {
     /// Bumped by userspace on every change; shown by `lb status`.
     pub generation: u32,
     pub flags: u32,
+    /// The service's consistent-hash (Maglev) table, which every service has whatever its
+    /// scheduler: packets of a flow the table does not hold (a non-SYN miss, a flow the new-flow
+    /// guard did not record) go where it says, the same on every LB of a fleet. For a Maglev service
+    /// it is the scheduling table itself.
+    pub hash_offset: u32,
+    /// Entries of the hash table; 0 only when the service has no usable backend.
+    pub hash_len: u32,
 }
 
 /// Length of a service name in [`ServiceMeta`].

@@ -85,6 +85,15 @@ counters! {
     TxPackets = 20 => "tx_packets",
     /// Redirected to another interface (XDP_REDIRECT).
     RedirectPackets = 21 => "redirect_packets",
+    /// A packet other than a SYN without a flow entry: forwarded by the service's consistent hash,
+    /// creating no state (spoofed ACKs cannot fill the flow table).
+    FlowMissNonSyn = 22 => "flow_miss_non_syn",
+    /// A SYN above `--max-new-flows-per-cpu`: forwarded by consistent hash, no flow or persistence
+    /// entry written (the new-flow guard).
+    FlowGuardBypass = 23 => "flow_guard_bypass",
+    /// A half-open flow's handshake completed (the client's first ACK): it now counts as an active
+    /// connection.
+    FlowEstablished = 24 => "flow_established",
 }
 
 #[cfg(test)]

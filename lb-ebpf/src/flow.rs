@@ -1,17 +1,31 @@
 //! The flow table, the active-connection counts and session persistence: which backend a packet's
 //! connection uses.
+//!
+//! State comes only from a SYN. A SYN creates a half-open flow (not counted); the client's first ACK
+//! makes it established (counted, persistence written); FIN/RST closes it (the unit returned, the
+//! entry kept on its backend until the closed timeout). Any other packet without a flow entry is
+//! forwarded by the service's consistent hash and creates nothing, so spoofed ACKs cannot fill the
+//! table; above `--max-new-flows-per-cpu` new SYNs are forwarded the same way (the new-flow guard).
+//!
+//! Flags change only through atomic read-modify-writes, so two CPUs seeing packets of one flow at
+//! once (a FIN and the last ACK, two ACKs of the handshake) count the connection up and down once.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_coarse_ns,
+};
 use lb_common::{
-    Counter, FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FlowEntry, FlowKey, PersistEntry,
-    PersistKey, ServiceEntry, addr::mask_words, limits::FLOW_TOUCH_INTERVAL_NS,
+    Counter, FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FlowEntry, FlowKey, LbConfig,
+    PersistEntry, PersistKey, ServiceEntry,
+    addr::mask_words,
+    limits::{FLOW_TOUCH_INTERVAL_NS, NEW_FLOW_GUARD_WINDOW_NS},
 };
 
 use crate::{
     lookup::{backend, takes_new_flows},
-    maps::{LB_BE_CONNS, LB_FLOWS, LB_PERSIST},
-    parse::{TCP_FIN, TCP_RST, TCP_SYN},
-    select::{Choice, schedule},
+    maps::{GuardState, LB_BE_CONNS, LB_FLOWS, LB_GUARD, LB_PERSIST},
+    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    select::{Choice, consistent, schedule},
     stats::count,
 };
 
@@ -22,6 +36,9 @@ pub struct Assignment {
     /// 1 if the packet started a new flow, else 0 (added to stats without a branch).
     pub new_flow: u64,
 }
+
+/// `-EEXIST`: the key is already in the map.
+const EEXIST: i32 = -17;
 
 #[inline(always)]
 fn now_ns() -> u64 {
@@ -51,19 +68,45 @@ fn conns_add(id: u32, delta: u64) {
 const ONE: u64 = 1;
 const MINUS_ONE: u64 = u64::MAX;
 
-/// Flags of a flow after this packet, and whether the packet returns the connection unit.
+/// Sets `bits` in a flow's flags atomically; returns the flags before. `backend_id` and `flags` are
+/// the low and high halves of the entry's first 8 bytes (little-endian BPF), and the mask leaves
+/// the backend id alone.
 #[inline(always)]
-fn next_flags(flags: u32, tcp_flags: u8) -> (u32, bool) {
-    let mut flags = flags;
-    let mut release = false;
-    if tcp_flags & TCP_SYN == 0 {
-        flags |= FLOW_F_ESTABLISHED;
+fn flags_set(p: *mut FlowEntry, bits: u32) -> u32 {
+    let mut v = u64::from(bits) << 32;
+    // SAFETY: `p` is an 8-byte aligned map value (FlowEntry is 8-byte aligned) that lives as long
+    // as the map; BPF_ATOMIC | BPF_OR | BPF_FETCH.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_or((u64 *)({p} + 0), {v})",
+            p = in(reg) p,
+            v = inout(reg) v,
+            options(nostack),
+        );
     }
-    if tcp_flags & (TCP_FIN | TCP_RST) != 0 && flags & FLOW_F_CLOSED == 0 {
-        release = flags & FLOW_F_COUNTED != 0;
-        flags = (flags | FLOW_F_CLOSED) & !FLOW_F_COUNTED;
+    (v >> 32) as u32
+}
+
+/// Clears `bits` in a flow's flags atomically; returns the flags before.
+#[inline(always)]
+fn flags_clear(p: *mut FlowEntry, bits: u32) -> u32 {
+    let mut v = !(u64::from(bits) << 32);
+    // SAFETY: as in `flags_set`; BPF_ATOMIC | BPF_AND | BPF_FETCH.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_and((u64 *)({p} + 0), {v})",
+            p = in(reg) p,
+            v = inout(reg) v,
+            options(nostack),
+        );
     }
-    (flags, release)
+    (v >> 32) as u32
+}
+
+/// A SYN without ACK: the only packet that may create state.
+#[inline(always)]
+fn is_syn(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// Finds or creates the flow of a packet. `Err` is the drop counter.
@@ -72,114 +115,154 @@ pub fn assign(
     svc: &ServiceEntry,
     key: &FlowKey,
     tcp_flags: u8,
-    hash_seed: u32,
+    cfg: &LbConfig,
 ) -> Result<Assignment, Counter> {
-    let existing = LB_FLOWS.get_ptr_mut(key);
-    if let Some(p) = existing {
-        // SAFETY: LRU value pointer from the kernel; concurrent writers only race on the same
-        // flow's flags, which at worst repeats an idempotent update.
-        let entry = unsafe { *p };
-        if let Some(be) = backend(entry.backend_id)
-            && be.carries_flows()
-            && be.service_id == svc.id
-        {
-            count(Counter::FlowHit);
-            touch(p, &entry, entry.backend_id, tcp_flags);
-            return Ok(Assignment {
-                choice: Choice {
-                    id: entry.backend_id,
-                    entry: be,
-                },
-                new_flow: 0,
-            });
-        }
-    }
-    // One scheduling site for new and rescheduled flows keeps the verified program small.
-    let remembered = if existing.is_none() {
-        persisted(svc, key)
-    } else {
-        None
-    };
-    let choice = match remembered {
-        Some(c) => {
-            count(Counter::PersistHit);
-            c
-        }
-        None => schedule(svc, key, hash_seed)?,
-    };
-    match existing {
-        Some(p) => {
-            // SAFETY: as above.
-            let entry = unsafe { *p };
-            count(Counter::FlowRescheduled);
-            // The flow's connection unit follows it to the new backend.
-            if entry.flags & FLOW_F_COUNTED != 0 {
-                conns_add(entry.backend_id, MINUS_ONE);
-                conns_add(choice.id, ONE);
+    let syn = is_syn(tcp_flags);
+    let guarded = syn && over_guard(cfg.max_new_flows_per_cpu);
+    if syn && !guarded {
+        // Insert first: a SYN is almost always new, so the lookup is only paid by a retransmitted
+        // one (which finds its entry below, on its first backend).
+        let choice = match persisted(svc, key) {
+            Some(c) => {
+                count(Counter::PersistHit);
+                c
             }
-            touch(p, &entry, choice.id, tcp_flags);
-            Ok(Assignment {
-                choice,
-                new_flow: 0,
-            })
-        }
-        None => {
-            insert_flow(key, choice.id, tcp_flags);
-            remember(svc, key, choice.id);
-            Ok(Assignment {
-                choice,
-                new_flow: 1,
-            })
+            None => schedule(svc, key, cfg.hash_seed)?,
+        };
+        let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0;
+        let entry = FlowEntry {
+            backend_id: choice.id,
+            flags: if closing { FLOW_F_CLOSED } else { 0 },
+            last_seen_ns: now_ns(),
+        };
+        match LB_FLOWS.insert(key, entry, u64::from(BPF_NOEXIST)) {
+            Ok(()) => {
+                count(Counter::FlowNew);
+                return Ok(Assignment {
+                    choice,
+                    new_flow: 1,
+                });
+            }
+            Err(e) if e == EEXIST => {}
+            Err(_) => {
+                count(Counter::FlowNew);
+                count(Counter::FlowInsertFailed);
+                return Ok(Assignment {
+                    choice,
+                    new_flow: 1,
+                });
+            }
         }
     }
+    let Some(p) = LB_FLOWS.get_ptr_mut(key) else {
+        // No state and none to create: the consistent hash, the same on every LB of a fleet.
+        count(if syn {
+            Counter::FlowGuardBypass
+        } else {
+            Counter::FlowMissNonSyn
+        });
+        return Ok(Assignment {
+            choice: consistent(svc, key, cfg.hash_seed)?,
+            new_flow: u64::from(syn),
+        });
+    };
+    // SAFETY: LRU value pointer from the kernel; its flags change only atomically (below), its
+    // backend id only when the backend is gone.
+    let entry = unsafe { *p };
+    if let Some(be) = backend(entry.backend_id)
+        && be.carries_flows()
+        && be.service_id == svc.id
+    {
+        count(Counter::FlowHit);
+        advance(p, &entry, entry.backend_id, svc, key, tcp_flags);
+        return Ok(Assignment {
+            choice: Choice {
+                id: entry.backend_id,
+                entry: be,
+            },
+            new_flow: 0,
+        });
+    }
+    // The flow's backend is gone (down or removed): move the flow; its unit follows it.
+    let choice = schedule(svc, key, cfg.hash_seed)?;
+    count(Counter::FlowRescheduled);
+    // SAFETY: as above; a u32 store leaves the flags half alone.
+    unsafe { (*p).backend_id = choice.id };
+    if entry.flags & FLOW_F_COUNTED != 0 {
+        conns_add(entry.backend_id, MINUS_ONE);
+        conns_add(choice.id, ONE);
+    }
+    advance(p, &entry, choice.id, svc, key, tcp_flags);
+    Ok(Assignment {
+        choice,
+        new_flow: 0,
+    })
 }
 
-/// Updates an existing flow: its backend, its state after this packet, and (rarely) its time.
+/// The flow's state after this packet: established on the client's first ACK, closed on FIN/RST,
+/// half-open again on a SYN that reuses a closed flow's ports; and (rarely) its time.
 #[inline(always)]
-fn touch(p: *mut FlowEntry, entry: &FlowEntry, backend_id: u32, tcp_flags: u8) {
-    let (flags, release) = next_flags(entry.flags, tcp_flags);
-    if release {
-        conns_add(backend_id, MINUS_ONE);
-        count(Counter::ConnClosed);
+fn advance(
+    p: *mut FlowEntry,
+    entry: &FlowEntry,
+    backend_id: u32,
+    svc: &ServiceEntry,
+    key: &FlowKey,
+    tcp_flags: u8,
+) {
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        if entry.flags & FLOW_F_CLOSED == 0 {
+            flags_set(p, FLOW_F_CLOSED);
+            if flags_clear(p, FLOW_F_COUNTED) & FLOW_F_COUNTED != 0 {
+                conns_add(backend_id, MINUS_ONE);
+                count(Counter::ConnClosed);
+            }
+        }
+    } else if is_syn(tcp_flags) {
+        if entry.flags & FLOW_F_CLOSED != 0 {
+            // A new connection on the ports of a closed one: half-open again, same backend.
+            flags_clear(p, FLOW_F_CLOSED | FLOW_F_ESTABLISHED | FLOW_F_COUNTED);
+        }
+    } else if tcp_flags & TCP_ACK != 0 && entry.flags & (FLOW_F_ESTABLISHED | FLOW_F_CLOSED) == 0 {
+        let before = flags_set(p, FLOW_F_ESTABLISHED | FLOW_F_COUNTED);
+        if before & (FLOW_F_COUNTED | FLOW_F_CLOSED) == 0 {
+            conns_add(backend_id, ONE);
+            count(Counter::FlowEstablished);
+            remember(svc, key, backend_id);
+        } else if before & (FLOW_F_COUNTED | FLOW_F_CLOSED) == FLOW_F_CLOSED {
+            // A FIN/RST closed it meanwhile on another CPU: it holds no unit.
+            flags_clear(p, FLOW_F_COUNTED);
+        }
     }
     let now = now_ns();
-    let stale = now.wrapping_sub(entry.last_seen_ns) >= FLOW_TOUCH_INTERVAL_NS;
-    // Writing only on change keeps established flows from dirtying a shared cache line per packet.
-    if flags != entry.flags || backend_id != entry.backend_id || stale {
-        // SAFETY: see `assign`.
-        unsafe {
-            (*p).backend_id = backend_id;
-            (*p).flags = flags;
-            (*p).last_seen_ns = now;
-        }
+    // Writing the time only when stale keeps established flows from dirtying a shared cache line
+    // per packet.
+    if now.wrapping_sub(entry.last_seen_ns) >= FLOW_TOUCH_INTERVAL_NS {
+        // SAFETY: see `assign`; the time is its own 8 bytes.
+        unsafe { (*p).last_seen_ns = now };
     }
 }
 
+/// Counts a new flow against this CPU's budget; true when the budget of the current window is
+/// spent (the SYN then creates no state).
 #[inline(always)]
-fn insert_flow(key: &FlowKey, backend_id: u32, tcp_flags: u8) {
-    // A first packet that already closes the connection never holds a unit.
-    let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    let mut flags = if closing {
-        FLOW_F_CLOSED
-    } else {
-        FLOW_F_COUNTED
-    };
-    if tcp_flags & TCP_SYN == 0 {
-        flags |= FLOW_F_ESTABLISHED;
+fn over_guard(limit: u32) -> bool {
+    if limit == 0 {
+        return false;
     }
-    let entry = FlowEntry {
-        backend_id,
-        flags,
-        last_seen_ns: now_ns(),
+    let Some(g) = LB_GUARD.get_ptr_mut(0) else {
+        return false;
     };
-    count(Counter::FlowNew);
-    if LB_FLOWS.insert(key, entry, u64::from(BPF_ANY)).is_err() {
-        count(Counter::FlowInsertFailed);
-        // Without a flow entry nothing would ever return the unit, so take none.
-        return;
-    }
-    if !closing {
-        conns_add(backend_id, ONE);
+    let now = now_ns();
+    // SAFETY: per-CPU slot; XDP does not nest on one CPU.
+    unsafe {
+        let state: &mut GuardState = &mut *g;
+        if now.wrapping_sub(state.window_start_ns) >= NEW_FLOW_GUARD_WINDOW_NS {
+            state.window_start_ns = now;
+            state.new_flows = 0;
+        }
+        state.new_flows += 1;
+        state.new_flows > u64::from(limit)
     }
 }
 
@@ -215,7 +298,8 @@ fn persisted(svc: &ServiceEntry, key: &FlowKey) -> Option<Choice> {
     })
 }
 
-/// Records the client's backend; every new flow of the client renews it.
+/// Records the client's backend once a flow of it is established (a spoofed SYN writes nothing);
+/// every established flow of the client renews it.
 #[inline(always)]
 fn remember(svc: &ServiceEntry, key: &FlowKey, backend_id: u32) {
     if svc.persist_timeout_s == 0 {

@@ -77,7 +77,7 @@ fn balance(ctx: &XdpContext) -> u32 {
 fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceEntry) -> Result<u32, Counter> {
     let cfg = lookup::config();
     let key = lookup::flow_key_of(pkt);
-    let assigned = flow::assign(svc, &key, pkt.tcp_flags, cfg.hash_seed)?;
+    let assigned = flow::assign(svc, &key, pkt.tcp_flags, &cfg)?;
     let backend = assigned.choice.entry;
     if backend.family != pkt.family {
         return Err(Counter::DropNoRoute);

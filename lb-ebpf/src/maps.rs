@@ -76,3 +76,15 @@ pub static LB_DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Deca
 #[map]
 pub static LB_NH_CACHE: PerCpuArray<crate::route::CachedHop> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// The new-flow guard's window on one CPU (`flow::over_guard`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GuardState {
+    pub window_start_ns: u64,
+    pub new_flows: u64,
+}
+
+/// Per CPU, one element; not pinned (a restart starts a fresh window).
+#[map]
+pub static LB_GUARD: PerCpuArray<GuardState> = PerCpuArray::with_max_entries(1, 0);

@@ -21,7 +21,7 @@ pub struct Choice {
     pub entry: BackendEntry,
 }
 
-/// Picks the backend of a new flow; `Err` is the drop counter.
+/// Picks the backend of a new flow with the service's scheduler; `Err` is the drop counter.
 #[inline(always)]
 pub fn schedule(svc: &ServiceEntry, key: &FlowKey, hash_seed: u32) -> Result<Choice, Counter> {
     let hash = if svc.scheduler == Scheduler::Maglev as u32 {
@@ -29,7 +29,30 @@ pub fn schedule(svc: &ServiceEntry, key: &FlowKey, hash_seed: u32) -> Result<Cho
     } else {
         0
     };
-    let picked = lb_schedule(svc.id, svc.scheduler, svc.table_offset, svc.table_len, hash);
+    picked(lb_schedule(
+        svc.id,
+        svc.scheduler,
+        svc.table_offset,
+        svc.table_len,
+        hash,
+    ))
+}
+
+/// The backend the service's consistent-hash table gives a flow, whatever its scheduler: where
+/// packets go that have no flow entry and create none (the same on every LB of a fleet).
+#[inline(always)]
+pub fn consistent(svc: &ServiceEntry, key: &FlowKey, hash_seed: u32) -> Result<Choice, Counter> {
+    picked(lb_schedule(
+        svc.id,
+        Scheduler::Maglev as u32,
+        svc.hash_offset,
+        svc.hash_len,
+        flow_hash(key, hash_seed),
+    ))
+}
+
+#[inline(always)]
+fn picked(picked: u64) -> Result<Choice, Counter> {
     if picked & PICKED == 0 {
         return Err(counter_from_code(picked as u32));
     }

@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub src_v4: Option<Ipv4Addr>,
     pub src_v6: Option<Ipv6Addr>,
     pub hash_seed: u32,
+    /// `--max-new-flows-per-cpu` (0: no guard).
+    pub max_new_flows_per_cpu: u32,
     pub kernel_log: bool,
     pub timeouts: FlowTimeouts,
     pub sweep_interval: Duration,
@@ -300,6 +302,7 @@ fn outer_sources(opts: &RunOptions) -> anyhow::Result<LbConfig> {
     let v6 = opts.src_v6.or(dv6);
     let mut cfg = LbConfig {
         hash_seed: opts.hash_seed,
+        max_new_flows_per_cpu: opts.max_new_flows_per_cpu,
         ..Default::default()
     };
     if let Some(v4) = v4 {

@@ -90,6 +90,15 @@ pub mod fake {
             }
         }
 
+        /// What the service at `key` uses of its slot (its table, then its hash table), as
+        /// `DataplaneView::slot_contents` reads it.
+        pub fn slot_contents(&self, key: &VipKey) -> Option<Vec<u32>> {
+            let e = self.services.get(key)?;
+            let t = self.tables.get(&e.table_offset)?;
+            let end = (e.hash_offset + e.hash_len - e.table_offset).max(e.table_len);
+            t.get(..end as usize).map(<[u32]>::to_vec)
+        }
+
         /// The table the service at `key` schedules from.
         pub fn live_table(&self, key: &VipKey) -> Option<&[u32]> {
             let e = self.services.get(key)?;

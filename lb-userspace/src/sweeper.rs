@@ -1,6 +1,6 @@
 //! Expires idle flows and keeps the per-backend active-connection counters exact.
 //!
-//! The XDP program counts a connection up on its first packet and down on the client's FIN/RST. Flows
+//! The XDP program counts a connection up on the client's first ACK and down on its FIN/RST. Flows
 //! that vanish without either (a client that disappeared, an LRU eviction) would leave the counter
 //! inflated, so every sweep deletes flows idle longer than their timeout and then sets each backend's
 //! counter to the number of counted flows the table really holds.
@@ -89,6 +89,12 @@ pub fn sweep(
     timeouts: &FlowTimeouts,
     backend_ids: &BTreeSet<u32>,
 ) -> Result<SweepReport, DataplaneError> {
+    // Counters that move while the table is scanned belong to flows the scan may or may not have
+    // seen: such a backend is left for a quieter sweep rather than set to a wrong count.
+    let mut before = BTreeMap::new();
+    for id in backend_ids {
+        before.insert(*id, dp.maps().backend_conns(*id)?);
+    }
     let flows = dp.maps().flows()?;
     let now = now_coarse_ns();
     let expired = expired_flows(&flows, now, timeouts);
@@ -123,8 +129,9 @@ pub fn sweep(
     for id in backend_ids {
         let want = report.active.get(id).copied().unwrap_or(0);
         let have = dp.maps().backend_conns(*id)?;
-        if have != want {
-            // A flow inserted between the scan and this write is corrected by the next sweep.
+        if have != want && before.get(id) == Some(&have) {
+            // Only a connection established or closed between this read and the write is lost,
+            // and the next sweep corrects it.
             dp.set_backend_conns(*id, want)?;
             report.counters_corrected += 1;
         }

@@ -333,7 +333,7 @@ fn pinned(maps: &FakeMaps) -> PinnedState {
                 key: *key,
                 entry: *entry,
                 meta: maps.meta.get(&entry.id).copied().unwrap_or_default(),
-                table: maps.live_table(key).unwrap_or_default().to_vec(),
+                table: maps.slot_contents(key).unwrap_or_default(),
             })
             .collect(),
         backends: maps

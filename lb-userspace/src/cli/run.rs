@@ -59,9 +59,15 @@ pub struct RunArgs {
     /// Idle timeout of established flows (seconds).
     #[arg(long, default_value_t = 900)]
     idle_timeout_s: u64,
-    /// Idle timeout of flows that never got past the SYN (seconds).
-    #[arg(long, default_value_t = 30)]
+    /// Idle timeout of half-open flows (a SYN seen, not the client's first ACK): a SYN flood's
+    /// residue, so short (seconds).
+    #[arg(long, default_value_t = 5)]
     half_open_timeout_s: u64,
+    /// New flows per second per CPU above which a SYN creates no flow or persistence entry and is
+    /// forwarded by the service's consistent hash (the new-flow guard, as Katran bypasses its LRU
+    /// above ~125k/s per core). 0 turns the guard off.
+    #[arg(long, default_value_t = lb_common::limits::DEFAULT_MAX_NEW_FLOWS_PER_CPU)]
+    max_new_flows_per_cpu: u32,
     /// How long a closed flow (client FIN/RST seen) is kept for its last packets (seconds).
     #[arg(long, default_value_t = 10)]
     closed_timeout_s: u64,
@@ -264,6 +270,7 @@ impl RunArgs {
             src_v4: self.src_v4,
             src_v6: self.src_v6,
             hash_seed: self.hash_seed,
+            max_new_flows_per_cpu: self.max_new_flows_per_cpu,
             kernel_log: self.kernel_log,
             timeouts: FlowTimeouts {
                 established: Duration::from_secs(self.idle_timeout_s),

@@ -183,6 +183,16 @@ impl MapsView {
         self.schedule.read(entry.table_offset, entry.table_len)
     }
 
+    /// What a service entry uses of its slot: the scheduler's table and the hash table after it.
+    pub fn slot_contents(&self, entry: &ServiceEntry) -> Result<Vec<u32>, DataplaneError> {
+        let hash_end = entry
+            .hash_offset
+            .saturating_add(entry.hash_len)
+            .saturating_sub(entry.table_offset);
+        self.schedule
+            .read(entry.table_offset, entry.table_len.max(hash_end))
+    }
+
     /// Every tracked flow (at most the flow table's size; flows evicted while listing are skipped).
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>, DataplaneError> {
         bounded_entries(&self.flows, self.capacity.flow_table_size, maps::FLOWS)
@@ -199,7 +209,7 @@ impl MapsView {
                     key,
                     entry,
                     meta: self.service_meta(entry.id)?,
-                    table: self.table(&entry)?,
+                    table: self.slot_contents(&entry)?,
                 })
             })
             .collect::<Result<Vec<_>, DataplaneError>>()?;

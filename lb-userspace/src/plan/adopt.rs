@@ -19,7 +19,7 @@ use super::{AppliedService, Planner, RetiredBackend, backend_entry, backend_flag
 use super::{ServiceHealth, table_backends};
 use crate::health::HealthView;
 use crate::model::{DesiredState, ServiceSpec};
-use crate::tables::build_table;
+use crate::tables::build_slot_tables;
 
 /// One service as the pinned maps hold it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub struct PinnedService {
     pub key: VipKey,
     pub entry: ServiceEntry,
     pub meta: ServiceMeta,
-    /// The table its entry points at.
+    /// The slot's contents the entry uses (scheduler table, then hash table).
     pub table: Vec<u32>,
 }
 
@@ -168,7 +168,9 @@ impl Planner {
         let slot = p.entry.table_offset / size;
         let fits = p.entry.table_offset.is_multiple_of(size)
             && slot < self.capacity.table_slots()
-            && p.entry.table_len <= size;
+            && p.entry.table_len <= size
+            && p.entry.hash_offset >= p.entry.table_offset
+            && p.entry.hash_offset - p.entry.table_offset + p.entry.hash_len <= size;
         if !fits || !self.slots.take(slot) {
             return Err(AdoptError::BadSlot {
                 vip: format!("{:?}", p.key),
@@ -235,7 +237,7 @@ impl Planner {
                 .and_then(|id| pinned.backends.get(id))
                 == Some(&want)
         });
-        let table = build_table(
+        let tables = build_slot_tables(
             spec.scheduler.table_kind(),
             &table_backends(spec, &a.health, &a.backend_ids),
             self.capacity.table_size,
@@ -244,8 +246,10 @@ impl Planner {
         let e = &p.entry;
         backends_match
             && p.meta == service_meta(spec)
-            && p.table == table
-            && e.table_len as usize == table.len()
+            && p.table == tables.ids
+            && e.table_len == tables.table_len
+            && e.hash_offset == e.table_offset + tables.hash_start
+            && e.hash_len == tables.hash_len
             && e.scheduler == spec.scheduler as u32
             && e.persist_timeout_s == spec.persistence_timeout_s
             && e.persist_prefix_len == spec.persist_prefix_len()

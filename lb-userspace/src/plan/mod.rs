@@ -35,7 +35,7 @@ use lb_common::{
 use thiserror::Error;
 
 use crate::model::{BackendSpec, DesiredState, ServiceSpec};
-use crate::tables::{TableBackend, build_table};
+use crate::tables::{TableBackend, build_slot_tables};
 
 pub use adopt::{AdoptError, Adoption, PinnedService, PinnedState};
 pub use diff::{NameDiff, diff};
@@ -315,7 +315,7 @@ impl Planner {
             .ok_or(CapacityError::NoFreeSlot {
                 slots: self.capacity.table_slots(),
             })?;
-        let table = build_table(
+        let tables = build_slot_tables(
             spec.scheduler.table_kind(),
             &table_backends,
             self.capacity.table_size,
@@ -327,7 +327,9 @@ impl Planner {
             id: service_id,
             scheduler: spec.scheduler as u32,
             table_offset: offset,
-            table_len: table.len() as u32,
+            table_len: tables.table_len,
+            hash_offset: offset + tables.hash_start,
+            hash_len: tables.hash_len,
             persist_timeout_s: spec.persistence_timeout_s,
             persist_prefix_len: spec.persist_prefix_len(),
             generation,
@@ -336,7 +338,13 @@ impl Planner {
 
         // 1. Backends; 2. the table.
         let mut steps = self.backend_steps(spec, &health, previous, service_id, &ids);
-        steps.push(Step::new(Op::WriteTable { offset, ids: table }, None));
+        steps.push(Step::new(
+            Op::WriteTable {
+                offset,
+                ids: tables.ids,
+            },
+            None,
+        ));
         // 3. Metadata, the old VIP if it moved, then the flip.
         let meta = service_meta(spec);
         let pinned = previous.and_then(|p| p.pinned.as_ref());

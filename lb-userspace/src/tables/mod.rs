@@ -45,6 +45,59 @@ pub fn build_table(
     }
 }
 
+/// What one service writes into its slot of the schedule pool: the scheduler's table, then (unless
+/// the scheduler is Maglev, whose table is its own consistent hash) a Maglev table of the same
+/// backends, which packets without a flow entry are forwarded by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotTables {
+    /// The slot's contents from its start: `table_len` scheduler entries, then the hash table.
+    pub ids: Vec<u32>,
+    pub table_len: u32,
+    /// Where the hash table starts in the slot.
+    pub hash_start: u32,
+    pub hash_len: u32,
+}
+
+/// Builds a service's [`SlotTables`] for a slot of `table_size` entries. The hash table takes the
+/// room the scheduler's table leaves, up to [`lb_common::limits::HASH_TABLE_MAX`] entries (a prime,
+/// so the same backends give the same table whatever the scheduler's table length); when no room is
+/// left it falls back to hashing over the scheduler's table.
+pub fn build_slot_tables(
+    kind: TableKind,
+    backends: &[TableBackend],
+    table_size: u32,
+    seed: u32,
+) -> SlotTables {
+    let mut ids = build_table(kind, backends, table_size, seed);
+    let table_len = ids.len() as u32;
+    if kind == TableKind::Maglev {
+        return SlotTables {
+            ids,
+            table_len,
+            hash_start: 0,
+            hash_len: table_len,
+        };
+    }
+    let room = table_size.saturating_sub(table_len);
+    let hash = build_maglev_table(backends, room.min(lb_common::limits::HASH_TABLE_MAX), seed);
+    if hash.is_empty() {
+        return SlotTables {
+            ids,
+            table_len,
+            hash_start: 0,
+            hash_len: table_len,
+        };
+    }
+    let hash_len = hash.len() as u32;
+    ids.extend(hash);
+    SlotTables {
+        ids,
+        table_len,
+        hash_start: table_len,
+        hash_len,
+    }
+}
+
 /// The backends in address order (the order every builder starts from).
 fn sorted_by_addr(backends: &[TableBackend]) -> Vec<&TableBackend> {
     let mut sorted: Vec<&TableBackend> = backends.iter().collect();
@@ -94,6 +147,31 @@ mod test_support {
 mod tests {
     use super::test_support::*;
     use super::*;
+
+    #[test]
+    fn every_slot_has_a_consistent_hash_table() {
+        let b = backends(3, 1);
+        // Round robin: the list, then a Maglev table of the largest prime that fits.
+        let rr = build_slot_tables(TableKind::BackendList, &b, 101, 0);
+        assert_eq!((rr.table_len, rr.hash_start, rr.hash_len), (3, 3, 97));
+        assert_eq!(rr.ids.len(), 100);
+        assert_eq!(&rr.ids[3..], &build_maglev_table(&b, 97, 0)[..]);
+        // The hash table's length does not follow the backend count (only the room, capped).
+        let big = build_slot_tables(TableKind::BackendList, &b, 65_537, 0);
+        let bigger = build_slot_tables(TableKind::BackendList, &backends(4, 1), 65_537, 0);
+        assert_eq!(big.hash_len, lb_common::limits::HASH_TABLE_MAX);
+        assert_eq!(bigger.hash_len, lb_common::limits::HASH_TABLE_MAX);
+        // Maglev: its table is the hash table.
+        let m = build_slot_tables(TableKind::Maglev, &b, 101, 0);
+        assert_eq!((m.table_len, m.hash_start, m.hash_len), (101, 0, 101));
+        assert_eq!(m.ids.len(), 101);
+        // No room left: hash over the scheduler's table.
+        let full = build_slot_tables(TableKind::BackendList, &b, 3, 0);
+        assert_eq!((full.table_len, full.hash_start, full.hash_len), (3, 0, 3));
+        // No backend: nothing.
+        let none = build_slot_tables(TableKind::BackendList, &[], 101, 0);
+        assert_eq!((none.table_len, none.hash_len), (0, 0));
+    }
 
     #[test]
     fn build_table_dispatches_on_kind() {

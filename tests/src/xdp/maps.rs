@@ -47,6 +47,10 @@ pub fn put_service(
         scheduler: scheduler as u32,
         table_offset: offset,
         table_len: u32::try_from(table.len())?,
+        // The consistent hash of packets without state runs over the scheduler's table here (the
+        // daemon gives non-Maglev services a Maglev table of their own; the lab tests that).
+        hash_offset: offset,
+        hash_len: u32::try_from(table.len())?,
         ..Default::default()
     };
     dp.put_service(&key, &entry)?;

@@ -14,8 +14,9 @@ use aya::programs::{TestRun, TestRunOptions};
 use frames::*;
 use lb_common::{
     BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry, Counter, DecapCounter,
-    DecapKey, FlowKey, IPPROTO_TCP, LbConfig, Scheduler, ServiceEntry, VipKey, addr::to_words,
-    hash::flow_hash, layout::LAYOUT_VERSION, limits::Capacity,
+    DecapKey, FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FlowKey, IPPROTO_TCP, LbConfig,
+    Scheduler, ServiceEntry, VipKey, addr::to_words, hash::flow_hash, layout::LAYOUT_VERSION,
+    limits::Capacity,
 };
 use lb_tests::eventually::Eventually;
 use lb_tests::xdp::{
@@ -223,7 +224,21 @@ fn ipv4_syn_is_encapsulated_toward_a_backend() {
         assert_eq!(f.counter(Counter::FlowNew), 1);
         assert_eq!(f.counter(Counter::TxPackets), 1);
         let be = f.backend_id_of(outer.dst, &ids4);
-        assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 1);
+        assert_eq!(
+            f.dp.maps().backend_conns(be).unwrap(),
+            0,
+            "a SYN leaves the flow half-open: not an active connection yet"
+        );
+        let flows = f.dp.maps().flows().unwrap();
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].1.flags & (FLOW_F_COUNTED | FLOW_F_ESTABLISHED), 0);
+        f.run(&Tcp::v4(CLIENT4, VIP4, 40000, 80, ACK).frame());
+        assert_eq!(
+            f.dp.maps().backend_conns(be).unwrap(),
+            1,
+            "the first ACK counts it"
+        );
+        assert_eq!(f.counter(Counter::FlowEstablished), 1);
     });
 }
 
@@ -252,7 +267,14 @@ fn ipv6_syn_is_encapsulated_toward_a_backend() {
         assert_eq!(outer.tos, 0xb8, "traffic class copied");
         assert_eq!(outer.flow_label, 0x5_4321, "flow label copied");
         let be = f.backend_id_of(outer.dst, &ids6);
-        assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 1);
+        assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 0, "half-open");
+        let ack = Tcp::v6(CLIENT6, VIP6, 40000, 80, ACK).frame();
+        let (_, out) = f.run(&ack);
+        assert_eq!(
+            f.backend_id_of(check_ip6ip6(&out, &ack[ETH_HLEN..], lab).dst, &ids6),
+            be
+        );
+        assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 1, "established");
     });
 }
 
@@ -269,9 +291,13 @@ fn flow_sticks_to_its_backend_and_counts_connections() {
         let be = f.backend_id_of(first, &ids4);
         assert_eq!(
             f.dp.maps().backend_conns(be).unwrap(),
-            1,
-            "SYN takes a connection unit"
+            0,
+            "a SYN alone takes no connection unit"
         );
+        // A retransmitted SYN finds its flow (the cursor moved on) and still takes none.
+        let (_, out) = f.run(&syn);
+        assert_eq!(check_ipip(&out, &syn[ETH_HLEN..], lab).dst, first);
+        assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 0);
 
         // The round-robin cursor moved on, so only the flow table can keep the next packets here.
         for frame in [&ack, &ack] {
@@ -283,12 +309,13 @@ fn flow_sticks_to_its_backend_and_counts_connections() {
                 "same flow, same backend"
             );
         }
-        assert_eq!(f.counter(Counter::FlowHit), 2);
+        assert_eq!(f.counter(Counter::FlowHit), 3);
         assert_eq!(
             f.dp.maps().backend_conns(be).unwrap(),
             1,
-            "ACKs do not count again"
+            "the first ACK counts the connection, later ones do not"
         );
+        assert_eq!(f.counter(Counter::FlowEstablished), 1);
 
         let (verdict, out) = f.run(&fin);
         assert_eq!(verdict, XDP_TX);
@@ -305,15 +332,15 @@ fn flow_sticks_to_its_backend_and_counts_connections() {
         assert_eq!(f.counter(Counter::ConnClosed), 1);
 
         assert_eq!(f.counter(Counter::FlowNew), 1);
-        assert_eq!(f.counter(Counter::TxPackets), 5);
+        assert_eq!(f.counter(Counter::TxPackets), 6);
         let svc = f.dp.maps().service_stats(SVC4).unwrap();
-        assert_eq!((svc.packets, svc.new_flows, svc.drops), (5, 1, 0));
+        assert_eq!((svc.packets, svc.new_flows, svc.drops), (6, 1, 0));
         assert_eq!(
             svc.bytes,
-            (syn.len() + 2 * ack.len() + 2 * fin.len()) as u64
+            (2 * syn.len() + 2 * ack.len() + 2 * fin.len()) as u64
         );
         let bst = f.dp.maps().backend_stats(be).unwrap();
-        assert_eq!((bst.packets, bst.new_flows), (5, 1));
+        assert_eq!((bst.packets, bst.new_flows), (6, 1));
         let flows = f.dp.maps().flows().unwrap();
         assert_eq!(flows.len(), 1);
         assert_eq!(flows[0].1.backend_id, be);
@@ -328,6 +355,8 @@ fn flow_of_a_down_backend_is_rescheduled_and_moves_its_unit() {
         let ack = Tcp::v4(CLIENT4, VIP4, 40002, 80, ACK).frame();
         let (_, out) = f.run(&syn);
         let old = f.backend_id_of(check_ipip(&out, &syn[ETH_HLEN..], lab).dst, &ids4);
+        f.run(&ack);
+        assert_eq!(f.dp.maps().backend_conns(old).unwrap(), 1);
         f.set_backend_flags(old, BACKEND_F_VALID | BACKEND_F_DOWN, 1);
         let (verdict, out) = f.run(&ack);
         assert_eq!(verdict, XDP_TX);
@@ -398,19 +427,45 @@ fn client_rst_returns_the_connection_unit() {
     with_lab(|lab| {
         let (mut f, ids4, _) = Fixture::standard(lab.ifindex);
         let syn = Tcp::v4(CLIENT4, VIP4, 40010, 80, SYN).frame();
+        let ack = Tcp::v4(CLIENT4, VIP4, 40010, 80, ACK).frame();
         let rst = Tcp::v4(CLIENT4, VIP4, 40010, 80, 0x04).frame();
         let (_, out) = f.run(&syn);
         let be = f.backend_id_of(check_ipip(&out, &syn[ETH_HLEN..], lab).dst, &ids4);
+        f.run(&ack);
         assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 1);
         assert_eq!(f.run(&rst).0, XDP_TX, "the RST still reaches the backend");
         assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 0);
         assert_eq!(f.counter(Counter::ConnClosed), 1);
-        // A connection whose first packet is a RST never takes a unit.
+        // A (possibly spoofed) RST does not move the flow: later packets keep its backend, and
+        // the entry stays until the closed timeout.
+        for sport_round in 0..3 {
+            let (verdict, out) = f.run(&ack);
+            assert_eq!(verdict, XDP_TX, "round {sport_round}");
+            assert_eq!(
+                f.backend_id_of(check_ipip(&out, &ack[ETH_HLEN..], lab).dst, &ids4),
+                be
+            );
+        }
+        assert_eq!(
+            f.dp.maps().backend_conns(be).unwrap(),
+            0,
+            "closed flows hold no unit"
+        );
+        let flows = f.dp.maps().flows().unwrap();
+        assert_eq!(flows.len(), 1);
+        assert_ne!(flows[0].1.flags & FLOW_F_CLOSED, 0);
+        // A packet other than a SYN without a flow creates no state and takes no unit.
         let stray = Tcp::v4(CLIENT4, VIP4, 40011, 80, 0x04).frame();
         let (_, out) = f.run(&stray);
         let be = f.backend_id_of(check_ipip(&out, &stray[ETH_HLEN..], lab).dst, &ids4);
         assert_eq!(f.dp.maps().backend_conns(be).unwrap(), 0);
         assert_eq!(f.counter(Counter::ConnClosed), 1);
+        assert_eq!(f.counter(Counter::FlowMissNonSyn), 1);
+        assert_eq!(
+            f.dp.maps().flows().unwrap().len(),
+            1,
+            "no entry for the stray RST"
+        );
     });
 }
 
@@ -666,8 +721,14 @@ fn least_conn_picks_the_least_loaded_backend() {
         assert_eq!(new_flow_backend(&mut f, 43000, &ids4, lab), ids4[1]);
         assert_eq!(
             f.dp.maps().backend_conns(ids4[1]).unwrap(),
+            1,
+            "a half-open flow does not count"
+        );
+        f.run(&Tcp::v4(CLIENT4, VIP4, 43000, 80, ACK).frame());
+        assert_eq!(
+            f.dp.maps().backend_conns(ids4[1]).unwrap(),
             2,
-            "the new flow counts"
+            "the established flow counts"
         );
         // Weighted: 5 connections at weight 10 are lighter than 2 at weight 1.
         f.set_backend_flags(ids4[0], BACKEND_F_VALID, 10);
@@ -712,6 +773,99 @@ fn maglev_picks_the_table_entry_of_the_flow_hash() {
             .find(|id| *id != down)
             .unwrap();
         assert_eq!(new_flow_backend(&mut f, 44100, &ids4, lab), next_up);
+    });
+}
+
+/// A spoofed-ACK flood cannot fill the flow table: packets other than a SYN without a flow entry go
+/// where the service's consistent hash says and leave no state, and that is stable (the same tuple
+/// always reaches the same backend, whatever the round-robin cursor does).
+#[test]
+fn packets_without_state_follow_the_consistent_hash_and_create_none() {
+    with_lab(|lab| {
+        let (mut f, ids4, _) = Fixture::standard(lab.ifindex);
+        for round in 0..2 {
+            for sport in 45000..45050u16 {
+                let ack = Tcp::v4(CLIENT4, VIP4, sport, 80, ACK).frame();
+                let (verdict, out) = f.run(&ack);
+                assert_eq!(verdict, XDP_TX, "counters: {}", f.nonzero_counters());
+                let key = flow_key(CLIENT4, VIP4, sport);
+                // The fixture's hash table is the service's list of three.
+                let expected = ids4[(flow_hash(&key, HASH_SEED) % 3) as usize];
+                assert_eq!(
+                    f.backend_id_of(check_ipip(&out, &ack[ETH_HLEN..], lab).dst, &ids4),
+                    expected,
+                    "round {round}, sport {sport}"
+                );
+            }
+        }
+        assert_eq!(f.counter(Counter::FlowMissNonSyn), 100);
+        assert_eq!(f.counter(Counter::FlowNew), 0);
+        assert!(
+            f.dp.maps().flows().unwrap().is_empty(),
+            "no state from non-SYNs"
+        );
+        for id in &ids4 {
+            assert_eq!(f.dp.maps().backend_conns(*id).unwrap(), 0);
+        }
+        let svc = f.dp.maps().service_stats(SVC4).unwrap();
+        assert_eq!((svc.packets, svc.new_flows), (100, 0));
+    });
+}
+
+/// Above `max_new_flows_per_cpu` in one second, SYNs are forwarded by consistent hash without a flow
+/// entry (and their later packets follow them there, having no entry either).
+#[test]
+fn the_new_flow_guard_forwards_syns_above_the_rate_without_state() {
+    with_lab(|lab| {
+        let (mut f, ids4, _) = Fixture::standard(lab.ifindex);
+        let cfg = LbConfig {
+            src_v6: to_words(IpAddr::V6(SRC6)).0,
+            src_v4: to_words(IpAddr::V4(SRC4)).0[0],
+            hash_seed: HASH_SEED,
+            max_new_flows_per_cpu: 5,
+            ..Default::default()
+        };
+        f.dp.set_config(&cfg).unwrap();
+        let mut bypassed = Vec::new();
+        for sport in 46000..46030u16 {
+            let before = f.counter(Counter::FlowGuardBypass);
+            let syn = Tcp::v4(CLIENT4, VIP4, sport, 80, SYN).frame();
+            let (verdict, out) = f.run(&syn);
+            assert_eq!(verdict, XDP_TX);
+            if f.counter(Counter::FlowGuardBypass) > before {
+                let key = flow_key(CLIENT4, VIP4, sport);
+                let expected = ids4[(flow_hash(&key, HASH_SEED) % 3) as usize];
+                let got = f.backend_id_of(check_ipip(&out, &syn[ETH_HLEN..], lab).dst, &ids4);
+                assert_eq!(got, expected, "a guarded SYN goes by consistent hash");
+                bypassed.push((sport, got));
+            }
+        }
+        // The test thread may run on either CPU, each with its own budget of 5.
+        let flows = f.dp.maps().flows().unwrap().len();
+        assert!((5..=10).contains(&flows), "{flows} flows recorded");
+        assert_eq!(bypassed.len() + flows, 30);
+        assert_eq!(f.counter(Counter::FlowNew) as usize, flows);
+        let svc = f.dp.maps().service_stats(SVC4).unwrap();
+        assert_eq!(svc.new_flows, 30, "guarded SYNs are still new flows");
+        // The guarded connections' next packets find no entry and reach the same backend.
+        for (sport, be) in bypassed {
+            let ack = Tcp::v4(CLIENT4, VIP4, sport, 80, ACK).frame();
+            let (_, out) = f.run(&ack);
+            assert_eq!(
+                f.backend_id_of(check_ipip(&out, &ack[ETH_HLEN..], lab).dst, &ids4),
+                be
+            );
+        }
+        // Guard off: every SYN is recorded again.
+        f.dp.set_config(&LbConfig {
+            max_new_flows_per_cpu: 0,
+            ..cfg
+        })
+        .unwrap();
+        for sport in 46100..46120u16 {
+            f.run(&Tcp::v4(CLIENT4, VIP4, sport, 80, SYN).frame());
+        }
+        assert_eq!(f.dp.maps().flows().unwrap().len(), flows + 20);
     });
 }
 
@@ -904,6 +1058,16 @@ fn persistence_keeps_a_client_network_on_one_backend() {
         let first = Tcp::v4(CLIENT4, VIP4, 47000, 80, SYN).frame();
         let (_, out) = f.run(&first);
         let sticky = f.backend_id_of(check_ipip(&out, &first[ETH_HLEN..], lab).dst, &ids4);
+        // A SYN alone (spoofable) writes no persistence entry; the handshake's ACK does.
+        let early = Tcp::v4(Ipv4Addr::new(198, 18, 0, 9), VIP4, 46999, 80, SYN).frame();
+        let (_, out) = f.run(&early);
+        assert_ne!(
+            f.backend_id_of(check_ipip(&out, &early[ETH_HLEN..], lab).dst, &ids4),
+            sticky,
+            "before the handshake completes the client has no persistence entry"
+        );
+        assert_eq!(f.counter(Counter::PersistHit), 0);
+        f.run(&Tcp::v4(CLIENT4, VIP4, 47000, 80, ACK).frame());
         // Same /24, new connections: round robin would move on, persistence does not.
         for (i, host) in [10u8, 77, 200].into_iter().enumerate() {
             let syn = Tcp::v4(
