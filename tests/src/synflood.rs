@@ -1,6 +1,6 @@
-//! A bounded SYN flood for the lab: raw IPv4 TCP SYNs from spoofed client addresses (nobody answers
-//! the backends' SYN-ACKs, so every flow stays half-open, as in a real flood). Run it inside the
-//! client namespace.
+//! Bounded floods for the lab: raw IPv4 TCP SYNs (or ACKs, RSTs: any flags) from spoofed client
+//! addresses (nobody answers the backends, so every SYN's flow stays half-open, as in a real flood).
+//! Run them inside the client namespace.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -31,8 +31,17 @@ fn checksum(chunks: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
+/// TCP flag bits.
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+
 /// One IPv4 + TCP SYN packet (40 bytes) with valid checksums.
 pub fn syn_packet(src: SocketAddrV4, dst: SocketAddrV4, seq: u32) -> [u8; 40] {
+    tcp_packet(src, dst, seq, SYN)
+}
+
+/// One IPv4 + TCP packet (40 bytes, no payload) with `flags` and valid checksums.
+pub fn tcp_packet(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, flags: u8) -> [u8; 40] {
     let mut p = [0u8; 40];
     p[0] = 0x45; // IPv4, 20-byte header
     p[2..4].copy_from_slice(&40u16.to_be_bytes());
@@ -48,7 +57,7 @@ pub fn syn_packet(src: SocketAddrV4, dst: SocketAddrV4, seq: u32) -> [u8; 40] {
     p[tcp + 2..tcp + 4].copy_from_slice(&dst.port().to_be_bytes());
     p[tcp + 4..tcp + 8].copy_from_slice(&seq.to_be_bytes());
     p[tcp + 12] = 5 << 4; // 20-byte header
-    p[tcp + 13] = 0x02; // SYN
+    p[tcp + 13] = flags;
     p[tcp + 14..tcp + 16].copy_from_slice(&65535u16.to_be_bytes());
     let mut pseudo = [0u8; 12];
     pseudo[..4].copy_from_slice(&src.ip().octets());
@@ -79,6 +88,18 @@ pub fn syn_stream(
     count: usize,
     pace: Duration,
 ) -> anyhow::Result<usize> {
+    tcp_stream(vip, base, sources, count, pace, SYN)
+}
+
+/// Like [`syn_stream`], packets with TCP `flags` (an ACK flood with [`ACK`]).
+pub fn tcp_stream(
+    vip: SocketAddrV4,
+    base: Ipv4Addr,
+    sources: u8,
+    count: usize,
+    pace: Duration,
+    flags: u8,
+) -> anyhow::Result<usize> {
     ensure!(sources > 0, "a flood needs at least one source address");
     let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_RAW)))
         .context("raw socket (needs root)")?;
@@ -95,7 +116,7 @@ pub fn syn_stream(
         let [a, b, c, d] = base.octets();
         let src_ip = Ipv4Addr::new(a, b, c, d.wrapping_add((i % usize::from(sources)) as u8));
         let port = 10_000 + (i / usize::from(sources)) as u16 % 50_000;
-        let packet = syn_packet(SocketAddrV4::new(src_ip, port), vip, i as u32);
+        let packet = tcp_packet(SocketAddrV4::new(src_ip, port), vip, i as u32, flags);
         // A full queue (ENOBUFS) is waited out briefly and retried a bounded number of times.
         for attempt in 0..100 {
             match socket.send_to(&packet, &dst) {
@@ -104,7 +125,7 @@ pub fn syn_stream(
                     break;
                 }
                 Err(_) if attempt < 99 => std::thread::sleep(Duration::from_micros(200)),
-                Err(e) => return Err(e).context("sending a SYN"),
+                Err(e) => return Err(e).context("sending a flood packet"),
             }
         }
     }

@@ -320,7 +320,7 @@ fn persistence_expires_when_the_client_stays_away_longer_than_its_timeout() {
 }
 
 #[test]
-fn a_syn_flood_leaves_no_inflated_counters_and_keeps_established_flows() {
+fn a_syn_flood_never_inflates_counters_and_keeps_established_flows() {
     use lb_tests::synflood::syn_flood;
     use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -352,18 +352,20 @@ fn a_syn_flood_leaves_no_inflated_counters_and_keeps_established_flows() {
         .expect("flood");
     assert_eq!(sent, SYNS);
     let flooded = status(&lab);
-    let new_flows = scenario::counter(&flooded, "flow_new");
+    let new_flows =
+        scenario::counter(&flooded, "flow_new") + scenario::counter(&flooded, "flow_guard_bypass");
     assert!(
         new_flows >= 30 + SYNS as u64 * 9 / 10,
         "the flood reached the balancer: {new_flows} new flows"
     );
-    // Half-open flows count as connections until they expire: the counters are inflated now.
-    let inflated: u64 = (0..3)
-        .filter_map(|i| active_conns(&flooded, "web", Lab::backend_addr(i, false)))
-        .sum();
+    // Half-open flows are no connections: the counters hold exactly the held ones, even now.
+    let held_on = |i: usize| per.get(&Lab::backend_name(i)).copied().unwrap_or(0) as u64;
+    let exact = |s: &Status| {
+        (0..3).all(|i| active_conns(s, "web", Lab::backend_addr(i, false)) == Some(held_on(i)))
+    };
     assert!(
-        inflated > SYNS as u64 / 2,
-        "half-open flows are counted: {inflated}"
+        exact(&flooded),
+        "half-open flows were counted: {flooded:#?}"
     );
 
     // `lb top` shows the flood's rates while it is fresh, and every backend.
@@ -379,15 +381,12 @@ fn a_syn_flood_leaves_no_inflated_counters_and_keeps_established_flows() {
         );
     }
 
-    // Half-open flows expire after 2 s; the next sweep (1 s) puts the counters back to the held ones.
-    let held_on = |i: usize| per.get(&Lab::backend_name(i)).copied().unwrap_or(0) as u64;
-    let exact = |s: &Status| {
-        (0..3).all(|i| active_conns(s, "web", Lab::backend_addr(i, false)) == Some(held_on(i)))
-    };
+    // Half-open flows expire after 2 s; the sweeps (1 s) leave the counters exact.
+    let residue = |s: &Status| s.flows;
     assert_eventually!(
-        status_now(&lab).is_some_and(|s| exact(&s)),
+        status_now(&lab).is_some_and(|s| exact(&s) && residue(&s) <= 40),
         Duration::from_secs(6),
-        "counters stayed inflated after the flood: {:#?}",
+        "half-open flows stayed or counters moved after the flood: {:#?}",
         status_now(&lab)
     );
     for c in &mut held {

@@ -2,6 +2,7 @@
 //! the backends. Labs of this binary run one at a time (the lab lock). Needs root, bpffs, `LB_BIN`
 //! and, for `zk`, Debian's `zookeeper` package (`cargo xtask test` provides them).
 
+mod abuse;
 mod apply_isolation;
 mod balancing;
 mod control;
