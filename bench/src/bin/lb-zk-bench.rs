@@ -165,6 +165,9 @@ fn write_to_map_latency(
         for i in 0..changes {
             // Always different from the previous weight.
             let weight = 2 + (i % 50) as u32;
+            // Single changes, as an operator makes them: each after a quiet period (a burst is
+            // coalesced by the debounce instead, which is not what this measures).
+            tokio::time::sleep(Duration::from_millis(debounce_ms + 20)).await;
             let start = Instant::now();
             admin::set_backend_weight(&client, &target, "web", measured, weight).await?;
             Eventually::new(format!("weight {weight} (change {i})"), APPLY_TIMEOUT)

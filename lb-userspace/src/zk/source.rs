@@ -2,9 +2,10 @@
 //!
 //! - One persistent recursive watch on the root; every event only marks the tree dirty.
 //! - A full read on start, after every reconnect and after a session expiry (persistent watches can
-//!   miss events across a reconnect, ZOOKEEPER-4698), and after a debounce when the tree is dirty
-//!   (`debounce_quiet` without events, or `debounce_max` after the first one), so a burst of writes
-//!   becomes one state.
+//!   miss events across a reconnect, ZOOKEEPER-4698), and when the tree is dirty: at once for the
+//!   first change after a quiet period (no read for `debounce_quiet`), so a single change applies
+//!   without waiting; after a debounce within a burst (`debounce_quiet` without events, or
+//!   `debounce_max` after the first one), so the rest of a burst of writes becomes one state.
 //! - Fail static: while ZooKeeper is unreachable or the session is gone nothing is sent, so the
 //!   daemon keeps forwarding with the last state, indefinitely. Reconnects back off exponentially
 //!   with jitter.
@@ -141,6 +142,53 @@ struct Worker {
 struct Dirty {
     first: Instant,
     last: Instant,
+    /// Read at `first`, without waiting for quiet: the tree changed after a quiet period (or must
+    /// be read in full: start, reconnect, resync).
+    now: bool,
+}
+
+impl Dirty {
+    fn at_once(at: Instant) -> Dirty {
+        Dirty {
+            first: at,
+            last: at,
+            now: true,
+        }
+    }
+
+    /// When to read: at once, or after the debounce.
+    fn read_at(&self, quiet: Duration, max: Duration) -> Instant {
+        if self.now {
+            self.first
+        } else {
+            (self.last + quiet).min(self.first + max)
+        }
+    }
+}
+
+/// The dirty mark after a change event at `now`, given the current one and when the tree was last
+/// read: the first change after a quiet period is read at once, later ones of a burst are debounced.
+fn mark_changed(
+    dirty: Option<Dirty>,
+    last_read: Option<Instant>,
+    now: Instant,
+    quiet: Duration,
+) -> Dirty {
+    match dirty {
+        Some(d) => Dirty {
+            first: d.first,
+            last: now,
+            now: d.now,
+        },
+        None if last_read.is_none_or(|t| now.saturating_duration_since(t) >= quiet) => {
+            Dirty::at_once(now)
+        }
+        None => Dirty {
+            first: now,
+            last: now,
+            now: false,
+        },
+    }
 }
 
 impl Worker {
@@ -211,17 +259,13 @@ impl Worker {
             Err(e) => return SessionEnd::Lost(format!("adding the watch on {root} failed: {e}")),
         };
         // The watch is in place before the read, so no change can fall between them.
-        let now = Instant::now();
-        let mut dirty = Some(Dirty {
-            first: now,
-            last: now,
-        });
+        let mut dirty = Some(Dirty::at_once(Instant::now()));
+        let mut last_read: Option<Instant> = None;
         let mut read_failures: u32 = 0;
         let mut missing_logged = false;
         loop {
-            let read_at = dirty.map(|d| {
-                (d.last + self.config.debounce_quiet).min(d.first + self.config.debounce_max)
-            });
+            let read_at =
+                dirty.map(|d| d.read_at(self.config.debounce_quiet, self.config.debounce_max));
             let guard_at = self.guard.next_deadline();
             let wake = [read_at, guard_at].into_iter().flatten().min();
             let wake = wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -246,23 +290,19 @@ impl Worker {
                                 }
                                 self.set_connection(ZkConnection::Connected, Some(client.session_id().to_string()));
                                 // Events during the disconnection may be lost: read everything.
-                                dirty = Some(Dirty { first: now, last: now });
+                                dirty = Some(Dirty::at_once(now));
                             }
                             SessionState::Expired => return SessionEnd::Expired,
                             SessionState::AuthFailed => return SessionEnd::AuthFailed,
                             SessionState::Closed => return SessionEnd::Lost("session closed".into()),
                         }
                     } else {
-                        dirty = Some(match dirty {
-                            Some(d) => Dirty { first: d.first, last: now },
-                            None => Dirty { first: now, last: now },
-                        });
+                        dirty = Some(mark_changed(dirty, last_read, now, self.config.debounce_quiet));
                     }
                 }
                 () = resync.notified() => {
                     info!("full resync requested");
-                    let now = Instant::now();
-                    dirty = Some(Dirty { first: now, last: now });
+                    dirty = Some(Dirty::at_once(Instant::now()));
                 }
                 () = sleep_until(wake.into()) => {
                     if read_at.is_some_and(|at| at <= Instant::now()) {
@@ -271,6 +311,7 @@ impl Worker {
                             dirty = None;
                             continue;
                         }
+                        last_read = Some(Instant::now());
                         match self.read(client).await {
                             Ok(Some(raw)) => {
                                 dirty = None;
@@ -293,7 +334,7 @@ impl Worker {
                                     return SessionEnd::Lost(format!("{read_failures} reads in a row failed"));
                                 }
                                 let retry = Instant::now() + Duration::from_millis(500) * read_failures;
-                                dirty = Some(Dirty { first: retry, last: retry });
+                                dirty = Some(Dirty::at_once(retry));
                             }
                         }
                     } else {
@@ -556,4 +597,46 @@ pub async fn read_tree(
         }
     }
     Ok(Some(tree))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUIET: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_first_change_after_quiet_is_read_at_once_and_a_burst_is_debounced() {
+        let t0 = Instant::now();
+        // Never read, or read long ago: at once.
+        let d = mark_changed(None, None, t0, QUIET);
+        assert_eq!(d.read_at(QUIET, MAX), t0);
+        let d = mark_changed(None, Some(t0), t0 + QUIET, QUIET);
+        assert_eq!(d.read_at(QUIET, MAX), t0 + QUIET);
+        // More events before that read keep it immediate.
+        let d2 = mark_changed(
+            Some(d),
+            Some(t0),
+            t0 + QUIET + Duration::from_millis(1),
+            QUIET,
+        );
+        assert_eq!(d2.read_at(QUIET, MAX), t0 + QUIET);
+        // A change right after a read (the rest of a burst): debounced by quiet, capped by max.
+        let read = t0 + Duration::from_millis(500);
+        let e1 = read + Duration::from_millis(10);
+        let d = mark_changed(None, Some(read), e1, QUIET);
+        assert_eq!(d.read_at(QUIET, MAX), e1 + QUIET);
+        let mut d = d;
+        let mut at = e1;
+        for _ in 0..30 {
+            at += Duration::from_millis(50);
+            d = mark_changed(Some(d), Some(read), at, QUIET);
+        }
+        assert_eq!(
+            d.read_at(QUIET, MAX),
+            e1 + MAX,
+            "a steady stream still reads every max"
+        );
+    }
 }

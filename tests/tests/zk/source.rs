@@ -284,3 +284,49 @@ async fn a_short_outage_resumes_the_watch_and_a_missing_services_node_keeps_the_
     zk.create("/lb/services", b"", &options).await.unwrap();
     state_where(&mut source.states, "no services", |s| s.services.is_empty()).await;
 }
+
+/// A single change after a quiet period is read at once, not after the debounce (3 s here, so the
+/// difference is unmistakable); the rest of a burst that follows is still coalesced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_change_skips_the_debounce_and_a_burst_is_still_coalesced() {
+    crate::log_to_test_output();
+    let server = ZkServer::start().expect("ZooKeeper starts");
+    let zk = writer(&server).await;
+    create(&zk, "/lb/services/web", r#"{"vip": "198.18.100.1:80"}"#).await;
+    create(&zk, "/lb/services/web/backends/198.18.2.11:80", "").await;
+    let target = ZkTarget::new(&server.connect_string(), "/lb", None).unwrap();
+    let mut config = ZkSourceConfig::new(target);
+    config.debounce_quiet = Duration::from_secs(3);
+    config.debounce_max = Duration::from_secs(6);
+    let mut source = ZkSource::spawn(config);
+    state_where(&mut source.states, "web", |s| backends(s, "web").len() == 1).await;
+    // Quiet for longer than the debounce, then one change.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let written = std::time::Instant::now();
+    create(&zk, "/lb/services/web/backends/198.18.2.12:80", "").await;
+    state_where(&mut source.states, "the second backend", |s| {
+        backends(s, "web").len() == 2
+    })
+    .await;
+    let took = written.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "a single change waited for the 3 s debounce: {took:?}"
+    );
+    // A burst right after that read: coalesced into few reads.
+    let reads_before = source.status.borrow().full_reads;
+    let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    let paths: Vec<String> = (0..20)
+        .map(|i| format!("/lb/services/web/backends/198.18.3.{i}:80"))
+        .collect();
+    let writes: Vec<_> = paths.iter().map(|p| zk.create(p, b"", &options)).collect();
+    for w in writes {
+        w.await.expect("burst create");
+    }
+    state_where(&mut source.states, "the burst", |s| {
+        backends(s, "web").len() == 22
+    })
+    .await;
+    let reads = source.status.borrow().full_reads - reads_before;
+    assert!((1..=2).contains(&reads), "{reads} full reads for one burst");
+}
