@@ -5,6 +5,7 @@
 mod apply_isolation;
 mod balancing;
 mod control;
+mod decap_allow;
 mod decap_check;
 mod flows;
 mod health;
