@@ -1363,3 +1363,22 @@ fn writes_past_the_schedule_pool_are_refused() {
         "a service may not point past the pool"
     );
 }
+
+/// A short fuzz run (the 1M-frame one is `cargo xtask test`'s last step, `cargo xtask fuzz`): no
+/// bad verdict, output or count among 20,000 mutated and random frames.
+#[test]
+fn fuzzing_finds_no_misforward_and_every_frame_is_counted() {
+    let report = with_lab(|lab| lb_tests::xdp::fuzz::run(lab, 0xf022, 0, 20_000)).unwrap();
+    assert!(report.ok(), "{}", report.render());
+    let forwarded: u64 = report
+        .outcomes
+        .iter()
+        .filter(|(k, _)| k.contains("encapsulated"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        forwarded > 1000 && report.outcomes.len() >= 4,
+        "the frames reach every verdict:\n{}",
+        report.render()
+    );
+}
