@@ -22,7 +22,7 @@ pub mod stats;
 pub use addr::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 pub use backend::{BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry};
 pub use config::LbConfig;
-pub use decap::{DecapCounter, DecapKey};
+pub use decap::{DecapCounter, DecapKey, DecapSrcKey};
 pub use flow::{FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FlowEntry, FlowKey};
 pub use persist::{PersistEntry, PersistKey};
 pub use service::{Scheduler, ServiceEntry, ServiceMeta, VipKey};
@@ -46,6 +46,7 @@ mod user_pod {
         crate::TrafficStats,
         crate::LbConfig,
         crate::DecapKey,
+        crate::DecapSrcKey,
         crate::bench::BenchTemplate,
     );
 }

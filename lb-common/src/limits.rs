@@ -21,6 +21,8 @@ pub const DEFAULT_PERSIST_TABLE_SIZE: u32 = 1 << 16;
 pub const SCHEDULE_IDS_PER_ENTRY: u32 = 2;
 /// Local addresses the decap program accepts.
 pub const MAX_DECAP_ADDRS: u32 = 64;
+/// Outer source prefixes the decap program accepts tunnel packets from (`lb decap --allow-src`).
+pub const MAX_DECAP_ALLOW_PREFIXES: u32 = 64;
 
 /// Up to this many backends least-conn compares all of them; above it, it compares two random
 /// choices (power of two choices), which keeps the per-packet cost flat.

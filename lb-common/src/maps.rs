@@ -15,6 +15,7 @@ pub const BACKEND_STATS: &str = "LB_BE_STATS";
 pub const CONFIG: &str = "LB_CONFIG";
 pub const DECAP_ADDRS: &str = "LB_DECAP_ADDRS";
 pub const DECAP_STATS: &str = "LB_DECAP_STATS";
+pub const DECAP_ALLOW: &str = "LB_DECAP_ALLOW";
 /// Per-CPU cache of `bpf_fib_lookup` results by backend id (kernel-internal; sized like
 /// `LB_BACKENDS`, never pinned).
 pub const NEXTHOP_CACHE: &str = "LB_NH_CACHE";

@@ -4,12 +4,13 @@
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::bpf_xdp_adjust_head,
+    maps::lpm_trie::Key,
     programs::XdpContext,
 };
-use lb_common::{AF_INET, AF_INET6, DecapCounter, DecapKey};
+use lb_common::{AF_INET, AF_INET6, DecapCounter, DecapKey, DecapSrcKey};
 
 use crate::{
-    maps::LB_DECAP_ADDRS,
+    maps::{LB_DECAP_ADDRS, LB_DECAP_ALLOW},
     parse::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_IPIP, IPPROTO_IPV6, IPV6_HLEN, Ipv4Hdr,
         Ipv6Hdr, VlanHdr, parse_l2, ptr_at, read_at, words_v4, words_v6,
@@ -34,7 +35,7 @@ pub fn decap(ctx: &XdpContext) -> u32 {
         Ok(t) => t,
         Err(c) => {
             count_decap(c);
-            return XDP_PASS;
+            return if c.is_drop() { XDP_DROP } else { XDP_PASS };
         }
     };
     match strip(ctx, &tunnel) {
@@ -59,7 +60,18 @@ fn is_local(addr: [u32; 4], family: u8) -> bool {
     LB_DECAP_ADDRS.get_ptr(key).is_some()
 }
 
-/// Decides whether the frame is a tunnel packet for this host; `Err` is the pass counter.
+/// Whether tunnel packets from `src` (network order, IPv4 in the first 4 bytes) are accepted.
+#[inline(always)]
+fn src_allowed(src: [u8; 16], family: u8, addr_bits: u32) -> bool {
+    let key = Key::new(
+        DecapSrcKey::prefix_len(addr_bits),
+        DecapSrcKey { family, addr: src },
+    );
+    LB_DECAP_ALLOW.get(&key).is_some()
+}
+
+/// Decides whether the frame is a tunnel packet for this host from an allowed source; `Err` is the
+/// counter of what happens instead (a pass, or a drop: `DecapCounter::is_drop`).
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Result<Tunnel, DecapCounter> {
     let l2 = parse_l2(ctx).ok_or(DecapCounter::PassMalformed)?;
@@ -87,6 +99,11 @@ fn classify_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Tunnel, DecapCounter
     if !is_local(words_v4(ip.dst), AF_INET) {
         return Err(DecapCounter::PassNotLocal);
     }
+    let [a, b, c, d] = ip.src;
+    let src = [a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    if !src_allowed(src, AF_INET, 32) {
+        return Err(DecapCounter::DropSrcNotAllowed);
+    }
     let outer_len = ihl * 4;
     let inner: Ipv4Hdr = read_at(ctx, l3_off + outer_len).ok_or(DecapCounter::PassMalformed)?;
     if inner.ver_ihl >> 4 != 4 {
@@ -111,6 +128,9 @@ fn classify_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Tunnel, DecapCounter
     }
     if !is_local(words_v6(ip.dst), AF_INET6) {
         return Err(DecapCounter::PassNotLocal);
+    }
+    if !src_allowed(ip.src, AF_INET6, 128) {
+        return Err(DecapCounter::DropSrcNotAllowed);
     }
     let inner: Ipv6Hdr = read_at(ctx, l3_off + IPV6_HLEN).ok_or(DecapCounter::PassMalformed)?;
     if inner.vtc_flow[0] >> 4 != 6 {

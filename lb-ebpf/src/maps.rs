@@ -4,15 +4,15 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    BackendEntry, Counter, DecapCounter, DecapKey, FlowEntry, FlowKey, LbConfig, PersistEntry,
-    PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipKey,
+    BackendEntry, Counter, DecapCounter, DecapKey, DecapSrcKey, FlowEntry, FlowKey, LbConfig,
+    PersistEntry, PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipKey,
     limits::{
         DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
-        DEFAULT_PERSIST_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_DECAP_ADDRS, SCHEDULE_IDS_PER_ENTRY,
-        SPARE_TABLE_SLOTS,
+        DEFAULT_PERSIST_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_DECAP_ADDRS, MAX_DECAP_ALLOW_PREFIXES,
+        SCHEDULE_IDS_PER_ENTRY, SPARE_TABLE_SLOTS,
     },
 };
 
@@ -67,6 +67,12 @@ pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static LB_DECAP_ADDRS: HashMap<DecapKey, u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+
+/// Outer source prefixes tunnel packets are accepted from (`lb decap --allow-src`; a zero-length
+/// prefix of each family with `--allow-any-src`).
+#[map]
+pub static LB_DECAP_ALLOW: LpmTrie<DecapSrcKey, u32> =
+    LpmTrie::with_max_entries(MAX_DECAP_ALLOW_PREFIXES, 0);
 
 #[map]
 pub static LB_DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DecapCounter::COUNT, 0);

@@ -38,7 +38,8 @@ enum Command {
         args: Vec<OsString>,
     },
     /// Set up, build (and the Debian package, for the `dist` tests: `LB_DEB`), then run every host
-    /// test (unit and namespace-lab integration tests).
+    /// test (unit and namespace-lab integration tests); without arguments, then the XDP fuzzer
+    /// (`CI_FUZZ_PACKETS` frames).
     Test {
         /// Passed on to `cargo test` (e.g. a test name filter, or `-- --nocapture`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -47,6 +48,19 @@ enum Command {
     /// Build, then run the demo: a lab with three backends and its own ZooKeeper, `lb run --zk`,
     /// every scheduler, a backend registering and draining, real connections.
     Demo,
+    /// Build, then run `lb-xdp-fuzz`: mutated and random frames through the real `lb_balancer`
+    /// (BPF_PROG_TEST_RUN), every verdict, output and counter checked; fails on any bad frame.
+    Fuzz {
+        /// Frames to run.
+        #[arg(long, default_value_t = CI_FUZZ_PACKETS)]
+        packets: u64,
+        /// The run's seed (decimal or 0x hex); frame i of a seed is always the same frame.
+        #[arg(long, default_value = "0x5eed")]
+        seed: String,
+        /// Index of the first frame (replaying a failure: --seed S --first I --packets 1).
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+    },
     /// Remove namespaces and directories left by lab tests that were killed before cleaning up.
     CleanLabs,
     /// Build, then run the benchmarks of the `lb-bench` crate (`bench/`): `lb-xdp-bench` (ns per
@@ -85,7 +99,22 @@ fn main() -> anyhow::Result<()> {
         Command::Test { args } => {
             build(&root)?;
             let deb = dist::package(&root)?;
-            cargo::test(&root, &args, &deb)
+            // The whole suite (no filter) also fuzzes; a filtered run is someone iterating.
+            let fuzz_too = args.is_empty();
+            // The fuzzer runs even when a test failed: its verdict is worth having either way.
+            let tests = cargo::test(&root, &args, &deb);
+            if fuzz_too {
+                fuzz(&root, CI_FUZZ_PACKETS, "0x5eed", 0)?;
+            }
+            tests
+        }
+        Command::Fuzz {
+            packets,
+            seed,
+            first,
+        } => {
+            build(&root)?;
+            fuzz(&root, packets, &seed, first)
         }
         Command::Demo => {
             build(&root)?;
@@ -115,6 +144,29 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Frames `cargo xtask test` fuzzes (about 3 µs each: seconds, not minutes).
+const CI_FUZZ_PACKETS: u64 = 1_000_000;
+
+/// Runs the built fuzzer; fails when it finds anything.
+fn fuzz(root: &std::path::Path, packets: u64, seed: &str, first: u64) -> anyhow::Result<()> {
+    let args: Vec<OsString> = [
+        "--packets".to_owned(),
+        packets.to_string(),
+        "--seed".to_owned(),
+        seed.to_owned(),
+        "--first".to_owned(),
+        first.to_string(),
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    println!(
+        "xtask: lb-xdp-fuzz {}",
+        args.join(" ".as_ref()).to_string_lossy()
+    );
+    run_bin(&cargo::release_bin(root, "lb-xdp-fuzz"), &args, root)
 }
 
 /// Runs a built benchmark with `LB_BIN` set; fails when it fails.

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _, Subcommand, ValueEnum};
 use lb_userspace::dataplane::AttachMode;
 use lb_userspace::{daemon, decap, detach, status, top};
@@ -112,11 +113,23 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct DecapArgs {
-    #[arg(long)]
-    iface: String,
+    #[arg(long, required_unless_present = "status")]
+    iface: Option<String>,
+    /// Decapsulate only tunnel packets whose outer source is in this prefix (repeat; IPv4 and IPv6:
+    /// the load balancers' addresses, e.g. 198.18.3.0/24); the others are dropped and counted
+    /// (`drop_src_not_allowed`). Required unless --allow-any-src.
+    #[arg(long = "allow-src", value_name = "PREFIX")]
+    allow_src: Vec<decap::SrcPrefix>,
+    /// Decapsulate tunnel packets from every source: only where the network already drops IPIP /
+    /// ip6ip6 from elsewhere (anyone who can reach this host could inject packets "from" a client).
+    #[arg(long, conflicts_with = "allow_src")]
+    allow_any_src: bool,
+    /// Print the counters and accepted sources of the `lb decap` running with this --pin-dir.
+    #[arg(long, conflicts_with = "check")]
+    status: bool,
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: XdpMode,
-    /// Where the decap maps are pinned (so `lb status --decap` can read them).
+    /// Where the decap maps are pinned (so `lb decap --status` can read them).
     #[arg(long, default_value = "/sys/fs/bpf/lb-decap")]
     pin_dir: PathBuf,
     /// Check, read-only, that this host is set up as a backend (VIPs on lo, ARP, rp_filter, MSS,
@@ -129,8 +142,8 @@ struct DecapArgs {
     /// With --check: the largest packets clients send (bounds their segments whatever MSS is offered).
     #[arg(long, default_value_t = 1500, requires = "check")]
     client_mtu: u32,
-    /// With --check: print the report as JSON.
-    #[arg(long, requires = "check")]
+    /// With --check or --status: print the report as JSON.
+    #[arg(long)]
     json: bool,
 }
 
@@ -220,9 +233,10 @@ impl Cli {
         let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
         match self.command {
             Command::Run(a) => done(daemon::run(a.options()?)),
+            Command::Decap(a) if a.status => done(decap::status(&a.pin_dir, a.json)),
             Command::Decap(a) if a.check => {
                 let opts = decap::check::CheckOptions {
-                    iface: a.iface,
+                    iface: a.iface.context("lb decap --check needs --iface")?,
                     vips: a.vips,
                     client_mtu: a.client_mtu,
                     pin_dir: a.pin_dir,
@@ -234,7 +248,11 @@ impl Cli {
                     ExitCode::FAILURE
                 })
             }
-            Command::Decap(a) => done(decap::run(&a.iface, a.xdp_mode.into(), &a.pin_dir)),
+            Command::Decap(a) => {
+                let iface = a.iface.context("lb decap needs --iface")?;
+                let sources = decap::SrcPolicy::from_flags(a.allow_src, a.allow_any_src)?;
+                done(decap::run(&iface, a.xdp_mode.into(), &a.pin_dir, &sources))
+            }
             Command::Detach(a) => {
                 let purge = a.purge_state.then(|| {
                     (a.state_file.clone())

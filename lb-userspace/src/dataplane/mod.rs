@@ -417,6 +417,18 @@ impl Dataplane {
             .map_err(map_op(maps::DECAP_ADDRS, "update"))
     }
 
+    /// Accepts tunnel packets in `lb_decap` from outer sources in this prefix (`key.data.family` and
+    /// the network-order address; `key.prefix_len` is `DecapSrcKey::prefix_len` of the address bits).
+    pub fn allow_decap_src(
+        &mut self,
+        key: &aya::maps::lpm_trie::Key<lb_common::DecapSrcKey>,
+    ) -> Result<(), DataplaneError> {
+        self.maps
+            .decap_allow
+            .insert(key, 1, 0)
+            .map_err(map_op(maps::DECAP_ALLOW, "update"))
+    }
+
     /// Forgets a flow. A flow that is already gone (evicted or deleted) is not an error.
     pub fn delete_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
         match self.maps.flows.remove(key) {

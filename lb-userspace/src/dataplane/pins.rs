@@ -14,7 +14,7 @@ use lb_common::{LbConfig, layout::LAYOUT_VERSION, maps};
 use super::DataplaneError;
 
 /// Every map we pin, by name.
-pub(crate) const PINNED_MAPS: [&str; 14] = [
+pub(crate) const PINNED_MAPS: [&str; 15] = [
     maps::SERVICES,
     maps::SERVICE_META,
     maps::BACKENDS,
@@ -29,6 +29,7 @@ pub(crate) const PINNED_MAPS: [&str; 14] = [
     maps::CONFIG,
     maps::DECAP_ADDRS,
     maps::DECAP_STATS,
+    maps::DECAP_ALLOW,
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

@@ -3,10 +3,12 @@
 
 use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
-use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{
+    Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key,
+};
 use lb_common::{
-    BACKEND_F_VALID, BackendEntry, Counter, DecapCounter, DecapKey, FlowEntry, FlowKey, LbConfig,
-    PersistEntry, PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipKey,
+    BACKEND_F_VALID, BackendEntry, Counter, DecapCounter, DecapKey, DecapSrcKey, FlowEntry,
+    FlowKey, LbConfig, PersistEntry, PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipKey,
     limits::{Capacity, SCHEDULE_IDS_PER_ENTRY, SPARE_TABLE_SLOTS},
     maps,
 };
@@ -34,6 +36,7 @@ pub struct MapsView {
     pub(crate) config: Array<MapData, LbConfig>,
     pub(crate) decap_addrs: HashMap<MapData, DecapKey, u32>,
     pub(crate) decap_stats: PerCpuArray<MapData, u64>,
+    pub(crate) decap_allow: LpmTrie<MapData, DecapSrcKey, u32>,
     capacity: Capacity,
 }
 
@@ -96,6 +99,7 @@ impl MapsView {
             config: typed(maps::CONFIG, source(maps::CONFIG)?)?,
             decap_addrs: typed(maps::DECAP_ADDRS, source(maps::DECAP_ADDRS)?)?,
             decap_stats: typed(maps::DECAP_STATS, source(maps::DECAP_STATS)?)?,
+            decap_allow: typed(maps::DECAP_ALLOW, source(maps::DECAP_ALLOW)?)?,
             capacity,
         })
     }
@@ -142,6 +146,15 @@ impl MapsView {
                 ))
             })
             .collect()
+    }
+
+    /// The outer source prefixes `lb decap` accepts tunnel packets from (trie keys).
+    pub fn decap_allowed_prefixes(&self) -> Result<Vec<Key<DecapSrcKey>>, DataplaneError> {
+        self.decap_allow
+            .keys()
+            .take(lb_common::limits::MAX_DECAP_ALLOW_PREFIXES as usize)
+            .collect::<Result<_, _>>()
+            .map_err(map_op(maps::DECAP_ALLOW, "iterate"))
     }
 
     /// Every service (VIP) entry.

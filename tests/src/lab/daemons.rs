@@ -9,6 +9,7 @@ use lb_userspace::status::Status;
 
 use super::cmd::{self, ip};
 use super::process::{NsProcess, log_tail};
+use super::topology::{LB_PREFIX_V4, LB_PREFIX_V6};
 use super::{BPFFS, Lab, READY_TIMEOUT, SERVER_PORT, xdp_pass};
 use crate::eventually::wait_until;
 
@@ -65,6 +66,11 @@ impl Lab {
             "eth0".into(),
             "--pin-dir".into(),
             path_arg(&pin_dir)?,
+            // Tunnel packets only from the load balancers (the `lb decap` default refuses to guess).
+            "--allow-src".into(),
+            LB_PREFIX_V4.into(),
+            "--allow-src".into(),
+            LB_PREFIX_V6.into(),
         ];
         let log = self.dir.join(format!("{name}-decap.log"));
         let mut proc =

@@ -15,6 +15,9 @@ pub const ROUTER_BACKENDS_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 pub const ROUTER_BACKENDS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
 pub const ROUTER_LBS_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
 pub const ROUTER_LBS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 1);
+/// The load balancers' subnet: the outer sources of their tunnel packets (`lb decap --allow-src`).
+pub const LB_PREFIX_V4: &str = "198.18.3.0/24";
+pub const LB_PREFIX_V6: &str = "2001:db8:3::/64";
 /// Routed by the router to the load balancers.
 pub const VIP_PREFIX_V4: &str = "198.18.100.0/24";
 pub const VIP_PREFIX_V6: &str = "2001:db8:100::/64";

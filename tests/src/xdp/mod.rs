@@ -1,8 +1,9 @@
 //! Support for `BPF_PROG_TEST_RUN` runs of the XDP balancer, shared by the XDP fixture tests and
-//! `lb-xdp-bench`: the network they run in ([`lab`]), frames ([`frames`]) and map entries written
+//! `lb-xdp-bench`, and the fuzzer ([`fuzz`], `lb-xdp-fuzz`): the network they run in ([`lab`]), frames ([`frames`]) and map entries written
 //! the way `apply` writes them ([`maps`]).
 
 pub mod frames;
+pub mod fuzz;
 pub mod lab;
 pub mod maps;
 

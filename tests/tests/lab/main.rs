@@ -6,6 +6,7 @@ mod abuse;
 mod apply_isolation;
 mod balancing;
 mod control;
+mod decap_allow;
 mod decap_check;
 mod flows;
 mod health;

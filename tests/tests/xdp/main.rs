@@ -23,6 +23,7 @@ use lb_tests::xdp::{
     CLIENT4, CLIENT6, SRC4, SRC6, VIP4, VIP6, XDP_DROP, XDP_PASS, XDP_TX, XdpLab as Lab, maps,
 };
 use lb_userspace::dataplane::{Dataplane, DataplaneError, ExistingPins, LoadOptions};
+use lb_userspace::decap::{SrcPolicy, SrcPrefix};
 
 const HASH_SEED: u32 = 0x5eed_1234;
 /// Table length of the Maglev fixtures (a prime ≥ the 4096-entry minimum of `Capacity`).
@@ -884,6 +885,16 @@ fn flow_key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16) -> FlowKey {
 // ---------------------------------------------------------------------------------------------
 // Decapsulation (backend side)
 
+/// Tunnel packets from the balancer's outer sources (`SRC4`, `SRC6`: in these prefixes) are accepted.
+const ALLOWED_SRC: [&str; 2] = ["198.18.3.0/24", "2001:db8:3::/64"];
+
+fn allow_decap_src(f: &mut Fixture, prefixes: &[&str]) {
+    for p in prefixes {
+        let prefix: SrcPrefix = p.parse().unwrap();
+        f.dp.allow_decap_src(&prefix.trie_key()).unwrap();
+    }
+}
+
 fn decap_fixture() -> Fixture {
     let mut f = Fixture::new(0);
     for a in [v4(backends4()[0]), v6(backends6()[0])] {
@@ -895,7 +906,69 @@ fn decap_fixture() -> Fixture {
         })
         .unwrap();
     }
+    allow_decap_src(&mut f, &ALLOWED_SRC);
     f
+}
+
+#[test]
+fn decap_drops_tunnel_packets_from_sources_outside_the_allow_list() {
+    let mut f = decap_fixture();
+    let inner4 = Tcp::v4(CLIENT4, VIP4, 45010, 80, SYN).frame();
+    let inner6 = Tcp::v6(CLIENT6, VIP6, 45010, 80, SYN).frame();
+    let outside4 = Ipv4Addr::new(198, 18, 4, 2);
+    let outside6 = Ipv6Addr::new(0x2001, 0xdb8, 0x4, 0, 0, 0, 0, 2);
+    for (name, frame) in [
+        ("IPIP", encapsulate_v4(&inner4, outside4, backends4()[0])),
+        ("ip6ip6", encapsulate_v6(&inner6, outside6, backends6()[0])),
+        // The client itself may not inject packets "from" a client.
+        (
+            "IPIP from a client",
+            encapsulate_v4(&inner4, CLIENT4, backends4()[0]),
+        ),
+    ] {
+        let before = f.decap_counter(DecapCounter::DropSrcNotAllowed);
+        let (verdict, _) = run_decap(&mut f, &frame);
+        assert_eq!(verdict, XDP_DROP, "{name}");
+        assert_eq!(
+            f.decap_counter(DecapCounter::DropSrcNotAllowed),
+            before + 1,
+            "{name}: counted"
+        );
+    }
+    assert_eq!(f.decap_counter(DecapCounter::DecapIpip), 0);
+    assert_eq!(f.decap_counter(DecapCounter::DecapIp6ip6), 0);
+
+    // The edges of the prefix: its first address is in, the one just before it is out.
+    let (verdict, _) = run_decap(
+        &mut f,
+        &encapsulate_v4(&inner4, Ipv4Addr::new(198, 18, 3, 0), backends4()[0]),
+    );
+    assert_eq!(verdict, XDP_PASS, "198.18.3.0 is in 198.18.3.0/24");
+    let (verdict, _) = run_decap(
+        &mut f,
+        &encapsulate_v4(&inner4, Ipv4Addr::new(198, 18, 2, 255), backends4()[0]),
+    );
+    assert_eq!(verdict, XDP_DROP, "198.18.2.255 is not");
+    // An IPv4 prefix does not admit IPv6 sources whose first bytes look alike.
+    let lookalike = Ipv6Addr::new(0xc612, 0x0302, 0, 0, 0, 0, 0, 0);
+    let (verdict, _) = run_decap(&mut f, &encapsulate_v6(&inner6, lookalike, backends6()[0]));
+    assert_eq!(verdict, XDP_DROP, "an IPv6 source starting 198.18.3.2");
+}
+
+#[test]
+fn decap_with_every_source_allowed_accepts_any_source() {
+    let mut f = decap_fixture();
+    let any = SrcPolicy::from_flags(vec![], true).unwrap();
+    for p in any.prefixes() {
+        f.dp.allow_decap_src(&p.trie_key()).unwrap();
+    }
+    let inner4 = Tcp::v4(CLIENT4, VIP4, 45011, 80, SYN).frame();
+    let inner6 = Tcp::v6(CLIENT6, VIP6, 45011, 80, SYN).frame();
+    let outside6 = Ipv6Addr::new(0x2001, 0xdb8, 0x4, 0, 0, 0, 0, 2);
+    let (v, out) = run_decap(&mut f, &encapsulate_v4(&inner4, CLIENT4, backends4()[0]));
+    assert_eq!((v, out), (XDP_PASS, inner4));
+    let (v, out) = run_decap(&mut f, &encapsulate_v6(&inner6, outside6, backends6()[0]));
+    assert_eq!((v, out), (XDP_PASS, inner6));
 }
 
 fn run_decap(f: &mut Fixture, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -997,6 +1070,7 @@ fn balancer_output_decapsulates_to_the_original_frame() {
             })
             .unwrap();
         }
+        allow_decap_src(&mut f, &ALLOWED_SRC);
         let syn = Tcp::v4(CLIENT4, VIP4, 46000, 80, SYN).frame();
         let (_, encapsulated) = f.run(&syn);
         let (verdict, out) = run_program(f.dp.decap_program(), &encapsulated, lab.ifindex);
@@ -1451,5 +1525,24 @@ fn writes_past_the_schedule_pool_are_refused() {
     assert!(
         dp.put_service(&vip, &svc).is_err(),
         "a service may not point past the pool"
+    );
+}
+
+/// A short fuzz run (the 1M-frame one is `cargo xtask test`'s last step, `cargo xtask fuzz`): no
+/// bad verdict, output or count among 20,000 mutated and random frames.
+#[test]
+fn fuzzing_finds_no_misforward_and_every_frame_is_counted() {
+    let report = with_lab(|lab| lb_tests::xdp::fuzz::run(lab, 0xf022, 0, 20_000)).unwrap();
+    assert!(report.ok(), "{}", report.render());
+    let forwarded: u64 = report
+        .outcomes
+        .iter()
+        .filter(|(k, _)| k.contains("encapsulated"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        forwarded > 1000 && report.outcomes.len() >= 4,
+        "the frames reach every verdict:\n{}",
+        report.render()
     );
 }
