@@ -171,8 +171,13 @@ pub struct DecapStatus {
 impl DecapStatus {
     /// Reads the maps a running `lb decap` pinned under `pin_dir`.
     pub fn read(pin_dir: &Path) -> anyhow::Result<Self> {
+        let dir = pin_dir.display();
+        anyhow::ensure!(
+            pin_dir.join(lb_common::maps::DECAP_STATS).exists(),
+            "no `lb decap` maps are pinned in {dir}: is `lb decap --iface IF --pin-dir {dir}` running? (its default --pin-dir is /sys/fs/bpf/lb-decap)"
+        );
         let view = MapsView::open_pinned(pin_dir)
-            .with_context(|| format!("is `lb decap --pin-dir {}` running?", pin_dir.display()))?;
+            .with_context(|| format!("reading the maps `lb decap` pinned in {dir}"))?;
         let counters = view
             .decap_counters()?
             .into_iter()

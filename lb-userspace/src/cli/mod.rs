@@ -80,7 +80,8 @@ impl From<XdpMode> for AttachMode {
 enum Command {
     /// Run the balancer on an interface, with a static TOML configuration or following ZooKeeper.
     Run(run::RunArgs),
-    /// Backend side: strip IPIP / ip6ip6 from packets addressed to this host (for kernels without ipip).
+    /// Backend side: strip IPIP / ip6ip6 from packets addressed to this host and sent from an
+    /// --allow-src prefix (for kernels without ipip); --status prints its counters.
     Decap(DecapArgs),
     /// Remove the balancer from an interface, and everything `lb run` created for its pin directory.
     Detach(DetachArgs),
@@ -112,6 +113,7 @@ enum Command {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("report").args(["check", "status"]))]
 struct DecapArgs {
     #[arg(long, required_unless_present = "status")]
     iface: Option<String>,
@@ -143,7 +145,7 @@ struct DecapArgs {
     #[arg(long, default_value_t = 1500, requires = "check")]
     client_mtu: u32,
     /// With --check or --status: print the report as JSON.
-    #[arg(long)]
+    #[arg(long, requires = "report")]
     json: bool,
 }
 
