@@ -119,10 +119,12 @@ fn egress(ctx: &XdpContext, ifindex: u32) -> u32 {
     let verdict = unsafe { bpf_redirect(ifindex, 0) } as u32;
     if verdict == XDP_REDIRECT {
         count(Counter::RedirectPackets);
+        verdict
     } else {
+        // A counted drop, never XDP_ABORTED (which only a tracepoint would see).
         count(Counter::DropNoRoute);
+        XDP_DROP
     }
-    verdict
 }
 
 #[unsafe(link_section = "license")]
