@@ -6,7 +6,7 @@
 //! fails when a shared type's size changes, as a reminder.
 
 /// The layout of the maps this build creates and can adopt.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 #[cfg(test)]
 mod tests {
@@ -29,11 +29,12 @@ mod tests {
             size_of::<TrafficStats>(),
             size_of::<LbConfig>(),
             size_of::<DecapKey>(),
+            size_of::<VipAddrKey>(),
             Counter::COUNT as usize,
         ];
         assert_eq!(
             (LAYOUT_VERSION, sizes),
-            (1, [20, 32, 88, 32, 40, 16, 24, 16, 32, 32, 20, 22]),
+            (2, [20, 32, 88, 32, 40, 16, 24, 16, 32, 32, 20, 20, 26]),
             "a shared type changed: bump LAYOUT_VERSION, then update this test"
         );
     }

@@ -2,6 +2,8 @@
 //! under the pin directory with these names.
 
 pub const SERVICES: &str = "LB_SERVICES";
+/// The addresses of the VIPs (`VipAddrKey` → 1), written alongside `LB_SERVICES`.
+pub const VIP_ADDRS: &str = "LB_VIP_ADDRS";
 pub const SERVICE_META: &str = "LB_SVC_META";
 pub const BACKENDS: &str = "LB_BACKENDS";
 pub const SCHEDULE: &str = "LB_SCHEDULE";
@@ -18,6 +20,9 @@ pub const DECAP_STATS: &str = "LB_DECAP_STATS";
 /// Per-CPU cache of `bpf_fib_lookup` results by backend id (kernel-internal; sized like
 /// `LB_BACKENDS`, never pinned).
 pub const NEXTHOP_CACHE: &str = "LB_NH_CACHE";
+
+/// Per-CPU budget of the ICMP too-big messages the balancer sends (kernel-internal, never pinned).
+pub const ICMP_RATE: &str = "LB_ICMP_RATE";
 
 /// The balancer XDP program.
 pub const PROG_BALANCER: &str = "lb_balancer";

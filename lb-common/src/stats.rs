@@ -85,6 +85,16 @@ counters! {
     TxPackets = 20 => "tx_packets",
     /// Redirected to another interface (XDP_REDIRECT).
     RedirectPackets = 21 => "redirect_packets",
+    /// To a VIP address but not balanced (UDP, non-echo ICMP, an unconfigured port, a fragment,
+    /// IPv6 extension headers, malformed): dropped, never passed to a forwarding kernel (a loop).
+    DropVipUnbalanced = 22 => "drop_vip_unbalanced",
+    /// An ICMP / ICMPv6 echo request to a VIP address answered with an echo reply (XDP_TX).
+    IcmpEchoReplied = 23 => "icmp_echo_replied",
+    /// An ICMP frag-needed / ICMPv6 packet-too-big about a VIP flow, steered to its backend.
+    IcmpTooBigSteered = 24 => "icmp_too_big_steered",
+    /// An ICMP frag-needed / ICMPv6 packet-too-big sent to a client whose packet did not fit the
+    /// tunnel (the packet itself is counted in `drop_mtu` only when the rate limit held it back).
+    IcmpTooBigSent = 25 => "icmp_too_big_sent",
 }
 
 #[cfg(test)]
