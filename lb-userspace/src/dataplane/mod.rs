@@ -28,6 +28,7 @@ use lb_common::{
 };
 
 pub use error::DataplaneError;
+pub use forwarding::{record_path as sysctl_record_path, restore as restore_sysctls};
 pub use map_writer::MapWriter;
 pub use pins::{
     ExistingPins, link_path, pinned_layout_version, pinned_links, remove as remove_pins,
@@ -194,7 +195,8 @@ impl Dataplane {
         mode: AttachMode,
     ) -> Result<AttachedMode, DataplaneError> {
         crate::netif::ifindex(iface)?;
-        forwarding::enable(iface)?;
+        let record = self.pin_dir.as_deref().map(forwarding::record_path);
+        forwarding::enable(iface, record.as_deref())?;
         if let Some(dir) = &self.pin_dir {
             let path = link_path(dir, iface);
             if path.exists() {
