@@ -260,7 +260,7 @@ fn unbalanced_floods_to_a_vip_never_loop_and_detach_restores_the_sysctls() {
     // Each packet once toward the LB (plus a little neighbour traffic), none bounced back: a loop
     // would carry every packet up to its TTL (64) times.
     assert!(
-        forwarded >= 3 * SENT && forwarded <= 3 * SENT + 100,
+        (3 * SENT..=3 * SENT + 100).contains(&forwarded),
         "the router sent {forwarded} packets toward the LB for {} sent",
         3 * SENT
     );
