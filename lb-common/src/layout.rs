@@ -6,7 +6,7 @@
 //! fails when a shared type's size changes, as a reminder.
 
 /// The layout of the maps this build creates and can adopt.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 #[cfg(test)]
 mod tests {
@@ -30,11 +30,12 @@ mod tests {
             size_of::<LbConfig>(),
             size_of::<DecapKey>(),
             size_of::<DecapSrcKey>(),
+            size_of::<VipAddrKey>(),
             Counter::COUNT as usize,
         ];
         assert_eq!(
             (LAYOUT_VERSION, sizes),
-            (3, [20, 40, 88, 32, 40, 16, 24, 16, 32, 32, 20, 17, 25]),
+            (4, [20, 40, 88, 32, 40, 16, 24, 16, 32, 32, 20, 17, 20, 29]),
             "a shared type changed: bump LAYOUT_VERSION, then update this test"
         );
     }

@@ -25,7 +25,7 @@ pub use config::LbConfig;
 pub use decap::{DecapCounter, DecapKey, DecapSrcKey};
 pub use flow::{FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FlowEntry, FlowKey};
 pub use persist::{PersistEntry, PersistKey};
-pub use service::{Scheduler, ServiceEntry, ServiceMeta, VipKey};
+pub use service::{Scheduler, ServiceEntry, ServiceMeta, VipAddrKey, VipKey};
 pub use stats::{Counter, TrafficStats};
 
 /// Implements `aya::Pod` for shared types (userspace only). bytemuck already proved them hole-free.
@@ -36,6 +36,7 @@ mod user_pod {
     }
     aya_pod!(
         crate::VipKey,
+        crate::VipAddrKey,
         crate::ServiceEntry,
         crate::ServiceMeta,
         crate::BackendEntry,

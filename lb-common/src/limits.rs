@@ -24,6 +24,16 @@ pub const MAX_DECAP_ADDRS: u32 = 64;
 /// Outer source prefixes the decap program accepts tunnel packets from (`lb decap --allow-src`).
 pub const MAX_DECAP_ALLOW_PREFIXES: u32 = 64;
 
+/// VIP addresses (`LB_VIP_ADDRS`): at most one per service.
+pub const DEFAULT_MAX_VIP_ADDRS: u32 = DEFAULT_MAX_SERVICES;
+/// ICMP frag-needed / packet-too-big messages one CPU sends per second at most (Linux's own
+/// `icmp_msgs_per_sec` is 1000 per host); more are not sent and their packets count as `drop_mtu`.
+pub const ICMP_TOO_BIG_PER_SEC_PER_CPU: u64 = 100;
+/// Bytes of the offending IP packet an ICMP too-big message quotes: its IP header (up to 60 bytes
+/// for IPv4, 40 for IPv6) and the TCP header's start, at least the 8 bytes RFC 792 and the
+/// IPv6 header + ports RFC 4443 ask for. Fixed, so the checksum is a bounded `bpf_csum_diff`.
+pub const ICMP_TOO_BIG_QUOTE: usize = 128;
+
 /// Up to this many backends least-conn compares all of them; above it, it compares two random
 /// choices (power of two choices), which keeps the per-packet cost flat.
 pub const LEAST_CONN_EXACT_MAX: u32 = 32;

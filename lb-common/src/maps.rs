@@ -2,6 +2,8 @@
 //! under the pin directory with these names.
 
 pub const SERVICES: &str = "LB_SERVICES";
+/// The addresses of the VIPs (`VipAddrKey` → 1), written alongside `LB_SERVICES`.
+pub const VIP_ADDRS: &str = "LB_VIP_ADDRS";
 pub const SERVICE_META: &str = "LB_SVC_META";
 pub const BACKENDS: &str = "LB_BACKENDS";
 pub const SCHEDULE: &str = "LB_SCHEDULE";
@@ -21,6 +23,9 @@ pub const DECAP_ALLOW: &str = "LB_DECAP_ALLOW";
 pub const NEXTHOP_CACHE: &str = "LB_NH_CACHE";
 /// Per-CPU state of the new-flow guard (not pinned: a restart starts a fresh window).
 pub const GUARD: &str = "LB_GUARD";
+
+/// Per-CPU budget of the ICMP too-big messages the balancer sends (kernel-internal, never pinned).
+pub const ICMP_RATE: &str = "LB_ICMP_RATE";
 
 /// The balancer XDP program.
 pub const PROG_BALANCER: &str = "lb_balancer";

@@ -12,6 +12,27 @@ pub struct VipKey {
     pub family: u8,
 }
 
+/// Key of `LB_VIP_ADDRS`: an address at least one service (VIP) uses, whatever the port. Packets
+/// to it that are not balanced are answered (echo) or dropped, never passed (see `lb-ebpf`'s `icmp`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct VipAddrKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl VipAddrKey {
+    /// The address part of a service key.
+    pub const fn of(vip: &VipKey) -> VipAddrKey {
+        VipAddrKey {
+            addr: vip.addr,
+            family: vip.family,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// How a service picks the backend of a new flow.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -94,6 +94,16 @@ counters! {
     /// A half-open flow's handshake completed (the client's first ACK): it now counts as an active
     /// connection.
     FlowEstablished = 24 => "flow_established",
+    /// To a VIP address but not balanced (UDP, non-echo ICMP, an unconfigured port, a fragment,
+    /// IPv6 extension headers, malformed): dropped, never passed to a forwarding kernel (a loop).
+    DropVipUnbalanced = 25 => "drop_vip_unbalanced",
+    /// An ICMP / ICMPv6 echo request to a VIP address answered with an echo reply (XDP_TX).
+    IcmpEchoReplied = 26 => "icmp_echo_replied",
+    /// An ICMP frag-needed / ICMPv6 packet-too-big about a VIP flow, steered to its backend.
+    IcmpTooBigSteered = 27 => "icmp_too_big_steered",
+    /// An ICMP frag-needed / ICMPv6 packet-too-big sent to a client whose packet did not fit the
+    /// tunnel (the packet itself is counted in `drop_mtu` only when the rate limit held it back).
+    IcmpTooBigSent = 28 => "icmp_too_big_sent",
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 mod decap;
 mod flow;
+mod icmp;
 mod lookup;
 mod maps;
 mod route;
@@ -18,7 +19,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    bindings::xdp_action::{XDP_DROP, XDP_REDIRECT, XDP_TX},
     helpers::bpf_redirect,
     macros::xdp,
     programs::XdpContext,
@@ -36,7 +37,21 @@ use crate::{
 
 #[xdp]
 pub fn lb_balancer(ctx: XdpContext) -> u32 {
-    balance(&ctx)
+    let outcome = balance(&ctx);
+    // The ICMP paths run here, beside `balance` rather than inside it: the verifier adds up the
+    // stack frames of a call chain (512 bytes at most), and `balance`'s alone is ~400.
+    match outcome >> 32 {
+        0 => outcome as u32,
+        UNBALANCED => {
+            let next = icmp::unbalanced(&ctx, outcome as u32);
+            if next >> 32 == icmp::STEER {
+                icmp::steer_to(&ctx, next as u32)
+            } else {
+                next as u32
+            }
+        }
+        _ => icmp::too_big(&ctx, outcome as u32),
+    }
 }
 
 #[xdp]
@@ -44,22 +59,27 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     decap::decap(&ctx)
 }
 
-#[inline(always)]
-fn balance(ctx: &XdpContext) -> u32 {
+/// `balance` left the packet to `icmp::unbalanced`; the low 32 bits are its pass counter.
+const UNBALANCED: u64 = 1;
+/// `balance` found the packet too long for the tunnel (`icmp::too_big`); the low 32 bits are the
+/// service id.
+const TOO_BIG: u64 = 2;
+
+/// The verdict of a packet (high 32 bits 0), or what `lb_balancer` does next (`UNBALANCED`,
+/// `TOO_BIG` in the high 32 bits). Not inlined, so its frame is not on the ICMP paths' chain.
+#[inline(never)]
+fn balance(ctx: &XdpContext) -> u64 {
     count(Counter::RxPackets);
     let pkt = match parse::parse_packet(ctx) {
         Ok(p) => p,
-        Err(reason) => {
-            count(reason);
-            return XDP_PASS;
-        }
+        Err(reason) => return (UNBALANCED << 32) | reason as u64,
     };
     let Some(svc) = lookup::service_of(&pkt) else {
-        count(Counter::PassNotVip);
-        return XDP_PASS;
+        return (UNBALANCED << 32) | Counter::PassNotVip as u64;
     };
     match forward(ctx, &pkt, &svc) {
-        Ok(verdict) => verdict,
+        Ok(verdict) => u64::from(verdict),
+        Err(Counter::DropMtu) => (TOO_BIG << 32) | u64::from(svc.id),
         Err(reason) => {
             count(reason);
             stats::service_traffic(svc.id, Traffic::Dropped);
@@ -67,7 +87,7 @@ fn balance(ctx: &XdpContext) -> u32 {
                 ctx,
                 "lb_balancer: drop {} for service {}", reason as u32, svc.id
             );
-            XDP_DROP
+            u64::from(XDP_DROP)
         }
     }
 }

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendEntry, Counter, DecapCounter, DecapKey, DecapSrcKey, FlowEntry, FlowKey, LbConfig,
-    PersistEntry, PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipKey,
+    PersistEntry, PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipAddrKey, VipKey,
     limits::{
-        DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
+        DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_VIP_ADDRS,
         DEFAULT_PERSIST_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_DECAP_ADDRS, MAX_DECAP_ALLOW_PREFIXES,
         SCHEDULE_IDS_PER_ENTRY, SPARE_TABLE_SLOTS,
     },
@@ -94,3 +94,12 @@ pub struct GuardState {
 /// Per CPU, one element; not pinned (a restart starts a fresh window).
 #[map]
 pub static LB_GUARD: PerCpuArray<GuardState> = PerCpuArray::with_max_entries(1, 0);
+
+/// The VIP addresses (any port): unbalanced packets to them are never passed (`icmp`).
+#[map]
+pub static LB_VIP_ADDRS: HashMap<VipAddrKey, u32> =
+    HashMap::with_max_entries(DEFAULT_MAX_VIP_ADDRS, 0);
+
+/// This CPU's budget of ICMP too-big messages (`icmp::take_budget`); never pinned.
+#[map]
+pub static LB_ICMP_RATE: PerCpuArray<crate::icmp::IcmpBudget> = PerCpuArray::with_max_entries(1, 0);

@@ -88,6 +88,8 @@ pub fn next_hop(
         });
     }
     if rc == i64::from(BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+        // SAFETY: on FRAG_NEEDED the kernel writes the route's MTU into this union member.
+        crate::icmp::note_mtu(u32::from(unsafe { params.__bindgen_anon_1.mtu_result }));
         return Err(Counter::DropMtu);
     }
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {

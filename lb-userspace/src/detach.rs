@@ -48,9 +48,12 @@ pub fn run(iface: &str, pin_dir: &Path, purge_state: Option<&Path>) -> anyhow::R
 }
 
 /// Removes the pins in `pin_dir` (links first: the program stops before its maps go), the
-/// directory, the status file and finally the lock file.
+/// directory, restores the sysctls `lb run` changed, removes the status file and finally the
+/// lock file.
 pub fn remove_all(pin_dir: &Path, lock: PinDirLock) {
     dataplane::remove_pins(pin_dir);
+    // After the program is gone: what `lb run` changed for it goes back as it was.
+    dataplane::restore_sysctls(pin_dir);
     let status = report::status_file_path(pin_dir);
     if let Err(e) = std::fs::remove_file(&status)
         && e.kind() != std::io::ErrorKind::NotFound

@@ -21,13 +21,14 @@ use aya::{
     },
 };
 use lb_common::{
-    BackendEntry, DecapKey, FlowKey, LbConfig, ServiceEntry, ServiceMeta, VipKey,
+    BackendEntry, DecapKey, FlowKey, LbConfig, ServiceEntry, ServiceMeta, VipAddrKey, VipKey,
     layout::LAYOUT_VERSION,
     limits::Capacity,
     maps::{self, PROG_BALANCER, PROG_DECAP},
 };
 
 pub use error::DataplaneError;
+pub use forwarding::{record_path as sysctl_record_path, restore as restore_sysctls};
 pub use map_writer::MapWriter;
 pub use pins::{
     ExistingPins, link_path, pinned_layout_version, pinned_links, remove as remove_pins,
@@ -109,6 +110,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(maps::SERVICES, cap.max_services)
+            .map_max_entries(maps::VIP_ADDRS, cap.max_services)
             .map_max_entries(maps::SERVICE_META, cap.max_services)
             .map_max_entries(maps::BACKENDS, cap.max_backends)
             .map_max_entries(maps::SCHEDULE, cap.schedule_map_entries())
@@ -193,7 +195,8 @@ impl Dataplane {
         mode: AttachMode,
     ) -> Result<AttachedMode, DataplaneError> {
         crate::netif::ifindex(iface)?;
-        forwarding::enable(iface)?;
+        let record = self.pin_dir.as_deref().map(forwarding::record_path);
+        forwarding::enable(iface, record.as_deref())?;
         if let Some(dir) = &self.pin_dir {
             let path = link_path(dir, iface);
             if path.exists() {
@@ -338,17 +341,49 @@ impl Dataplane {
                 capacity: u64::from(self.maps.schedule.entries()),
             });
         }
+        // The address first: from the service's first packet on, what it does not balance is
+        // answered or dropped at the VIP address, never passed to the forwarding kernel.
+        self.maps
+            .vip_addrs
+            .insert(VipAddrKey::of(key), 1, 0)
+            .map_err(map_op(maps::VIP_ADDRS, "update"))?;
         self.maps
             .services
             .insert(key, entry, 0)
             .map_err(map_op(maps::SERVICES, "update"))
     }
 
+    /// Removes a service, and its address from `LB_VIP_ADDRS` when no other service uses it.
     pub fn delete_service(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
         self.maps
             .services
             .remove(key)
-            .map_err(map_op(maps::SERVICES, "delete"))
+            .map_err(map_op(maps::SERVICES, "delete"))?;
+        let addr = VipAddrKey::of(key);
+        let mut shared = false;
+        for k in self.maps.services.keys() {
+            let k = k.map_err(map_op(maps::SERVICES, "iterate"))?;
+            shared |= VipAddrKey::of(&k) == addr;
+        }
+        if shared {
+            return Ok(());
+        }
+        match self.maps.vip_addrs.remove(&addr) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_op(maps::VIP_ADDRS, "delete")(e)),
+        }
+    }
+
+    /// The VIP addresses the data plane answers for (`LB_VIP_ADDRS`).
+    pub fn vip_addrs(&self) -> Result<Vec<VipAddrKey>, DataplaneError> {
+        self.maps
+            .vip_addrs
+            .keys()
+            .map(|k| k.map_err(map_op(maps::VIP_ADDRS, "iterate")))
+            .collect()
     }
 
     pub fn put_service_meta(&mut self, id: u32, meta: &ServiceMeta) -> Result<(), DataplaneError> {

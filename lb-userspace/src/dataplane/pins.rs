@@ -14,8 +14,9 @@ use lb_common::{LbConfig, layout::LAYOUT_VERSION, maps};
 use super::DataplaneError;
 
 /// Every map we pin, by name.
-pub(crate) const PINNED_MAPS: [&str; 15] = [
+pub(crate) const PINNED_MAPS: [&str; 16] = [
     maps::SERVICES,
+    maps::VIP_ADDRS,
     maps::SERVICE_META,
     maps::BACKENDS,
     maps::SCHEDULE,

@@ -8,7 +8,8 @@ use aya::maps::{
 };
 use lb_common::{
     BACKEND_F_VALID, BackendEntry, Counter, DecapCounter, DecapKey, DecapSrcKey, FlowEntry,
-    FlowKey, LbConfig, PersistEntry, PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipKey,
+    FlowKey, LbConfig, PersistEntry, PersistKey, ServiceEntry, ServiceMeta, TrafficStats,
+    VipAddrKey, VipKey,
     limits::{Capacity, SCHEDULE_IDS_PER_ENTRY, SPARE_TABLE_SLOTS},
     maps,
 };
@@ -20,6 +21,7 @@ use super::{DataplaneError, error::map_op, schedule::ScheduleMmap};
 /// Typed handles of every map of the data plane.
 pub struct MapsView {
     pub(crate) services: HashMap<MapData, VipKey, ServiceEntry>,
+    pub(crate) vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     pub(crate) service_meta: Array<MapData, ServiceMeta>,
     pub(crate) backends: Array<MapData, BackendEntry>,
     pub(crate) schedule: ScheduleMmap,
@@ -86,6 +88,7 @@ impl MapsView {
 
         Ok(MapsView {
             services,
+            vip_addrs: typed(maps::VIP_ADDRS, source(maps::VIP_ADDRS)?)?,
             service_meta: typed(maps::SERVICE_META, source(maps::SERVICE_META)?)?,
             backends,
             schedule,

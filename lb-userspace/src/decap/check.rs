@@ -354,7 +354,8 @@ fn check_rp_filter(iface: &str, facts: &HostFacts) -> Vec<Finding> {
 }
 
 /// A client's full segment, encapsulated, must fit the interface it arrives on: the balancer adds
-/// 20 bytes (IPIP) or 40 (ip6ip6) and drops what would exceed its egress MTU (`drop_mtu`).
+/// 20 bytes (IPIP) or 40 (ip6ip6); what would exceed its egress MTU is answered with an ICMP too-big
+/// (`icmp_too_big_sent`, rate-limited) or dropped (`drop_mtu`).
 fn check_mss(
     iface: &str,
     mtu: u32,
@@ -394,7 +395,9 @@ fn check_mss(
         ),
     };
     Finding::fail(
-        format!("{what}, over the MTU {mtu}: the balancer drops such packets (drop_mtu)"),
+        format!(
+            "{what}, over the MTU {mtu}: the balancer answers such packets with an ICMP too-big (one round trip lost per connection; rate-limited, then dropped as drop_mtu)"
+        ),
         format!(
             "offer a smaller MSS: {route_fix}, or clamp the MSS (nft/iptables TCPMSS); or raise the \
              MTU between the balancer and the backends to {encapsulated}"

@@ -24,9 +24,9 @@ pub const VIP_PREFIX_V6: &str = "2001:db8:100::/64";
 /// VIPs `1..=VIPS_PER_BACKEND` are configured on every backend's `lo`.
 pub const VIPS_PER_BACKEND: u8 = 4;
 
-/// MTU of the links that carry encapsulated packets: room for the 20/40-byte outer header of a
-/// 1500-byte client packet.
-pub const TUNNEL_MTU: &str = "1600";
+/// MTU of the links that carry encapsulated packets: the common 1500, like the client's, so a
+/// full-sized client packet does not fit a tunnel and path MTU discovery (the LB's ICMP) is tested.
+pub const TUNNEL_MTU: &str = "1500";
 
 /// Most backends and load balancers the address plan has room for.
 pub const MAX_BACKENDS: usize = 200;

@@ -619,7 +619,9 @@ fn check_encap(world: &World, input: &[u8], output: &[u8]) -> Result<(), String>
     Ok(())
 }
 
-/// Checks an ICMP / ICMPv6 reply: a valid header and checksum, addressed to the input's source.
+/// Checks an ICMP / ICMPv6 reply: a valid header and checksum, addressed to the input's source. An
+/// echo reply is the request answered without summing its payload (as Katran does): its checksum is
+/// the request's, adjusted, so it must be valid exactly when the request's was.
 fn check_icmp_reply(input: &[u8], output: &[u8]) -> Result<(), String> {
     let (in_l3, in_family) = l3_of(input).ok_or("ICMP reply to a frame that is not IP")?;
     let (out_l3, out_family) = l3_of(output).ok_or("output is not IP")?;
@@ -628,29 +630,53 @@ fn check_icmp_reply(input: &[u8], output: &[u8]) -> Result<(), String> {
     if dst != client {
         return Err(format!("ICMP reply to {dst}, not the sender {client}"));
     }
-    if out_family == 4 {
-        let ihl = usize::from(output[out_l3] & 0x0f) * 4;
-        let h = output.get(out_l3..out_l3 + ihl).ok_or("reply header cut")?;
-        let tot = usize::from(u16::from_be_bytes([h[2], h[3]]));
-        let msg = output
-            .get(out_l3 + ihl..out_l3 + tot)
-            .ok_or("reply length lies")?;
-        if ihl < 20 || fold(sum16(h)) != 0xffff || fold(sum16(msg)) != 0xffff {
-            return Err("ICMP reply header or checksum wrong".into());
-        }
+    let (out_kind, header_ok, out_valid) = icmp_message(output, out_l3, out_family)?;
+    if !header_ok {
+        return Err("ICMP reply's IPv4 header checksum wrong".into());
+    }
+    let echo = out_kind == 0 || out_kind == 129;
+    let want_valid = if echo {
+        icmp_message(input, in_l3, in_family).is_ok_and(|(_, _, valid)| valid)
     } else {
-        let payload = usize::from(u16::from_be_bytes([output[out_l3 + 4], output[out_l3 + 5]]));
-        let ip6 = output
-            .get(out_l3..out_l3 + 40 + payload)
-            .ok_or("reply length lies")?;
-        let mut zeroed = ip6.to_vec();
-        zeroed.get_mut(42..44).ok_or("reply cut")?.fill(0);
-        let sum = u16::from_be_bytes([ip6[42], ip6[43]]);
-        if sum != icmpv6_checksum(&zeroed) {
-            return Err("ICMPv6 reply checksum wrong".into());
-        }
+        true
+    };
+    if out_valid != want_valid {
+        return Err(format!(
+            "ICMP reply (type {out_kind}) checksum {} for a request whose checksum is {}",
+            if out_valid { "valid" } else { "wrong" },
+            if want_valid { "valid" } else { "wrong" }
+        ));
     }
     Ok(())
+}
+
+/// The ICMP / ICMPv6 type of the message in `frame`, whether the IPv4 header checksum verifies
+/// (always for IPv6) and whether the message's checksum does; `Err` when a length lies.
+fn icmp_message(frame: &[u8], l3: usize, family: u8) -> Result<(u8, bool, bool), String> {
+    if family == 4 {
+        let ihl = usize::from(frame[l3] & 0x0f) * 4;
+        let h = frame.get(l3..l3 + ihl).ok_or("ICMP header cut")?;
+        if ihl < 20 {
+            return Err("ICMP packet with a short IPv4 header".into());
+        }
+        let tot = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        let msg = frame.get(l3 + ihl..l3 + tot).ok_or("ICMP length lies")?;
+        let kind = *msg.first().ok_or("ICMP message empty")?;
+        Ok((kind, fold(sum16(h)) == 0xffff, fold(sum16(msg)) == 0xffff))
+    } else {
+        let payload = usize::from(u16::from_be_bytes([
+            *frame.get(l3 + 4).ok_or("cut")?,
+            *frame.get(l3 + 5).ok_or("cut")?,
+        ]));
+        let ip6 = frame
+            .get(l3..l3 + 40 + payload)
+            .ok_or("ICMPv6 length lies")?;
+        let kind = *ip6.get(40).ok_or("ICMPv6 message empty")?;
+        let mut zeroed = ip6.to_vec();
+        zeroed.get_mut(42..44).ok_or("ICMPv6 message cut")?.fill(0);
+        let sum = u16::from_be_bytes([ip6[42], ip6[43]]);
+        Ok((kind, true, sum == icmpv6_checksum(&zeroed)))
+    }
 }
 
 fn is_icmp_reply(output: &[u8]) -> bool {

@@ -11,6 +11,7 @@ mod decap_check;
 mod flows;
 mod health;
 mod hitless;
+mod icmp;
 mod metrics;
 mod privilege;
 mod processes;
