@@ -144,6 +144,22 @@ pub struct ServiceEntry {
     pub hash_len: u32,
 }
 
+impl ServiceEntry {
+    /// Entries of its slot the service uses from `table_offset`: its table and the hash table
+    /// after it (a hash table outside the slot only counts as far as it reaches into it).
+    pub const fn slot_span(&self) -> u32 {
+        let hash_end = self
+            .hash_offset
+            .saturating_add(self.hash_len)
+            .saturating_sub(self.table_offset);
+        if hash_end > self.table_len {
+            hash_end
+        } else {
+            self.table_len
+        }
+    }
+}
+
 /// Length of a service name in [`ServiceMeta`].
 pub const SERVICE_NAME_LEN: usize = 64;
 
@@ -161,5 +177,29 @@ pub struct ServiceMeta {
 impl Default for ServiceMeta {
     fn default() -> Self {
         Zeroable::zeroed()
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::ServiceEntry;
+
+    #[test]
+    fn the_slot_span_covers_the_table_and_the_hash_table_after_it() {
+        let e = |table_len, hash_offset, hash_len| ServiceEntry {
+            table_offset: 100,
+            table_len,
+            hash_offset,
+            hash_len,
+            ..Default::default()
+        };
+        assert_eq!(e(3, 103, 97).slot_span(), 100, "list, then its hash table");
+        assert_eq!(e(101, 100, 101).slot_span(), 101, "maglev: one table");
+        assert_eq!(e(0, 100, 0).slot_span(), 0, "no backend");
+        assert_eq!(
+            e(3, 0, 0).slot_span(),
+            3,
+            "no hash table written: the table alone"
+        );
     }
 }

@@ -118,11 +118,13 @@ pub fn assign(
     cfg: &LbConfig,
 ) -> Result<Assignment, Counter> {
     let syn = is_syn(tcp_flags);
-    let guarded = syn && over_guard(cfg.max_new_flows_per_cpu);
+    // One clock read serves the guard, persistence and the new entry.
+    let now = if syn { now_ns() } else { 0 };
+    let guarded = syn && over_guard(cfg.max_new_flows_per_cpu, now);
     if syn && !guarded {
         // Insert first: a SYN is almost always new, so the lookup is only paid by a retransmitted
         // one (which finds its entry below, on its first backend).
-        let choice = match persisted(svc, key) {
+        let choice = match persisted(svc, key, now) {
             Some(c) => {
                 count(Counter::PersistHit);
                 c
@@ -133,7 +135,7 @@ pub fn assign(
         let entry = FlowEntry {
             backend_id: choice.id,
             flags: if closing { FLOW_F_CLOSED } else { 0 },
-            last_seen_ns: now_ns(),
+            last_seen_ns: now,
         };
         match LB_FLOWS.insert(key, entry, u64::from(BPF_NOEXIST)) {
             Ok(()) => {
@@ -199,6 +201,29 @@ pub fn assign(
     })
 }
 
+/// The backend of a flow for a packet that must not change any state (an ICMP error about the
+/// flow): its entry's backend while that one carries flows, else the consistent hash, where the
+/// flow's packets without an entry go too.
+#[inline(always)]
+pub fn backend_without_state(
+    svc: &ServiceEntry,
+    key: &FlowKey,
+    hash_seed: u32,
+) -> Result<Choice, Counter> {
+    // SAFETY: the value is copied out at once.
+    if let Some(entry) = unsafe { LB_FLOWS.get(key).copied() }
+        && let Some(be) = backend(entry.backend_id)
+        && be.carries_flows()
+        && be.service_id == svc.id
+    {
+        return Ok(Choice {
+            id: entry.backend_id,
+            entry: be,
+        });
+    }
+    consistent(svc, key, hash_seed)
+}
+
 /// The flow's state after this packet: established on the client's first ACK, closed on FIN/RST,
 /// half-open again on a SYN that reuses a closed flow's ports; and (rarely) its time.
 #[inline(always)]
@@ -246,14 +271,13 @@ fn advance(
 /// Counts a new flow against this CPU's budget; true when the budget of the current window is
 /// spent (the SYN then creates no state).
 #[inline(always)]
-fn over_guard(limit: u32) -> bool {
+fn over_guard(limit: u32, now: u64) -> bool {
     if limit == 0 {
         return false;
     }
     let Some(g) = LB_GUARD.get_ptr_mut(0) else {
         return false;
     };
-    let now = now_ns();
     // SAFETY: per-CPU slot; XDP does not nest on one CPU.
     unsafe {
         let state: &mut GuardState = &mut *g;
@@ -278,14 +302,14 @@ fn persist_key(svc: &ServiceEntry, key: &FlowKey) -> PersistKey {
 
 /// The backend this client used recently, if persistence is on and that backend still takes flows.
 #[inline(always)]
-fn persisted(svc: &ServiceEntry, key: &FlowKey) -> Option<Choice> {
+fn persisted(svc: &ServiceEntry, key: &FlowKey, now: u64) -> Option<Choice> {
     if svc.persist_timeout_s == 0 {
         return None;
     }
     // SAFETY: copied out at once.
     let entry = unsafe { LB_PERSIST.get(persist_key(svc, key)).copied() }?;
     let timeout_ns = u64::from(svc.persist_timeout_s) * 1_000_000_000;
-    if now_ns().wrapping_sub(entry.last_seen_ns) >= timeout_ns {
+    if now.wrapping_sub(entry.last_seen_ns) >= timeout_ns {
         return None;
     }
     let be = backend(entry.backend_id)?;

@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    AF_INET, AF_INET6, Counter, FlowKey, IPPROTO_TCP, ServiceEntry, VipAddrKey, VipKey,
+    AF_INET, AF_INET6, Counter, FlowKey, IPPROTO_TCP, VipAddrKey, VipKey,
     limits::{ICMP_TOO_BIG_PER_SEC_PER_CPU, ICMP_TOO_BIG_QUOTE},
 };
 use lb_ebpf::{
@@ -28,10 +28,9 @@ use lb_ebpf::{
 };
 
 use crate::{
-    lookup,
-    maps::{LB_FLOWS, LB_ICMP_RATE, LB_SERVICES, LB_STATS, LB_VIP_ADDRS},
+    flow, lookup,
+    maps::{LB_ICMP_RATE, LB_SERVICES, LB_STATS, LB_VIP_ADDRS},
     route,
-    select::{Choice, consistent},
     stats::{self, count},
 };
 
@@ -325,7 +324,8 @@ fn steer(family: u8, vip: [u32; 4], client: [u32; 4], ports: &Ports) -> Result<u
         family,
         _pad: [0; 2],
     };
-    let choice = flow_backend_for_icmp(&svc, &key)?;
+    // Read only: an ICMP error creates no flow.
+    let choice = flow::backend_without_state(&svc, &key, lookup::config().hash_seed)?;
     if choice.entry.family != family {
         return Err(Counter::DropNoRoute);
     }
@@ -394,25 +394,6 @@ fn encap_to(ctx: &XdpContext, backend_id: u32) -> Result<u32, Counter> {
     encap::encapsulate(ctx, &pkt, &src, &be.addr, &hop)?;
     count(Counter::IcmpTooBigSteered);
     Ok(crate::egress(ctx, hop.ifindex))
-}
-
-/// The backend of the flow an ICMP error is about: the flow table's (read only: an ICMP error
-/// creates no flow), else the service's consistent hash (where the flow's packets without state go).
-#[inline(always)]
-pub fn flow_backend_for_icmp(svc: &ServiceEntry, key: &FlowKey) -> Result<Choice, Counter> {
-    // SAFETY: the value is copied out at once.
-    if let Some(entry) = unsafe { LB_FLOWS.get(key).copied() }
-        && let Some(be) = lookup::backend(entry.backend_id)
-        && be.carries_flows()
-        && be.service_id == svc.id
-    {
-        return Ok(Choice {
-            id: entry.backend_id,
-            entry: be,
-        });
-    }
-    // No entry: where the flow's packets without state go too (the consistent hash).
-    consistent(svc, key, lookup::config().hash_seed)
 }
 
 /// Takes one message from this CPU's budget of the current second and returns the MTU

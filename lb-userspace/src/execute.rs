@@ -95,8 +95,7 @@ pub mod fake {
         pub fn slot_contents(&self, key: &VipKey) -> Option<Vec<u32>> {
             let e = self.services.get(key)?;
             let t = self.tables.get(&e.table_offset)?;
-            let end = (e.hash_offset + e.hash_len - e.table_offset).max(e.table_len);
-            t.get(..end as usize).map(<[u32]>::to_vec)
+            t.get(..e.slot_span() as usize).map(<[u32]>::to_vec)
         }
 
         /// The table the service at `key` schedules from.

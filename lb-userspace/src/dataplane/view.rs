@@ -201,12 +201,7 @@ impl MapsView {
 
     /// What a service entry uses of its slot: the scheduler's table and the hash table after it.
     pub fn slot_contents(&self, entry: &ServiceEntry) -> Result<Vec<u32>, DataplaneError> {
-        let hash_end = entry
-            .hash_offset
-            .saturating_add(entry.hash_len)
-            .saturating_sub(entry.table_offset);
-        self.schedule
-            .read(entry.table_offset, entry.table_len.max(hash_end))
+        self.schedule.read(entry.table_offset, entry.slot_span())
     }
 
     /// Every tracked flow (at most the flow table's size; flows evicted while listing are skipped).

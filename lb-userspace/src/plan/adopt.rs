@@ -168,9 +168,8 @@ impl Planner {
         let slot = p.entry.table_offset / size;
         let fits = p.entry.table_offset.is_multiple_of(size)
             && slot < self.capacity.table_slots()
-            && p.entry.table_len <= size
             && p.entry.hash_offset >= p.entry.table_offset
-            && p.entry.hash_offset - p.entry.table_offset + p.entry.hash_len <= size;
+            && p.entry.slot_span() <= size;
         if !fits || !self.slots.take(slot) {
             return Err(AdoptError::BadSlot {
                 vip: format!("{:?}", p.key),
