@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::model::DesiredState;
 use crate::zk::client::ZkTarget;
+use crate::zk::registry::{self, Registry};
 use crate::zk::snapshot::build_snapshot;
 use crate::zk::source::read_tree;
 
@@ -61,19 +62,37 @@ pub fn file(path: &Path) -> CheckReport {
 }
 
 /// Checks the tree under the target's root: every node `lb run` would reject or only partly take.
+/// With a `registry` (`--zk-format curator|serverset`), the registry's instances of each mapped
+/// service, decoded as the daemon decodes them.
 pub async fn zookeeper(
     target: &ZkTarget,
     session_timeout: Duration,
+    registry: Option<&Registry>,
 ) -> anyhow::Result<CheckReport> {
     let client = target.connect(session_timeout).await?;
     let schema = &target.schema;
-    let Some(raw) = read_tree(&client, schema).await? else {
-        anyhow::bail!(
-            "{} does not exist: there is nothing to check (create it with `lb service put`)",
-            schema.services_dir()
-        );
+    let previous = DesiredState::default();
+    let snapshot = match registry {
+        None => {
+            let Some(raw) = read_tree(&client, schema).await? else {
+                anyhow::bail!(
+                    "{} does not exist: there is nothing to check (create it with `lb service put`)",
+                    schema.services_dir()
+                );
+            };
+            build_snapshot(schema, &raw, &previous)
+        }
+        Some(registry) => {
+            let Some(raw) = registry::read_instances(&client, schema, registry).await? else {
+                anyhow::bail!(
+                    "{} does not exist: there is no {} registry there (check --zk-root)",
+                    schema.root(),
+                    registry.format().name()
+                );
+            };
+            registry::build_snapshot(registry, schema, &raw, &previous)
+        }
     };
-    let snapshot = build_snapshot(schema, &raw, &DesiredState::default());
     let mut errors: Vec<String> = snapshot
         .rejections
         .iter()

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use lb_userspace::check;
 
+use super::run::{ZkFormat, registry_args};
 use super::zk::OptionalZkArgs;
 
 #[derive(clap::Subcommand, Debug)]
@@ -21,6 +22,13 @@ pub struct CheckArgs {
     file: Option<PathBuf>,
     #[command(flatten)]
     zk: OptionalZkArgs,
+    /// The tree under --zk-root, as `lb run --zk-format` reads it: ours (`native`), Apache
+    /// Curator's service discovery (`curator`) or Finagle serversets (`serverset`).
+    #[arg(long, value_enum, default_value = "native", requires = "zk")]
+    zk_format: ZkFormat,
+    /// The service mapping for --zk-format curator|serverset (checked first: every error of it).
+    #[arg(long, requires = "zk")]
+    zk_services: Option<PathBuf>,
 }
 
 pub fn run(command: ConfigCommand) -> anyhow::Result<ExitCode> {
@@ -28,12 +36,20 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<ExitCode> {
     let (report, what) = match (&args.file, args.zk.given()) {
         (Some(file), _) => (check::file(file), file.display().to_string()),
         (None, Some(zk)) => {
+            let registry = registry_args(args.zk_format, args.zk_services.as_deref())?;
             let target = zk.target()?;
-            let what = format!("{}{}", zk.zk, target.schema.services_dir());
+            let what = match &registry {
+                None => format!("{}{}", zk.zk, target.schema.services_dir()),
+                Some(r) => format!("{}{} ({})", zk.zk, target.schema.root(), r.format().name()),
+            };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let report = runtime.block_on(check::zookeeper(&target, zk.session_timeout()))?;
+            let report = runtime.block_on(check::zookeeper(
+                &target,
+                zk.session_timeout(),
+                registry.as_ref(),
+            ))?;
             (report, what)
         }
         (None, None) => anyhow::bail!("give a FILE or --zk HOSTS"),

@@ -215,3 +215,67 @@ fn a_zookeeper_tree_is_checked_node_by_node() {
     );
     assert!(out.contains("2 error(s)"), "{out}");
 }
+
+/// `--zk-format curator`: the check reads the registry's instances through the mapping, as
+/// `lb run` would, and names each bad instance node.
+#[test]
+fn a_curator_registry_is_checked_instance_by_instance() {
+    let server = ZkServer::start().unwrap();
+    let zk = server.connect_string();
+    let mapping = TempConfig::new(
+        "curator-mapping",
+        "[[services]]\nname = \"web\"\nvip = \"198.18.100.1:80\"\nregistry_name = \"web-svc\"\n",
+    );
+    let instance = |id: &str, address: &str, port: u16| {
+        format!(
+            r#"{{"name":"web-svc","id":"{id}","address":"{address}","port":{port},"sslPort":null,"payload":null,"registrationTimeUTC":1764720000000,"serviceType":"DYNAMIC","uriSpec":null}}"#
+        )
+    };
+    server.cli(&["create", "/discovery", ""]).unwrap();
+    server.cli(&["create", "/discovery/web-svc", ""]).unwrap();
+    let good = instance("a1", "198.18.2.11", 80);
+    server
+        .cli(&["create", "/discovery/web-svc/a1", &good])
+        .unwrap();
+    let check = |root: &str| {
+        let out = Command::new(lb_tests::lab::lb_bin().unwrap())
+            .args(["config", "check", "--zk", &zk, "--zk-root", root])
+            .args(["--zk-format", "curator", "--zk-services", mapping.arg()])
+            .output()
+            .unwrap();
+        let (o, e) = text(&out);
+        (out.status.code(), o, e)
+    };
+    let (code, out, err) = check("/discovery");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("ok: 1 service(s), 1 backend(s)"), "{out}");
+
+    // A host name and a port other than the VIP's: both rejected, by their node paths.
+    let by_name = instance("a2", "web-2.example", 80);
+    let other_port = instance("a3", "198.18.2.13", 8080);
+    server
+        .cli(&["create", "/discovery/web-svc/a2", &by_name])
+        .unwrap();
+    server
+        .cli(&["create", "/discovery/web-svc/a3", &other_port])
+        .unwrap();
+    let (code, out, err) = check("/discovery");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("/discovery/web-svc/a2: "), "{out}");
+    assert!(out.contains("/discovery/web-svc/a3: "), "{out}");
+    assert!(out.contains("2 error(s)"), "{out}");
+
+    // A root that does not exist is an error that names it, not "0 services, ok".
+    let (code, out, err) = check("/nowhere");
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(err.contains("/nowhere"), "{out}{err}");
+
+    // --zk-format without the mapping is refused before connecting.
+    let out = Command::new(lb_tests::lab::lb_bin().unwrap())
+        .args(["config", "check", "--zk", &zk, "--zk-format", "curator"])
+        .output()
+        .unwrap();
+    let (o, e) = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{o}{e}");
+    assert!(e.contains("--zk-services"), "{o}{e}");
+}
