@@ -259,7 +259,7 @@ fn lost_quorum_fails_static_and_a_change_applies_once_it_is_back() {
     let report = load.finish().expect("load report");
     assert_no_failures(&report, "over the lost quorum");
     println!(
-        "quorum lost for {back:.1?} (members {killed:?} killed): {samples} samples, tables unchanged, states {states:?}; \
+        "no quorum for {back:.1?} (members {killed:?} killed until restarted and serving): {samples} samples, tables unchanged, states {states:?}; \
          the change applied on both {:.1?} after the restart; {} new connections, 0 failures",
         applied - back,
         report.new_conns
@@ -348,6 +348,63 @@ fn an_expired_session_resyncs_without_flapping_a_backend() {
         "lb1 cut off for {:.1?}: states {states:?}, new session {new_session:?} (was {old_session}) {resynced:.1?} \
          after the cut; {samples} samples of both LBs' tables, all identical to before; {} new connections, 0 failures",
         healed_at.unwrap_or_default(),
+        report.new_conns
+    );
+}
+
+#[test]
+fn a_partitioned_member_loses_its_lb_to_another_member_with_the_session_kept() {
+    let mut t = start();
+    let svc = start_lbs(&mut t, &[1, 1], [SESSION_MS, SESSION_MS]);
+    let before = identical_tables(&t, "before the partition");
+    let member = wait_connected(&t, 0);
+    let session = session_id(&t, 0).expect("lb0's session id");
+
+    let load = load(&t, &svc);
+    wait_rounds(&load, 5);
+    t.zk.partition(member).expect("partition lb0's member");
+    let started = Instant::now();
+    // Until lb0 is connected elsewhere (bounded), both LBs' tables stay as they were.
+    let moved_to = Eventually::new("lb0 connected to another member", APPLY)
+        .every(Duration::from_millis(100))
+        .poll(|| {
+            for lb in 0..2 {
+                let tables = t.lab.lb_pinned_tables(lb).map_err(|e| format!("{e:#}"))?;
+                assert_eq!(
+                    tables,
+                    before,
+                    "lb{lb}'s tables changed: {:?}",
+                    tables.differences(&before)
+                );
+            }
+            let members = t.zk.members_with_client(IpAddr::V4(lb_v4(0)));
+            match (connection(&t, 0), members.as_slice()) {
+                (Some(ZkConnection::Connected), [m]) => Ok(*m),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\nlb0's log:\n{}", t.lab.lb_log(0).unwrap_or_default()));
+    let moved_after = started.elapsed();
+    assert_ne!(moved_to, member);
+    // The client moved before the session timeout: the same session, no expiry, no full rebuild.
+    assert_eq!(session_id(&t, 0).as_deref(), Some(session.as_str()));
+
+    t.zk.heal(member).expect("heal the member");
+    t.zk.leader().expect("a leader after the heal");
+    t.put_backend("web", Lab::backend_addr(2, false), 1)
+        .expect("lb backend put after the heal");
+    let three = service("web", svc.vip, "maglev", &[1, 1, 1]);
+    t.wait_serves(0, &three).expect("lb0 applies the change");
+    t.wait_serves(1, &three).expect("lb1 applies the change");
+    assert_eq!(
+        identical_tables(&t, "after the change").serving,
+        serving(&three)
+    );
+    let report = load.finish().expect("load report");
+    assert_no_failures(&report, "over the member's partition");
+    println!(
+        "member {member} partitioned: lb0 on member {moved_to} after {moved_after:.2?}, session {session} kept; \
+         {} new connections, 0 failures",
         report.new_conns
     );
 }
