@@ -12,6 +12,7 @@
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -73,7 +74,8 @@ impl Default for ZkServerOptions {
     }
 }
 
-/// A running (or stopped) private ZooKeeper server.
+/// A running (or stopped) private ZooKeeper server. Keep it on the thread that started (or
+/// restarted) it: the JVM is killed when that thread ends.
 pub struct ZkServer {
     dir: PathBuf,
     port: u16,
@@ -260,8 +262,19 @@ impl ZkServer {
             .append(true)
             .open(self.log_path())
             .with_context(|| format!("opening {}", self.log_path().display()))?;
-        let child = self
-            .command("java")
+        let mut cmd = self.command("java");
+        // SIGKILL to the JVM when the thread that started it ends, so a test killed before `Drop`
+        // leaves no server behind (the setting survives nsenter's exec).
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("-Xmx256m")
             .arg(format!("-Dzookeeper.log.dir={}", self.dir.display()))
             .arg("-cp")

@@ -13,7 +13,7 @@ use lb_tests::eventually::Eventually;
 use lb_tests::lab::tables::PinnedTables;
 use lb_tests::lab::topology::{ZK_PREFIX_V4, lb_v4};
 use lb_tests::scenario::{service, vip, zookeeper};
-use lb_tests::zk_ensemble::{MEMBERS, Partition, ZkEnsemble};
+use lb_tests::zk_ensemble::{ELECTION_TIMEOUT, MEMBERS, Partition, ZkEnsemble};
 use lb_tests::zk_lab::{APPLY_TIMEOUT as APPLY, ZkLab};
 use lb_tests::{ContinuousLoad, Lab, LabOptions, LoadReport};
 use lb_userspace::report::ZkConnection;
@@ -365,7 +365,9 @@ fn a_partitioned_member_loses_its_lb_to_another_member_with_the_session_kept() {
     t.zk.partition(member).expect("partition lb0's member");
     let started = Instant::now();
     // Until lb0 is connected elsewhere (bounded), both LBs' tables stay as they were.
-    let moved_to = Eventually::new("lb0 connected to another member", APPLY)
+    // Noticing takes 2/5 of the session timeout; when the member was the leader the others elect
+    // first (they notice after syncLimit), and the client backs off while they refuse it.
+    let moved_to = Eventually::new("lb0 connected to another member", ELECTION_TIMEOUT)
         .every(Duration::from_millis(100))
         .poll(|| {
             for lb in 0..2 {
