@@ -27,9 +27,10 @@ impl PinnedTables {
     /// What differs from `other`, one line per service or backend (empty: byte-identical).
     pub fn differences(&self, other: &PinnedTables) -> Vec<String> {
         let mut out = Vec::new();
-        for key in self.services.keys().chain(other.services.keys()) {
+        let keys: BTreeSet<&Vec<u8>> = self.services.keys().chain(other.services.keys()).collect();
+        for key in keys {
             let (a, b) = (self.services.get(key), other.services.get(key));
-            if a != b && !out.iter().any(|l: &String| l.contains(&format!("{key:?}"))) {
+            if a != b {
                 out.push(format!(
                     "service key {key:?}: {} vs {} bytes, first difference at byte {:?}",
                     a.map_or(0, Vec::len),
@@ -38,13 +39,13 @@ impl PinnedTables {
                 ));
             }
         }
-        for id in self.backends.keys().chain(other.backends.keys()) {
+        let ids: BTreeSet<&u32> = self.backends.keys().chain(other.backends.keys()).collect();
+        for id in ids {
             let (a, b) = (self.backends.get(id), other.backends.get(id));
             if a != b {
                 out.push(format!("backend {id}: {a:?} vs {b:?}"));
             }
         }
-        out.dedup();
         out
     }
 }
