@@ -6,11 +6,13 @@
 //! touches a system-wide ZooKeeper.
 //!
 //! [`ZkServer::start_with`] can start it inside a named network namespace (`/run/netns/NAME`, e.g. a
-//! lab's router) listening on an address the lab's other namespaces reach.
+//! lab's router) listening on an address the lab's other namespaces reach, and as a member of a
+//! quorum ([`Quorum`], see `zk_ensemble`).
 
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,6 +37,10 @@ const TICK_MS: u32 = 500;
 /// Where named network namespaces live (`ip netns add`).
 const NETNS_DIR: &str = "/run/netns";
 
+/// The peer port and the leader-election port of a quorum member (on its member address).
+pub const QUORUM_PORT: u16 = 2888;
+pub const ELECTION_PORT: u16 = 3888;
+
 /// Where the server runs and listens.
 #[derive(Clone, Debug)]
 pub struct ZkServerOptions {
@@ -42,6 +48,19 @@ pub struct ZkServerOptions {
     pub netns: Option<String>,
     /// The address it listens on (`0.0.0.0` for every address of the namespace).
     pub bind: IpAddr,
+    /// The client port; `None`: a free one.
+    pub port: Option<u16>,
+    /// A member of this quorum instead of a standalone server.
+    pub quorum: Option<Quorum>,
+}
+
+/// A server's place in a quorum: `server.N=ADDR:2888:3888` for every member, its own `myid`.
+#[derive(Clone, Debug)]
+pub struct Quorum {
+    /// `members[i]` is server `i + 1`.
+    pub members: Vec<IpAddr>,
+    /// This server's id, `1..=members.len()`.
+    pub myid: usize,
 }
 
 impl Default for ZkServerOptions {
@@ -49,11 +68,14 @@ impl Default for ZkServerOptions {
         ZkServerOptions {
             netns: None,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: None,
+            quorum: None,
         }
     }
 }
 
-/// A running (or stopped) private ZooKeeper server.
+/// A running (or stopped) private ZooKeeper server. Keep it on the thread that started (or
+/// restarted) it: the JVM is killed when that thread ends.
 pub struct ZkServer {
     dir: PathBuf,
     port: u16,
@@ -67,8 +89,17 @@ impl ZkServer {
         ZkServer::start_with(ZkServerOptions::default())
     }
 
-    /// Starts a server as `opts` say, on a free port of that namespace.
+    /// Starts a server as `opts` say (by default on a free port of that namespace); returns once
+    /// it serves (a quorum member: once it is the leader or a follower).
     pub fn start_with(opts: ZkServerOptions) -> anyhow::Result<ZkServer> {
+        let mut server = ZkServer::launch(opts)?;
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// Starts the JVM without waiting until it serves (the members of a quorum are all launched
+    /// before any of them can serve); [`wait_ready`](Self::wait_ready) waits.
+    pub fn launch(opts: ZkServerOptions) -> anyhow::Result<ZkServer> {
         if !Path::new(ZOOKEEPER_JAR).exists() {
             bail!(
                 "{ZOOKEEPER_JAR} is missing: install Debian's ZooKeeper server with `apt-get install zookeeper` \
@@ -77,7 +108,10 @@ impl ZkServer {
         }
         let dir = unique_temp_dir()?;
         let bind = opts.bind;
-        let port = in_netns(opts.netns.as_deref(), move || free_port(bind))??;
+        let port = match opts.port {
+            Some(port) => port,
+            None => in_netns(opts.netns.as_deref(), move || free_port(bind))??,
+        };
         let mut server = ZkServer {
             dir,
             port,
@@ -88,6 +122,11 @@ impl ZkServer {
             .with_context(|| format!("creating {}", server.data_dir().display()))?;
         fs::write(server.config_path(), server.config_text())
             .with_context(|| format!("writing {}", server.config_path().display()))?;
+        if let Some(quorum) = &server.opts.quorum {
+            let myid = server.data_dir().join("myid");
+            fs::write(&myid, format!("{}\n", quorum.myid))
+                .with_context(|| format!("writing {}", myid.display()))?;
+        }
         server.spawn()?;
         Ok(server)
     }
@@ -131,35 +170,39 @@ impl ZkServer {
 
     /// Starts the server again on the same port with the same data (nodes and sessions survive).
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.relaunch()?;
+        self.wait_ready()
+    }
+
+    /// Like [`restart`](Self::restart) without waiting until it serves.
+    pub fn relaunch(&mut self) -> anyhow::Result<()> {
         self.stop()?;
         self.spawn()
+    }
+
+    /// The `Mode:` its `srvr` answer gives (`standalone`, `leader`, `follower`), asked from inside
+    /// its namespace; an error while it does not serve.
+    pub fn mode(&self) -> anyhow::Result<String> {
+        let answer = self.four_letter_word("srvr")?;
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix("Mode: "))
+            .map(|m| m.trim().to_owned())
+            .with_context(|| format!("no Mode in the srvr answer of {}: {answer:?}", self.addr()))
+    }
+
+    /// Sends a four-letter word to it from inside its namespace (e.g. `cons`: its client connections).
+    pub fn four_letter_word(&self, word: &str) -> anyhow::Result<String> {
+        let addr = self.addr();
+        in_netns(self.opts.netns.as_deref(), || four_letter_word(addr, word))?
+            .with_context(|| format!("`{word}` to ZooKeeper at {addr}"))
     }
 
     /// Runs one `zkCli.sh` command against this server (e.g. `create /lb ""`) and returns its output.
     /// This is the operator's tool, so tests can check that hand edits behave like the admin CLI's.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = self
-            .command("java")
-            .arg("-cp")
-            .arg(classpath())
-            .arg(CLI_MAIN)
-            .arg("-server")
-            .arg(self.connect_string())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running zkCli (java ZooKeeperMain)")?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        if !output.status.success() {
-            bail!("zkCli {args:?} failed ({}): {text}", output.status);
-        }
-        Ok(text)
+        cli_in(self.opts.netns.as_deref(), &self.connect_string(), args)
     }
-
     fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
@@ -180,15 +223,37 @@ impl ZkServer {
              clientPortAddress={bind}\n\
              maxClientCnxns=0\n\
              forceSync=no\n\
-             4lw.commands.whitelist=srvr,ruok\n\
+             4lw.commands.whitelist=srvr,ruok,cons\n\
              admin.enableServer=false\n\
              minSessionTimeout={min}\n\
-             maxSessionTimeout=60000\n",
+             maxSessionTimeout=60000\n{quorum}",
             data = self.data_dir().display(),
             port = self.port,
             bind = self.opts.bind,
             min = 2 * TICK_MS,
+            quorum = self.quorum_config_text(),
         )
+    }
+
+    /// The quorum lines: every member, short limits (a follower that loses its leader for two
+    /// seconds looks for another; a peer that does not answer in a second is skipped), so elections
+    /// take seconds.
+    fn quorum_config_text(&self) -> String {
+        let Some(quorum) = &self.opts.quorum else {
+            return String::new();
+        };
+        let mut text = "initLimit=20\nsyncLimit=4\ncnxTimeout=1000\n".to_owned();
+        for (i, ip) in quorum.members.iter().enumerate() {
+            let host = match ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            };
+            text.push_str(&format!(
+                "server.{}={host}:{QUORUM_PORT}:{ELECTION_PORT}\n",
+                i + 1
+            ));
+        }
+        text
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -197,8 +262,19 @@ impl ZkServer {
             .append(true)
             .open(self.log_path())
             .with_context(|| format!("opening {}", self.log_path().display()))?;
-        let child = self
-            .command("java")
+        let mut cmd = self.command("java");
+        // SIGKILL to the JVM when the thread that started it ends, so a test killed before `Drop`
+        // leaves no server behind (the setting survives nsenter's exec).
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("-Xmx256m")
             .arg(format!("-Dzookeeper.log.dir={}", self.dir.display()))
             .arg("-cp")
@@ -211,22 +287,34 @@ impl ZkServer {
             .spawn()
             .context("starting java (is the `default-jre-headless` package installed?)")?;
         self.child = Some(child);
-        self.wait_ready()
+        Ok(())
     }
 
-    /// Polls `srvr` until the server says it is standalone; fails early if the JVM exits.
-    fn wait_ready(&mut self) -> anyhow::Result<()> {
+    /// Polls `srvr` until the server serves (standalone, or a quorum's leader or follower); fails
+    /// early if the JVM exits.
+    pub fn wait_ready(&mut self) -> anyhow::Result<()> {
         let addr = self.addr();
         let netns = self.opts.netns.clone();
         let log = self.log_path();
+        let ready_modes: &[&str] = if self.opts.quorum.is_some() {
+            &["Mode: leader", "Mode: follower"]
+        } else {
+            &["Mode: standalone"]
+        };
         let child = self
             .child
             .as_mut()
             .context("the ZooKeeper server is not running")?;
         let mut exited = None;
+        // A member waits for the others too (they start together, on a shared machine).
+        let timeout = if self.opts.quorum.is_some() {
+            2 * READY_TIMEOUT
+        } else {
+            READY_TIMEOUT
+        };
         let ready = Eventually::new(
             format!("the ZooKeeper server on {addr} to be ready"),
-            READY_TIMEOUT,
+            timeout,
         )
         .every(Duration::from_millis(100))
         .poll(|| {
@@ -237,7 +325,7 @@ impl ZkServer {
                 return Ok(());
             }
             match in_netns(netns.as_deref(), move || four_letter_word(addr, "srvr")) {
-                Ok(Ok(answer)) if answer.contains("Mode: standalone") => Ok(()),
+                Ok(Ok(answer)) if ready_modes.iter().any(|m| answer.contains(m)) => Ok(()),
                 Ok(Ok(answer)) => Err(answer),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(format!("{e:#}")),
@@ -262,15 +350,20 @@ impl ZkServer {
 impl ZkServer {
     /// `program`, run inside the server's namespace (by `nsenter`, which execs it: same pid).
     fn command(&self, program: &str) -> Command {
-        match &self.opts.netns {
-            None => Command::new(program),
-            Some(ns) => {
-                let mut cmd = Command::new("nsenter");
-                cmd.arg(format!("--net={NETNS_DIR}/{ns}"))
-                    .arg("--")
-                    .arg(program);
-                cmd
-            }
+        command_in(self.opts.netns.as_deref(), program)
+    }
+}
+
+/// `program`, run inside the named namespace (by `nsenter`, which execs it: same pid) or here.
+fn command_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net={NETNS_DIR}/{ns}"))
+                .arg("--")
+                .arg(program);
+            cmd
         }
     }
 }
@@ -288,6 +381,30 @@ impl Drop for ZkServer {
         let _ = self.stop();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs one `zkCli.sh` command against `connect` (one or more `HOST:PORT`) from the named
+/// namespace (or this one) and returns its output.
+pub fn cli_in(netns: Option<&str>, connect: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = command_in(netns, "java")
+        .arg("-cp")
+        .arg(classpath())
+        .arg(CLI_MAIN)
+        .arg("-server")
+        .arg(connect)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running zkCli (java ZooKeeperMain)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if !output.status.success() {
+        bail!("zkCli {args:?} failed ({}): {text}", output.status);
+    }
+    Ok(text)
 }
 
 fn classpath() -> String {
@@ -377,6 +494,7 @@ mod tests {
         let server = ZkServer::start_with(ZkServerOptions {
             netns: Some(ns.0.clone()),
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ..ZkServerOptions::default()
         })?;
         let addr = server.addr();
         let inside = in_netns(Some(&ns.0), move || four_letter_word(addr, "ruok"))??;

@@ -74,6 +74,7 @@ fn main() -> anyhow::Result<()> {
     let zk = ZkServer::start_with(ZkServerOptions {
         netns: Some(lab.router_netns()),
         bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        ..ZkServerOptions::default()
     })
     .context("starting ZooKeeper in the router namespace")?;
     let local_zk = zk.connect_string();

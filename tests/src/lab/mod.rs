@@ -13,10 +13,11 @@
 //! [`Lab`] owns everything it creates and removes it in `Drop`, also when a test panics. Labs of one
 //! process run one at a time (a global lock), since the machine is small and the tests measure shares.
 
-mod cmd;
+pub(crate) mod cmd;
 mod daemons;
 pub mod netns;
 mod process;
+pub mod tables;
 pub mod topology;
 mod wiring;
 mod xdp_pass;

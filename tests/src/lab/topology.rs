@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! client 198.18.1.2 ── router ─ br-lb 198.18.3.1 ── lbN 198.18.3.(2+N)
-//!                            └─ br-be 198.18.2.1 ── bI  198.18.2.(11+I), VIPs 198.18.100.1-4 on lo
+//!                            ├─ br-be 198.18.2.1 ── bI  198.18.2.(11+I), VIPs 198.18.100.1-4 on lo
+//!                            └─ br-zk 198.18.4.1 ── zkM 198.18.4.(11+M) (a ZooKeeper ensemble's
+//!                                                   members, when a test starts one: `zk_ensemble`)
 //! ```
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -18,6 +20,9 @@ pub const ROUTER_LBS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 
 /// The load balancers' subnet: the outer sources of their tunnel packets (`lb decap --allow-src`).
 pub const LB_PREFIX_V4: &str = "198.18.3.0/24";
 pub const LB_PREFIX_V6: &str = "2001:db8:3::/64";
+pub const ROUTER_ZK_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 4, 1);
+/// The ZooKeeper ensemble's subnet (its members' client, peer and election ports).
+pub const ZK_PREFIX_V4: &str = "198.18.4.0/24";
 /// Routed by the router to the load balancers.
 pub const VIP_PREFIX_V4: &str = "198.18.100.0/24";
 pub const VIP_PREFIX_V6: &str = "2001:db8:100::/64";
@@ -50,6 +55,11 @@ pub fn backend_v6(i: usize) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, host)
 }
 
+/// ZooKeeper ensemble member `m` (server id `m + 1`).
+pub fn zk_member_v4(m: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 4, host_octet(11, m))
+}
+
 pub fn vip_v4(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 100, n)
 }
@@ -78,5 +88,6 @@ mod tests {
         assert_eq!(lb_v4(1).to_string(), "198.18.3.3");
         assert_eq!(vip_v6(1).to_string(), "2001:db8:100::1");
         assert_eq!(host_octet(11, MAX_BACKENDS - 1), 210);
+        assert_eq!(zk_member_v4(2).to_string(), "198.18.4.13");
     }
 }

@@ -19,3 +19,4 @@ mod registry;
 mod smoke;
 mod state_file;
 mod zk;
+mod zk_ensemble;
