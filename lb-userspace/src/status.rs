@@ -169,12 +169,11 @@ pub fn collect_without_flows(maps: &MapsView) -> anyhow::Result<Status> {
     // One pass over the backend array, grouped by service.
     let mut backends_by_service: std::collections::BTreeMap<u32, Vec<BackendStatus>> =
         Default::default();
-    for id in 0..capacity.max_backends {
-        let b = maps.backend(id)?;
+    for slot in maps.backend_slots()? {
+        let b = slot.entry;
         if b.flags & BACKEND_F_VALID == 0 {
             continue;
         }
-        let stats = maps.backend_stats(id)?;
         let state = if b.flags & BACKEND_F_DOWN != 0 {
             BackendMapState::Down
         } else if b.flags & BACKEND_F_DRAINING != 0 || b.weight == 0 {
@@ -187,15 +186,15 @@ pub fn collect_without_flows(maps: &MapsView) -> anyhow::Result<Status> {
             .entry(b.service_id)
             .or_default()
             .push(BackendStatus {
-                id,
+                id: slot.id,
                 addr: socket_addr(b.addr, b.family, b.port_be),
                 weight: b.weight,
                 state,
                 // A counter wrapped below zero by a sweeper race reads as 0 (the next sweep fixes it).
-                active_conns: clamp_conns(maps.backend_conns(id)?),
-                packets: stats.packets,
-                bytes: stats.bytes,
-                new_flows: stats.new_flows,
+                active_conns: clamp_conns(slot.conns),
+                packets: slot.stats.packets,
+                bytes: slot.stats.bytes,
+                new_flows: slot.stats.new_flows,
             });
     }
     let mut out = Vec::new();

@@ -1,6 +1,7 @@
 //! The only module that touches eBPF: loads the XDP object, attaches its programs, and reads and
 //! writes its maps. Everything above it speaks in `lb_common` types.
 
+mod batch;
 mod error;
 mod forwarding;
 mod kernel_log;
@@ -33,7 +34,7 @@ pub use map_writer::MapWriter;
 pub use pins::{
     ExistingPins, link_path, pinned_layout_version, pinned_links, remove as remove_pins,
 };
-pub use view::MapsView;
+pub use view::{BackendSlot, MapsView};
 
 use error::map_op;
 use kernel_log::KernelLog;

@@ -16,7 +16,7 @@ use lb_common::{
 
 use crate::plan::{PinnedService, PinnedState};
 
-use super::{DataplaneError, error::map_op, schedule::ScheduleMmap};
+use super::{DataplaneError, batch, error::map_op, schedule::ScheduleMmap};
 
 /// Typed handles of every map of the data plane.
 pub struct MapsView {
@@ -209,6 +209,43 @@ impl MapsView {
         bounded_entries(&self.flows, self.capacity.flow_table_size, maps::FLOWS)
     }
 
+    /// Every backend slot, its connection count and its traffic (summed over CPUs), index by
+    /// index: three batch reads of the whole arrays instead of three lookups per slot.
+    pub fn backend_slots(&self) -> Result<Vec<BackendSlot>, DataplaneError> {
+        let len = self.capacity.max_backends;
+        let entries = read_all::<BackendEntry>(&self.backends, len, maps::BACKENDS)?;
+        let conns = read_all::<u64>(&self.backend_conns, len, maps::BACKEND_CONNS)?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| DataplaneError::Cpus {
+            what: what.to_owned(),
+            source: e,
+        })?;
+        let elem = batch::per_cpu_elem_size::<TrafficStats>(cpus);
+        let raw = batch::read_array(self.backend_stats.map().fd().as_fd(), len, elem)
+            .map_err(map_op(maps::BACKEND_STATS, "batch lookup"))?;
+        let stride = std::mem::size_of::<TrafficStats>().next_multiple_of(8);
+        let stats = raw.chunks_exact(elem).map(|per_cpu| {
+            let mut total = TrafficStats::default();
+            for cpu in per_cpu.chunks_exact(stride) {
+                total.add(&bytemuck::pod_read_unaligned(
+                    &cpu[..std::mem::size_of::<TrafficStats>()],
+                ));
+            }
+            total
+        });
+        Ok(entries
+            .into_iter()
+            .zip(conns)
+            .zip(stats)
+            .enumerate()
+            .map(|(id, ((entry, conns), stats))| BackendSlot {
+                id: id as u32,
+                entry,
+                conns,
+                stats,
+            })
+            .collect())
+    }
+
     /// What the planner needs of these maps to adopt them: every service with its metadata and
     /// table, and every backend entry marked valid.
     pub fn pinned_state(&self) -> Result<PinnedState, DataplaneError> {
@@ -224,13 +261,12 @@ impl MapsView {
                 })
             })
             .collect::<Result<Vec<_>, DataplaneError>>()?;
-        let mut backends = BTreeMap::new();
-        for id in 0..self.capacity.max_backends {
-            let b = self.backend(id)?;
-            if b.flags & BACKEND_F_VALID != 0 {
-                backends.insert(id, b);
-            }
-        }
+        let entries =
+            read_all::<BackendEntry>(&self.backends, self.capacity.max_backends, maps::BACKENDS)?;
+        let backends: BTreeMap<u32, BackendEntry> = (0u32..)
+            .zip(entries)
+            .filter(|(_, b)| b.flags & BACKEND_F_VALID != 0)
+            .collect();
         Ok(PinnedState { services, backends })
     }
 
@@ -238,6 +274,29 @@ impl MapsView {
     pub fn capacity(&self) -> Capacity {
         self.capacity
     }
+}
+
+/// One backend slot as `lb status` shows it.
+pub struct BackendSlot {
+    pub id: u32,
+    pub entry: BackendEntry,
+    pub conns: u64,
+    pub stats: TrafficStats,
+}
+
+/// Every element of an array map, in index order (one batch read).
+fn read_all<T: aya::Pod + bytemuck::Pod>(
+    map: &Array<MapData, T>,
+    len: u32,
+    name: &'static str,
+) -> Result<Vec<T>, DataplaneError> {
+    let size = std::mem::size_of::<T>();
+    let raw = batch::read_array(map.map().fd().as_fd(), len, size)
+        .map_err(map_op(name, "batch lookup"))?;
+    Ok(raw
+        .chunks_exact(size)
+        .map(bytemuck::pod_read_unaligned)
+        .collect())
 }
 
 fn sum_u64(

@@ -1,0 +1,93 @@
+//! Whole-array reads in a few syscalls (`BPF_MAP_LOOKUP_BATCH`) instead of one lookup per index:
+//! `lb status` and adoption read every backend slot (131,072 by default), which one syscall per
+//! element (three maps per backend) made take a second.
+
+use std::os::fd::{AsRawFd as _, BorrowedFd};
+
+use aya::maps::MapError;
+use aya::sys::SyscallError;
+
+/// `BPF_MAP_LOOKUP_BATCH` (`enum bpf_cmd` in linux/bpf.h; kernel 5.6 and later).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Elements per syscall: large enough that a full array costs a few dozen calls, small enough
+/// for the kernel's temporary copy to stay small.
+const ELEMENTS_PER_CALL: u32 = 8192;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Every element of an array map of `len` elements of `elem_size` bytes each (a per-CPU array's
+/// element is the value rounded up to 8 bytes, once per possible CPU), in index order.
+pub(crate) fn read_array(
+    fd: BorrowedFd<'_>,
+    len: u32,
+    elem_size: usize,
+) -> Result<Vec<u8>, MapError> {
+    let mut values = vec![0u8; len as usize * elem_size];
+    let mut keys = vec![0u32; ELEMENTS_PER_CALL as usize];
+    let mut next: u32 = 0;
+    let mut done: u32 = 0;
+    while done < len {
+        let want = ELEMENTS_PER_CALL.min(len - done);
+        let mut attr = BatchAttr {
+            // The first call starts at index 0: no token yet.
+            in_batch: if done == 0 {
+                0
+            } else {
+                std::ptr::from_ref(&next) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values[done as usize * elem_size..].as_mut_ptr() as u64,
+            count: want,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points at buffers that hold `want` keys and `want` elements of
+        // `elem_size` bytes past `done`, and outlives the call; the kernel writes no more.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let copied = attr.count.min(want);
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            // ENOENT: the end of the array, with `count` elements copied in this call.
+            if err.raw_os_error() == Some(libc::ENOENT) {
+                done += copied;
+                break;
+            }
+            return Err(SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: err,
+            }
+            .into());
+        }
+        if copied == 0 {
+            break;
+        }
+        done += copied;
+    }
+    values.truncate(done as usize * elem_size);
+    Ok(values)
+}
+
+/// The size of one element of a per-CPU array of `T` as the kernel copies it out.
+pub(crate) fn per_cpu_elem_size<T>(cpus: usize) -> usize {
+    std::mem::size_of::<T>().next_multiple_of(8) * cpus
+}
