@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 mod control;
 mod first_state;
 
+use crate::announce::{AnnounceOptions, Announcer, announce_set};
 use crate::apply::{Applier, ApplyReport};
 use crate::dataplane::{AttachMode, AttachedMode, Dataplane, ExistingPins, LoadOptions, link_path};
 use crate::detach;
@@ -38,7 +39,7 @@ use crate::netif;
 use crate::nexthop::NextHopKeeper;
 use crate::owner::{IfaceClaim, PinDirLock};
 use crate::report::{
-    self, AdoptionReport, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION,
+    self, AdoptionReport, AnnounceReport, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION,
     ServiceNotApplied, StateFileStart, unix_ms,
 };
 use crate::source::{Families, Source, SourceSpec};
@@ -50,6 +51,8 @@ use crate::telemetry::{Reload, telemetry};
 const RETIRED_GRACE: Duration = Duration::from_secs(10);
 /// How often next hops are re-resolved (routes may change under us).
 const NEXTHOP_REFRESH: Duration = Duration::from_secs(30);
+/// How often a failed hand-over of the VIPs to BIRD is retried.
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
 /// How often the status file for `lb status` is rewritten (it is also written after each apply).
 const STATUS_WRITE: Duration = Duration::from_secs(5);
 
@@ -76,6 +79,8 @@ pub struct RunOptions {
     pub state_file: PathBuf,
     /// The local control socket ([`crate::control`]); `None`: none.
     pub control_socket: Option<PathBuf>,
+    /// Announce the VIPs with BIRD (`--announce-bird-include`); `None`: no announcement.
+    pub announce: Option<AnnounceOptions>,
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -285,6 +290,7 @@ fn serve(
         swept_total: 0,
         evictions: 0,
         status_warned: false,
+        announcer: opts.announce.clone().map(Announcer::new),
     };
     let result = runtime.block_on(follow(&mut ctx, source, signals));
     if opts.detach_on_exit {
@@ -351,6 +357,8 @@ struct Ctx<'a> {
     evictions: u64,
     /// A failure to write the status file was logged (it is logged once until a write succeeds).
     status_warned: bool,
+    /// The VIP announcement to BIRD; `None` without `--announce-bird-include`.
+    announcer: Option<Announcer>,
 }
 
 /// When the source last delivered a state, and when the data plane last changed (for `lb status`).
@@ -434,8 +442,15 @@ async fn follow(
         },
         None => None,
     };
+    let mut announce_retry = tokio::time::interval(ANNOUNCE_RETRY);
     loop {
+        // Every event may change what is applied or healthy: the set follows (a no-op unless it changed).
+        if announce(ctx).await {
+            write_report(ctx, source);
+        }
+        let retry_due = ctx.announcer.as_ref().is_some_and(Announcer::pending);
         tokio::select! {
+            _ = announce_retry.tick(), if retry_due => {}
             Some((request, reply)) = calls.recv() => {
                 let _ = reply.send(control::handle(ctx, source, request));
             }
@@ -472,9 +487,58 @@ async fn follow(
                 }
             }
             _ = status_tick.tick() => write_report(ctx, source),
-            _ = int.recv() => { exit_message(ctx.opts, "SIGINT"); return Ok(()); }
-            _ = term.recv() => { exit_message(ctx.opts, "SIGTERM"); return Ok(()); }
+            _ = int.recv() => { exit_message(ctx.opts, "SIGINT"); break; }
+            _ = term.recv() => { exit_message(ctx.opts, "SIGTERM"); break; }
         }
+    }
+    withdraw(ctx, source, &mut int, &mut term).await;
+    Ok(())
+}
+
+/// Hands BIRD the VIPs the applied state can serve; true when what BIRD has changed.
+async fn announce(ctx: &mut Ctx<'_>) -> bool {
+    let Some(announcer) = &mut ctx.announcer else {
+        return false;
+    };
+    // The follow loop runs only once the program is attached.
+    let applier = &*ctx.applier;
+    let set = announce_set(&applier.applied_state(), true, |name| {
+        applier.service_health(name)
+    });
+    let before = (announcer.announced(), announcer.error().map(str::to_owned));
+    announcer.sync(set).await;
+    before != (announcer.announced(), announcer.error().map(str::to_owned))
+}
+
+/// The drain on SIGINT/SIGTERM: withdraw every VIP, then wait `--withdraw-grace-s` so the routers
+/// move the traffic to the other balancers while this one still forwards (a second signal ends
+/// the wait).
+async fn withdraw(
+    ctx: &mut Ctx<'_>,
+    source: &dyn Source,
+    int: &mut tokio::signal::unix::Signal,
+    term: &mut tokio::signal::unix::Signal,
+) {
+    let Some(announcer) = &mut ctx.announcer else {
+        return;
+    };
+    let grace = announcer.options().withdraw_grace;
+    announcer.sync(Default::default()).await;
+    match announcer.error() {
+        None => info!(
+            grace_s = grace.as_secs_f64(),
+            "withdrew every VIP from BIRD; forwarding on until the grace ends"
+        ),
+        Some(e) => warn!(
+            grace_s = grace.as_secs_f64(),
+            "withdrawing the VIPs from BIRD failed ({e}); waiting the grace anyway"
+        ),
+    }
+    write_report(ctx, source);
+    tokio::select! {
+        _ = tokio::time::sleep(grace) => {}
+        _ = int.recv() => info!("SIGINT: ending the withdraw grace early"),
+        _ = term.recv() => info!("SIGTERM: ending the withdraw grace early"),
     }
 }
 
@@ -664,6 +728,12 @@ fn build_report(ctx: &Ctx<'_>, source: &dyn Source) -> DaemonReport {
         from_state_file: ctx.from_state_file.clone(),
         ready: !ctx.waiting,
         adoption: ctx.adoption.clone(),
+        announce: ctx.announcer.as_ref().map(|a| AnnounceReport {
+            include: a.options().include.clone(),
+            socket: a.options().socket.clone(),
+            announced: a.announced().into_iter().collect(),
+            error: a.error().map(str::to_owned),
+        }),
     }
 }
 

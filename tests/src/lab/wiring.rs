@@ -110,6 +110,10 @@ impl Lab {
             }
         }
 
+        if self.opts.bgp {
+            // The router learns the VIPs from the load balancers' BIRDs (`start_bgp`).
+            return Ok(());
+        }
         self.route_vips(&router)
     }
 
