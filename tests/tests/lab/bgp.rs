@@ -104,28 +104,48 @@ fn two_announcing_lbs_give_the_router_two_next_hops_per_vip() {
     }
 }
 
+/// Checked by TCP every 200 ms: down after 2 failures, up after 2 successes.
+const HEALTH_CHECK: &str =
+    "health_check = { kind = \"tcp\", interval_ms = 200, timeout_ms = 100, rise = 2, fall = 2 }";
+
 #[test]
 fn a_vip_without_a_backend_taking_new_flows_is_withdrawn_and_comes_back() {
     let a = service("a", vip(1, false), "maglev", &[1, 1, 1]);
     let b = service("b", vip(2, false), "maglev", &[1, 1, 1]);
     let b_drained = service("b", vip(2, false), "maglev", &[0, 0, 0]);
+    // Only backend b0, health-checked.
+    let c = service("c", vip(3, false), "maglev", &[1]).with(HEALTH_CHECK);
     let mut lab = start_lab(1);
-    start_serving(&mut lab, 0, &[a.clone(), b.clone()], &[]);
-    assert_routed_via(&lab, a.vip.ip(), &[0]);
-    assert_routed_via(&lab, b.vip.ip(), &[0]);
+    start_serving(&mut lab, 0, &[a.clone(), b.clone(), c.clone()], &[]);
+    for svc in [&a, &b, &c] {
+        assert_routed_via(&lab, svc.vip.ip(), &[0]);
+    }
 
-    lab.rewrite_config(0, &to_toml(&[a.clone(), b_drained]))
+    // Every backend of b at weight 0: b goes, the others stay.
+    lab.rewrite_config(0, &to_toml(&[a.clone(), b_drained, c.clone()]))
         .expect("rewrite the configuration");
     assert_routed_via(&lab, b.vip.ip(), &[]);
     assert_routed_via(&lab, a.vip.ip(), &[0]);
-    assert_eq!(announced(&lab, 0), vec![a.vip.ip()]);
+    assert_routed_via(&lab, c.vip.ip(), &[0]);
+    assert_eq!(announced(&lab, 0), vec![a.vip.ip(), c.vip.ip()]);
 
-    lab.rewrite_config(0, &to_toml(&[a.clone(), b.clone()]))
+    lab.rewrite_config(0, &to_toml(&[a.clone(), b.clone(), c.clone()]))
         .expect("rewrite the configuration");
     assert_routed_via(&lab, b.vip.ip(), &[0]);
-    assert_routed_via(&lab, a.vip.ip(), &[0]);
     let spread = lab
         .in_client(|| lb_tests::spread(b.vip, 30, 4))
+        .expect("client namespace");
+    assert_eq!(spread.failures, 0, "{:?}", spread.failure_samples);
+
+    // c's only backend fails its health check: c goes (a and b are unchecked and stay).
+    lab.stop_backend_server(0).expect("stop b0's server");
+    assert_routed_via(&lab, c.vip.ip(), &[]);
+    assert_routed_via(&lab, a.vip.ip(), &[0]);
+    assert_routed_via(&lab, b.vip.ip(), &[0]);
+    lab.start_backend_server(0).expect("start b0's server");
+    assert_routed_via(&lab, c.vip.ip(), &[0]);
+    let spread = lab
+        .in_client(|| lb_tests::spread(c.vip, 30, 4))
         .expect("client namespace");
     assert_eq!(spread.failures, 0, "{:?}", spread.failure_samples);
 }
