@@ -131,6 +131,11 @@ impl Lab {
             "route_vips_via({lbs:?}): the lab has load balancers 0..{}",
             self.opts.lbs
         );
+        ensure!(
+            !self.opts.bgp,
+            "route_vips_via({lbs:?}) in a BGP lab: the router learns its VIP routes from the LBs; \
+             stop or drain a load balancer instead"
+        );
         self.replace_vip_routes(&self.router_netns(), lbs, "replace")
     }
 
