@@ -76,7 +76,7 @@ fn announced(lab: &Lab, lb: usize) -> Vec<IpAddr> {
 }
 
 #[test]
-fn two_announcing_lbs_give_the_router_two_next_hops_per_vip() {
+fn two_announcing_lbs_give_the_router_two_next_hops_per_vip_and_kill_9_keeps_them() {
     let v4 = service("web", vip(1, false), "maglev", &[1, 1, 1]);
     let v6 = service("web6", vip(1, true), "maglev", &[1, 1, 1]);
     let services = [v4.clone(), v6.clone()];
@@ -102,6 +102,26 @@ fn two_announcing_lbs_give_the_router_two_next_hops_per_vip() {
             .expect("client namespace");
         assert_eq!(spread.failures, 0, "{:?}", spread.failure_samples);
     }
+    // kill -9: the pinned program forwards on, so the announcement stays (the include file is
+    // untouched, lb0's BIRD still exports the VIPs) and the router keeps both next hops.
+    lab.kill_lb(0).expect("kill -9 lb0");
+    let include = std::fs::read_to_string(lab.lb_bird_include(0)).expect("lb0's include file");
+    assert!(
+        include.contains(&format!("{}/32", v4.vip.ip())),
+        "{include}"
+    );
+    let exported = lab
+        .birdc("lb0", &["show", "route", "protocol", "lb_vips4"])
+        .expect("birdc on lb0");
+    assert!(exported.contains(&v4.vip.ip().to_string()), "{exported}");
+    assert_eq!(
+        lab.router_vip_next_hops(v4.vip.ip()).expect("router route"),
+        vec![IpAddr::V4(lb_v4(0)), IpAddr::V4(lb_v4(1))]
+    );
+    let spread = lab
+        .in_client(|| lb_tests::spread(v4.vip, 60, 4))
+        .expect("client namespace");
+    assert_eq!(spread.failures, 0, "{:?}", spread.failure_samples);
 }
 
 /// Checked by TCP every 200 ms: down after 2 failures, up after 2 successes.
