@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 mod control;
 mod first_state;
 
-use crate::announce::{AnnounceOptions, Announcer, announce_set};
+use crate::announce::{AnnounceHandle, AnnounceOptions, Announcer, announce_set};
 use crate::apply::{Applier, ApplyReport};
 use crate::dataplane::{AttachMode, AttachedMode, Dataplane, ExistingPins, LoadOptions, link_path};
 use crate::detach;
@@ -51,8 +51,6 @@ use crate::telemetry::{Reload, telemetry};
 const RETIRED_GRACE: Duration = Duration::from_secs(10);
 /// How often next hops are re-resolved (routes may change under us).
 const NEXTHOP_REFRESH: Duration = Duration::from_secs(30);
-/// How often a failed hand-over of the VIPs to BIRD is retried.
-const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
 /// How often the status file for `lb status` is rewritten (it is also written after each apply).
 const STATUS_WRITE: Duration = Duration::from_secs(5);
 
@@ -290,7 +288,7 @@ fn serve(
         swept_total: 0,
         evictions: 0,
         status_warned: false,
-        announcer: opts.announce.clone().map(Announcer::new),
+        announcer: None,
     };
     let result = runtime.block_on(follow(&mut ctx, source, signals));
     if opts.detach_on_exit {
@@ -358,7 +356,7 @@ struct Ctx<'a> {
     /// A failure to write the status file was logged (it is logged once until a write succeeds).
     status_warned: bool,
     /// The VIP announcement to BIRD; `None` without `--announce-bird-include`.
-    announcer: Option<Announcer>,
+    announcer: Option<AnnounceHandle>,
 }
 
 /// When the source last delivered a state, and when the data plane last changed (for `lb status`).
@@ -442,15 +440,16 @@ async fn follow(
         },
         None => None,
     };
-    let mut announce_retry = tokio::time::interval(ANNOUNCE_RETRY);
+    ctx.announcer = ctx
+        .opts
+        .announce
+        .clone()
+        .map(|o| AnnounceHandle::spawn(Announcer::new(o), announced_set(ctx)));
     loop {
         // Every event may change what is applied or healthy: the set follows (a no-op unless it changed).
-        if announce(ctx).await {
-            write_report(ctx, source);
-        }
-        let retry_due = ctx.announcer.as_ref().is_some_and(Announcer::pending);
+        want_announced(ctx);
         tokio::select! {
-            _ = announce_retry.tick(), if retry_due => {}
+            _ = announce_changed(&mut ctx.announcer) => write_report(ctx, source),
             Some((request, reply)) = calls.recv() => {
                 let _ = reply.send(control::handle(ctx, source, request));
             }
@@ -495,19 +494,29 @@ async fn follow(
     Ok(())
 }
 
-/// Hands BIRD the VIPs the applied state can serve; true when what BIRD has changed.
-async fn announce(ctx: &mut Ctx<'_>) -> bool {
-    let Some(announcer) = &mut ctx.announcer else {
-        return false;
+/// Tells the announcer the VIPs the applied state can serve (it hands them to BIRD when they change).
+fn want_announced(ctx: &Ctx<'_>) {
+    let Some(announcer) = &ctx.announcer else {
+        return;
     };
+    announcer.want(announced_set(ctx));
+}
+
+/// The VIPs to announce now.
+fn announced_set(ctx: &Ctx<'_>) -> std::collections::BTreeSet<IpAddr> {
     // The follow loop runs only once the program is attached.
     let applier = &*ctx.applier;
-    let set = announce_set(&applier.applied_state(), true, |name| {
+    announce_set(&applier.applied_state(), true, |name| {
         applier.service_health(name)
-    });
-    let before = (announcer.announced(), announcer.error().map(str::to_owned));
-    announcer.sync(set).await;
-    before != (announcer.announced(), announcer.error().map(str::to_owned))
+    })
+}
+
+/// Waits for the announcement to change (forever without one).
+async fn announce_changed(announcer: &mut Option<AnnounceHandle>) {
+    match announcer {
+        Some(a) => a.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The drain on SIGINT/SIGTERM: withdraw every VIP, then wait `--withdraw-grace-s` so the routers
@@ -523,13 +532,18 @@ async fn withdraw(
         return;
     };
     let grace = announcer.options().withdraw_grace;
-    announcer.sync(Default::default()).await;
-    match announcer.error() {
-        None => info!(
+    let settled = announcer
+        .settle(
+            Default::default(),
+            crate::announce::bird::TIMEOUT + Duration::from_secs(1),
+        )
+        .await;
+    match settled {
+        Ok(()) => info!(
             grace_s = grace.as_secs_f64(),
             "withdrew every VIP from BIRD; forwarding on until the grace ends"
         ),
-        Some(e) => warn!(
+        Err(e) => warn!(
             grace_s = grace.as_secs_f64(),
             "withdrawing the VIPs from BIRD failed ({e}); waiting the grace anyway"
         ),
@@ -728,11 +742,14 @@ fn build_report(ctx: &Ctx<'_>, source: &dyn Source) -> DaemonReport {
         from_state_file: ctx.from_state_file.clone(),
         ready: !ctx.waiting,
         adoption: ctx.adoption.clone(),
-        announce: ctx.announcer.as_ref().map(|a| AnnounceReport {
-            include: a.options().include.clone(),
-            socket: a.options().socket.clone(),
-            announced: a.announced().into_iter().collect(),
-            error: a.error().map(str::to_owned),
+        announce: ctx.announcer.as_ref().map(|a| {
+            let state = a.state();
+            AnnounceReport {
+                include: a.options().include.clone(),
+                socket: a.options().socket.clone(),
+                announced: state.announced.into_iter().collect(),
+                error: state.error,
+            }
         }),
     }
 }

@@ -8,6 +8,9 @@
 //! `--withdraw-grace-s` so the routers move the traffic, then stops.
 
 pub mod bird;
+mod task;
+
+pub use task::{AnnounceHandle, AnnounceState};
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

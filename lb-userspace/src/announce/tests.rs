@@ -270,3 +270,35 @@ async fn a_refused_configure_names_the_error() {
     assert!(a.pending());
     assert!(a.announced().is_empty());
 }
+
+#[tokio::test]
+async fn the_task_hands_over_the_first_set_and_reports_a_missing_bird() {
+    let dir = temp_dir("task");
+    let socket = dir.0.join("bird.ctl");
+    let include = dir.0.join("vips.conf");
+    let opts = AnnounceOptions {
+        include: include.clone(),
+        socket: socket.clone(),
+        withdraw_grace: Duration::ZERO,
+    };
+    let bird = fake_bird(&socket, "0003 Reconfigured\n").await;
+    let mut handle = AnnounceHandle::spawn(Announcer::new(opts), ips(&["198.18.100.1"]));
+    assert_eq!(bird.await.unwrap(), "configure");
+    handle
+        .settle(ips(&["198.18.100.1"]), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(handle.state().announced, ips(&["198.18.100.1"]));
+    // The fake BIRD is gone: withdrawing fails, naming what to do.
+    let _ = std::fs::remove_file(&socket);
+    let e = handle
+        .settle(BTreeSet::new(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(e.contains("start bird"), "{e}");
+    assert!(
+        !std::fs::read_to_string(&include)
+            .unwrap()
+            .contains("\troute")
+    );
+}
