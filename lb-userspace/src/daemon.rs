@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 mod control;
 mod first_state;
 
+use crate::announce::{AnnounceHandle, AnnounceOptions, Announcer, announce_set};
 use crate::apply::{Applier, ApplyReport};
 use crate::dataplane::{AttachMode, AttachedMode, Dataplane, ExistingPins, LoadOptions, link_path};
 use crate::detach;
@@ -38,7 +39,7 @@ use crate::netif;
 use crate::nexthop::NextHopKeeper;
 use crate::owner::{IfaceClaim, PinDirLock};
 use crate::report::{
-    self, AdoptionReport, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION,
+    self, AdoptionReport, AnnounceReport, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION,
     ServiceNotApplied, StateFileStart, unix_ms,
 };
 use crate::source::{Families, Source, SourceSpec};
@@ -76,6 +77,8 @@ pub struct RunOptions {
     pub state_file: PathBuf,
     /// The local control socket ([`crate::control`]); `None`: none.
     pub control_socket: Option<PathBuf>,
+    /// Announce the VIPs with BIRD (`--announce-bird-include`); `None`: no announcement.
+    pub announce: Option<AnnounceOptions>,
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -285,6 +288,7 @@ fn serve(
         swept_total: 0,
         evictions: 0,
         status_warned: false,
+        announcer: None,
     };
     let result = runtime.block_on(follow(&mut ctx, source, signals));
     if opts.detach_on_exit {
@@ -351,6 +355,8 @@ struct Ctx<'a> {
     evictions: u64,
     /// A failure to write the status file was logged (it is logged once until a write succeeds).
     status_warned: bool,
+    /// The VIP announcement to BIRD; `None` without `--announce-bird-include`.
+    announcer: Option<AnnounceHandle>,
 }
 
 /// When the source last delivered a state, and when the data plane last changed (for `lb status`).
@@ -434,8 +440,16 @@ async fn follow(
         },
         None => None,
     };
+    ctx.announcer = ctx
+        .opts
+        .announce
+        .clone()
+        .map(|o| AnnounceHandle::spawn(Announcer::new(o), announced_set(ctx)));
     loop {
+        // Every event may change what is applied or healthy: the set follows (a no-op unless it changed).
+        want_announced(ctx);
         tokio::select! {
+            _ = announce_changed(&mut ctx.announcer) => write_report(ctx, source),
             Some((request, reply)) = calls.recv() => {
                 let _ = reply.send(control::handle(ctx, source, request));
             }
@@ -472,9 +486,73 @@ async fn follow(
                 }
             }
             _ = status_tick.tick() => write_report(ctx, source),
-            _ = int.recv() => { exit_message(ctx.opts, "SIGINT"); return Ok(()); }
-            _ = term.recv() => { exit_message(ctx.opts, "SIGTERM"); return Ok(()); }
+            _ = int.recv() => { exit_message(ctx.opts, "SIGINT"); break; }
+            _ = term.recv() => { exit_message(ctx.opts, "SIGTERM"); break; }
         }
+    }
+    withdraw(ctx, source, &mut int, &mut term).await;
+    Ok(())
+}
+
+/// Tells the announcer the VIPs the applied state can serve (it hands them to BIRD when they change).
+fn want_announced(ctx: &Ctx<'_>) {
+    let Some(announcer) = &ctx.announcer else {
+        return;
+    };
+    announcer.want(announced_set(ctx));
+}
+
+/// The VIPs to announce now.
+fn announced_set(ctx: &Ctx<'_>) -> std::collections::BTreeSet<IpAddr> {
+    // The follow loop runs only once the program is attached.
+    let applier = &*ctx.applier;
+    announce_set(&applier.applied_state(), true, |name| {
+        applier.service_health(name)
+    })
+}
+
+/// Waits for the announcement to change (forever without one).
+async fn announce_changed(announcer: &mut Option<AnnounceHandle>) {
+    match announcer {
+        Some(a) => a.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The drain on SIGINT/SIGTERM: withdraw every VIP, then wait `--withdraw-grace-s` so the routers
+/// move the traffic to the other balancers while this one still forwards (a second signal ends
+/// the wait).
+async fn withdraw(
+    ctx: &mut Ctx<'_>,
+    source: &dyn Source,
+    int: &mut tokio::signal::unix::Signal,
+    term: &mut tokio::signal::unix::Signal,
+) {
+    let Some(announcer) = &mut ctx.announcer else {
+        return;
+    };
+    let grace = announcer.options().withdraw_grace;
+    let settled = announcer
+        .settle(
+            Default::default(),
+            crate::announce::bird::TIMEOUT + Duration::from_secs(1),
+        )
+        .await;
+    match settled {
+        Ok(()) => info!(
+            grace_s = grace.as_secs_f64(),
+            "withdrew every VIP from BIRD; forwarding on until the grace ends"
+        ),
+        Err(e) => warn!(
+            grace_s = grace.as_secs_f64(),
+            "withdrawing the VIPs from BIRD failed ({e}); waiting the grace anyway"
+        ),
+    }
+    write_report(ctx, source);
+    tokio::select! {
+        _ = tokio::time::sleep(grace) => {}
+        _ = int.recv() => info!("SIGINT: ending the withdraw grace early"),
+        _ = term.recv() => info!("SIGTERM: ending the withdraw grace early"),
     }
 }
 
@@ -664,6 +742,15 @@ fn build_report(ctx: &Ctx<'_>, source: &dyn Source) -> DaemonReport {
         from_state_file: ctx.from_state_file.clone(),
         ready: !ctx.waiting,
         adoption: ctx.adoption.clone(),
+        announce: ctx.announcer.as_ref().map(|a| {
+            let state = a.state();
+            AnnounceReport {
+                include: a.options().include.clone(),
+                socket: a.options().socket.clone(),
+                announced: state.announced.into_iter().collect(),
+                error: state.error,
+            }
+        }),
     }
 }
 

@@ -2,6 +2,7 @@
 //! builders, the diff, and the one module that writes eBPF maps.
 
 pub mod admin;
+pub mod announce;
 pub mod apply;
 pub mod atomic_file;
 pub mod check;

@@ -208,6 +208,18 @@ pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt
     evictions.inc_by(daemon.flow_evictions);
     generation.set(i64::from(daemon.generation));
     apply.set(daemon.last_apply().map_or(0.0, |d| d.as_secs_f64()));
+    if let Some(a) = &daemon.announce {
+        let announced = gauges(
+            &mut r,
+            "vip_announced",
+            "1 for each VIP this daemon has handed to BIRD to announce (--announce-bird-include)",
+        );
+        for vip in &a.announced {
+            announced
+                .get_or_create(&labels(&[("vip", &vip.to_string())]))
+                .set(1);
+        }
+    }
     for n in &daemon.not_applied {
         not_applied
             .get_or_create(&labels(&[("service", &n.service)]))

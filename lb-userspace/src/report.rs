@@ -58,6 +58,22 @@ pub struct DaemonReport {
     /// Set when this run adopted the maps an earlier one pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adoption: Option<AdoptionReport>,
+    /// Set when the daemon announces its VIPs with BIRD (`--announce-bird-include`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceReport>,
+}
+
+/// The VIP announcement (see `crate::announce`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceReport {
+    /// The include file BIRD reads the VIPs from.
+    pub include: PathBuf,
+    /// BIRD's control socket.
+    pub socket: PathBuf,
+    /// The VIPs BIRD has loaded (it announces them to its BGP peers as its filters say).
+    pub announced: Vec<std::net::IpAddr>,
+    /// Why the last hand-over to BIRD failed (retried every second); `None` once it succeeds.
+    pub error: Option<String>,
 }
 
 /// This run adopted the maps (and the XDP link) an earlier `lb run` pinned.
@@ -395,6 +411,18 @@ impl DaemonView {
         for n in &r.not_applied {
             let _ = writeln!(o, "  service {} NOT APPLIED: {}", n.service, n.reason);
         }
+        if let Some(a) = &r.announce {
+            let _ = writeln!(
+                o,
+                "  announced to BIRD ({}): {}{}",
+                a.socket.display(),
+                list(a.announced.iter().map(ToString::to_string).collect()),
+                a.error
+                    .as_ref()
+                    .map(|e| format!("; FAILING: {e}"))
+                    .unwrap_or_default(),
+            );
+        }
         let _ = writeln!(
             o,
             "  health checks: {} probes; down: {}; panic mode: {}",
@@ -445,6 +473,7 @@ pub(crate) mod tests {
             from_state_file: None,
             ready: true,
             adoption: None,
+            announce: None,
         }
     }
 

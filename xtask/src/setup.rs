@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 /// `systemd` gives `systemd-analyze verify` (the unit test); `clang` builds Katran's object for the bench;
 /// nginx, wrk, haproxy and nftables are the end-to-end bench's backends, load and peers; `dpkg-dev`
 /// gives cargo-deb `dpkg-shlibdeps` (the package's Depends), `groff-base` renders the man pages in the
-/// `dist` tests.
+/// `dist` tests; `bird2` is the BGP daemon of the lab's router and LBs (the VIP announcement tests).
 const APT_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "groff-base",
@@ -26,6 +26,7 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "haproxy",
     "nftables",
+    "bird2",
 ];
 /// The LLVM major version of the nightly toolchain that bpf-linker must be built against.
 const LLVM_MAJOR: &str = "22";
@@ -109,7 +110,7 @@ fn apt_packages() -> anyhow::Result<()> {
         Command::new("apt-get").args(["update", "-q"]),
         "apt-get update",
     )?;
-    // nginx and haproxy would start as host services on install: the tests run their own, in namespaces.
+    // nginx, haproxy and bird2 would start as host services on install: the tests run their own, in namespaces.
     let _no_start = NoServiceStart::install()?;
     status(
         Command::new("apt-get")

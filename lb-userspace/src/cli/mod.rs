@@ -79,7 +79,7 @@ impl From<XdpMode> for AttachMode {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the balancer on an interface, with a static TOML configuration or following ZooKeeper.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Backend side: strip IPIP / ip6ip6 from packets addressed to this host and sent from an
     /// --allow-src prefix (for kernels without ipip); --status prints its counters.
     Decap(DecapArgs),

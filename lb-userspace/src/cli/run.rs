@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
+use lb_userspace::announce::AnnounceOptions;
 use lb_userspace::config::check_mapping_file;
 use lb_userspace::daemon::RunOptions;
 use lb_userspace::source::SourceSpec;
@@ -89,6 +90,17 @@ pub struct RunArgs {
     /// [default: /run/lb/<pin dir with / as _>.sock].
     #[arg(long, value_name = "PATH|off")]
     control_socket: Option<PathBuf>,
+    /// Announce the VIPs with BIRD: write them to this include file (static protocols lb_vips4
+    /// and lb_vips6) and reload BIRD when they change. Without it nothing is announced.
+    #[arg(long, value_name = "FILE")]
+    announce_bird_include: Option<PathBuf>,
+    /// BIRD's control socket (with --announce-bird-include).
+    #[arg(long, default_value = lb_userspace::announce::DEFAULT_BIRD_SOCKET, value_name = "PATH")]
+    birdc_socket: PathBuf,
+    /// On SIGINT/SIGTERM, how long to keep forwarding after the VIPs are withdrawn, so the routers
+    /// move the traffic first (seconds; with --announce-bird-include).
+    #[arg(long, default_value_t = lb_userspace::announce::DEFAULT_WITHDRAW_GRACE.as_secs())]
+    withdraw_grace_s: u64,
 }
 
 /// The ZooKeeper options of `lb run` (`--zk` is optional there: `--config` is the other source).
@@ -288,6 +300,11 @@ impl RunArgs {
                 Some(p) => Some(p),
                 None => Some(lb_userspace::control::default_socket_path(&self.pin_dir)),
             },
+            announce: self.announce_bird_include.map(|include| AnnounceOptions {
+                include,
+                socket: self.birdc_socket,
+                withdraw_grace: Duration::from_secs(self.withdraw_grace_s),
+            }),
         })
     }
 }

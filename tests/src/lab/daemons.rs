@@ -272,6 +272,9 @@ impl Lab {
                 path_arg(&self.lb_state_file(lb))?,
             ]);
         }
+        if self.opts.bgp {
+            args.extend(self.announce_args(lb, extra_args)?);
+        }
         args.extend(source_args);
         args.extend(extra_args.iter().map(|s| s.to_string()));
         Ok(args)

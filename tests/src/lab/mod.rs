@@ -13,6 +13,7 @@
 //! [`Lab`] owns everything it creates and removes it in `Drop`, also when a test panics. Labs of one
 //! process run one at a time (a global lock), since the machine is small and the tests measure shares.
 
+mod bgp;
 pub(crate) mod cmd;
 mod daemons;
 pub mod netns;
@@ -68,6 +69,9 @@ pub struct LabOptions {
     /// A command `lb run` is started through (`setpriv --bounding-set=...`: the privilege tests);
     /// empty: `lb run` itself. It must exec `lb`, so the daemon keeps the pid it was spawned with.
     pub lb_run_wrapper: Vec<String>,
+    /// Route the VIPs by BGP instead of statically: BIRD in the router and every LB namespace, and
+    /// `lb run` announcing through it (see [`bgp`]).
+    pub bgp: bool,
 }
 
 impl Default for LabOptions {
@@ -80,6 +84,7 @@ impl Default for LabOptions {
             server_bin: None,
             wait_for_xdp: true,
             lb_run_wrapper: Vec::new(),
+            bgp: false,
         }
     }
 }
@@ -103,6 +108,8 @@ pub struct Lab {
     lbs: Vec<Option<NsProcess>>,
     /// `lb register` on each backend (see `start_register`).
     registers: Vec<Option<NsProcess>>,
+    /// The BIRDs of a BGP lab (the router's first), stopped after the daemons.
+    birds: Vec<NsProcess>,
     /// Dropped last, after the cleanup in `Drop::drop`.
     _serial: MutexGuard<'static, ()>,
 }
@@ -144,10 +151,14 @@ impl Lab {
             decaps: (0..opts.backends).map(|_| None).collect(),
             lbs: (0..opts.lbs).map(|_| None).collect(),
             registers: (0..opts.backends).map(|_| None).collect(),
+            birds: Vec::new(),
             opts,
             _serial: serial,
         };
         lab.build_topology()?;
+        if lab.opts.bgp {
+            lab.start_bgp()?;
+        }
         for i in 0..lab.opts.backends {
             lab.start_backend_server(i)?;
         }
@@ -243,6 +254,10 @@ impl Drop for Lab {
             .chain(&mut self.servers)
         {
             drop(proc.take());
+        }
+        // After the daemons, which withdraw through them as they stop.
+        for bird in self.birds.drain(..).rev() {
+            drop(bird);
         }
         for ns in self.namespaces.drain(..).rev() {
             if let Err(e) = cmd::run("ip", &["netns", "del", &ns]) {

@@ -110,6 +110,10 @@ impl Lab {
             }
         }
 
+        if self.opts.bgp {
+            // The router learns the VIPs from the load balancers' BIRDs (`start_bgp`).
+            return Ok(());
+        }
         self.route_vips(&router)
     }
 
@@ -126,6 +130,11 @@ impl Lab {
             !lbs.is_empty() && lbs.iter().all(|&lb| lb < self.opts.lbs),
             "route_vips_via({lbs:?}): the lab has load balancers 0..{}",
             self.opts.lbs
+        );
+        ensure!(
+            !self.opts.bgp,
+            "route_vips_via({lbs:?}) in a BGP lab: the router learns its VIP routes from the LBs; \
+             stop or drain a load balancer instead"
         );
         self.replace_vip_routes(&self.router_netns(), lbs, "replace")
     }

@@ -5,6 +5,7 @@
 mod abuse;
 mod apply_isolation;
 mod balancing;
+mod bgp;
 mod control;
 mod decap_allow;
 mod decap_check;
