@@ -79,28 +79,46 @@ pub fn build_maglev_table(backends: &[TableBackend], size: u32, seed: u32) -> Ve
         .map(|b| PermutationWalk::new(b.addr, m, seed))
         .collect();
 
-    // Turn k (1-based) of backend i comes in round ⌈k·max_weight / w_i⌉; within a round, address order.
-    let next_round =
-        |i: usize, turn: u64| (turn * max_weight).div_ceil(u64::from(sorted[i].weight));
-    let mut turns: Vec<u64> = vec![1; sorted.len()];
-    let mut queue: BinaryHeap<Reverse<(u64, usize)>> = (0..sorted.len())
-        .map(|i| Reverse((next_round(i, 1), i)))
-        .collect();
-
     let mut table = vec![FREE; m as usize];
     let mut filled = 0u32;
-    while filled < m {
-        let Some(Reverse((_, i))) = queue.pop() else {
-            break;
-        };
-        let Some(slot) = walks[i].claim(&table) else {
-            // Unreachable while slots are free: a walk covers every slot once.
-            break;
-        };
-        table[slot] = sorted[i].id;
-        filled += 1;
-        turns[i] += 1;
-        queue.push(Reverse((next_round(i, turns[i]), i)));
+    let equal = sorted.iter().all(|b| u64::from(b.weight) == max_weight);
+    if equal {
+        // Every round gives every backend one turn, in address order: the turn order below,
+        // without the heap.
+        'rounds: while filled < m {
+            for (i, walk) in walks.iter_mut().enumerate() {
+                let Some(slot) = walk.claim(&table) else {
+                    // Unreachable while slots are free: a walk covers every slot once.
+                    break 'rounds;
+                };
+                table[slot] = sorted[i].id;
+                filled += 1;
+                if filled == m {
+                    break 'rounds;
+                }
+            }
+        }
+    } else {
+        // Turn k (1-based) of backend i comes in round ⌈k·max_weight / w_i⌉; within a round,
+        // address order.
+        let next_round =
+            |i: usize, turn: u64| (turn * max_weight).div_ceil(u64::from(sorted[i].weight));
+        let mut turns: Vec<u64> = vec![1; sorted.len()];
+        let mut queue: BinaryHeap<Reverse<(u64, usize)>> = (0..sorted.len())
+            .map(|i| Reverse((next_round(i, 1), i)))
+            .collect();
+        while filled < m {
+            let Some(Reverse((_, i))) = queue.pop() else {
+                break;
+            };
+            let Some(slot) = walks[i].claim(&table) else {
+                break;
+            };
+            table[slot] = sorted[i].id;
+            filled += 1;
+            turns[i] += 1;
+            queue.push(Reverse((next_round(i, turns[i]), i)));
+        }
     }
     debug_assert_eq!(filled, m, "a Maglev table was left with free slots");
     table
@@ -137,7 +155,12 @@ impl PermutationWalk {
     fn claim(&mut self, table: &[u32]) -> Option<usize> {
         while self.visited < self.m {
             let slot = self.next as usize;
-            self.next = (self.next + self.skip) % self.m;
+            // `next` and `skip` are below `m`: one subtraction is the modulo (a division per
+            // step was most of a large table's build time).
+            self.next += self.skip;
+            if self.next >= self.m {
+                self.next -= self.m;
+            }
             self.visited += 1;
             if table[slot] == FREE {
                 return Some(slot);
