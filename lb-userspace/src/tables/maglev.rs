@@ -80,48 +80,74 @@ pub fn build_maglev_table(backends: &[TableBackend], size: u32, seed: u32) -> Ve
         .collect();
 
     let mut table = vec![FREE; m as usize];
-    let mut filled = 0u32;
     let equal = sorted.iter().all(|b| u64::from(b.weight) == max_weight);
-    if equal {
-        // Every round gives every backend one turn, in address order: the turn order below,
-        // without the heap.
-        'rounds: while filled < m {
-            for (i, walk) in walks.iter_mut().enumerate() {
-                let Some(slot) = walk.claim(&table) else {
-                    // Unreachable while slots are free: a walk covers every slot once.
-                    break 'rounds;
-                };
-                table[slot] = sorted[i].id;
-                filled += 1;
-                if filled == m {
-                    break 'rounds;
-                }
+    let filled = if equal {
+        fill_in_rounds(&sorted, &mut walks, &mut table)
+    } else {
+        fill_by_weight(&sorted, &mut walks, &mut table, max_weight)
+    };
+    debug_assert_eq!(
+        filled as usize,
+        table.len(),
+        "a Maglev table was left with free slots"
+    );
+    table
+}
+
+/// Equal weights: every round gives every backend one turn, in address order (what
+/// [`fill_by_weight`] does then, without its heap). Returns the slots filled.
+fn fill_in_rounds(
+    sorted: &[&TableBackend],
+    walks: &mut [PermutationWalk],
+    table: &mut [u32],
+) -> u32 {
+    let m = table.len() as u32;
+    let mut filled = 0u32;
+    while filled < m {
+        for (backend, walk) in sorted.iter().zip(walks.iter_mut()) {
+            // `None` is unreachable while slots are free: a walk covers every slot once.
+            let Some(slot) = walk.claim(table) else {
+                return filled;
+            };
+            table[slot] = backend.id;
+            filled += 1;
+            if filled == m {
+                return filled;
             }
         }
-    } else {
-        // Turn k (1-based) of backend i comes in round ⌈k·max_weight / w_i⌉; within a round,
-        // address order.
-        let next_round =
-            |i: usize, turn: u64| (turn * max_weight).div_ceil(u64::from(sorted[i].weight));
-        let mut turns: Vec<u64> = vec![1; sorted.len()];
-        let mut queue: BinaryHeap<Reverse<(u64, usize)>> = (0..sorted.len())
-            .map(|i| Reverse((next_round(i, 1), i)))
-            .collect();
-        while filled < m {
-            let Some(Reverse((_, i))) = queue.pop() else {
-                break;
-            };
-            let Some(slot) = walks[i].claim(&table) else {
-                break;
-            };
-            table[slot] = sorted[i].id;
-            filled += 1;
-            turns[i] += 1;
-            queue.push(Reverse((next_round(i, turns[i]), i)));
-        }
     }
-    debug_assert_eq!(filled, m, "a Maglev table was left with free slots");
-    table
+    filled
+}
+
+/// Turn k (1-based) of backend i comes in round ⌈k·max_weight / w_i⌉; within a round, address
+/// order. Returns the slots filled.
+fn fill_by_weight(
+    sorted: &[&TableBackend],
+    walks: &mut [PermutationWalk],
+    table: &mut [u32],
+    max_weight: u64,
+) -> u32 {
+    let m = table.len() as u32;
+    let next_round =
+        |i: usize, turn: u64| (turn * max_weight).div_ceil(u64::from(sorted[i].weight));
+    let mut turns: Vec<u64> = vec![1; sorted.len()];
+    let mut queue: BinaryHeap<Reverse<(u64, usize)>> = (0..sorted.len())
+        .map(|i| Reverse((next_round(i, 1), i)))
+        .collect();
+    let mut filled = 0u32;
+    while filled < m {
+        let Some(Reverse((_, i))) = queue.pop() else {
+            break;
+        };
+        let Some(slot) = walks[i].claim(table) else {
+            break;
+        };
+        table[slot] = sorted[i].id;
+        filled += 1;
+        turns[i] += 1;
+        queue.push(Reverse((next_round(i, turns[i]), i)));
+    }
+    filled
 }
 
 /// A backend's position in its permutation `offset, offset + skip, offset + 2·skip, ... (mod M)`.
@@ -202,6 +228,27 @@ mod tests {
     use super::*;
 
     const M: u32 = DEFAULT_TABLE_SIZE;
+
+    /// The rounds without a heap are the heap's turn order when weights are equal: the same
+    /// table, so the fast path moves no flow (as a build of another version would not either).
+    #[test]
+    fn equal_weights_fill_the_same_table_in_rounds_as_by_weight() {
+        for (n, m, seed) in [(3, 7, 0), (100, M, 1), (7, 251, 2), (1, 13, 3)] {
+            let owned = backends(n, 5);
+            let sorted = sorted_by_addr(&owned);
+            let walks = || -> Vec<PermutationWalk> {
+                sorted
+                    .iter()
+                    .map(|b| PermutationWalk::new(b.addr, m, seed))
+                    .collect()
+            };
+            let mut rounds = vec![FREE; m as usize];
+            let mut weighted = vec![FREE; m as usize];
+            assert_eq!(fill_in_rounds(&sorted, &mut walks(), &mut rounds), m);
+            assert_eq!(fill_by_weight(&sorted, &mut walks(), &mut weighted, 5), m);
+            assert_eq!(rounds, weighted, "{n} backends, M = {m}");
+        }
+    }
 
     #[test]
     fn table_size_is_prime() {
