@@ -418,10 +418,7 @@ impl Dataplane {
     /// Zeroes the traffic counters (`lb stats zero`, like `ipvsadm -Z`): the data plane's, every
     /// service's and every backend's. Flows and the connection counts least-conn balances on stay.
     pub fn zero_stats(&mut self) -> Result<(), DataplaneError> {
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| DataplaneError::Cpus {
-            what: what.to_owned(),
-            source: e,
-        })?;
+        let cpus = possible_cpus()?;
         fn zero<T: aya::Pod + Default>(
             map: &mut aya::maps::PerCpuArray<aya::maps::MapData, T>,
             name: &'static str,
@@ -557,6 +554,14 @@ pub fn now_coarse_ns() -> u64 {
     (ts.tv_sec as u64)
         .wrapping_mul(1_000_000_000)
         .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// The CPUs a per-CPU map holds a value for (the possible CPUs).
+fn possible_cpus() -> Result<usize, DataplaneError> {
+    aya::util::nr_cpus().map_err(|(what, e)| DataplaneError::Cpus {
+        what: what.to_owned(),
+        source: e,
+    })
 }
 
 #[cfg(test)]

@@ -215,10 +215,7 @@ impl MapsView {
         let len = self.capacity.max_backends;
         let entries = read_all::<BackendEntry>(&self.backends, len, maps::BACKENDS)?;
         let conns = read_all::<u64>(&self.backend_conns, len, maps::BACKEND_CONNS)?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| DataplaneError::Cpus {
-            what: what.to_owned(),
-            source: e,
-        })?;
+        let cpus = super::possible_cpus()?;
         let elem = batch::per_cpu_elem_size::<TrafficStats>(cpus);
         let raw = batch::read_array(self.backend_stats.map().fd().as_fd(), len, elem)
             .map_err(map_op(maps::BACKEND_STATS, "batch lookup"))?;
