@@ -1,4 +1,5 @@
-//! Settings of the XDP program that userspace writes once at start (`LB_CONFIG[0]`).
+//! Settings of the XDP program that userspace writes once at start (`LB_CONFIG[0]`), and the
+//! coarse clock the daemon keeps in it so the per-packet path reads no clock.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -17,4 +18,10 @@ pub struct LbConfig {
     /// New flows per second per CPU above which a SYN is forwarded by consistent hash without
     /// creating state (the new-flow guard); 0 turns the guard off.
     pub max_new_flows_per_cpu: u32,
+    /// `CLOCK_MONOTONIC_COARSE` in ns as `lb run`'s clock thread last stored it (every
+    /// [`crate::limits::PROGRAM_CLOCK_TICK_NS`], through a memory mapping of the map). The flow
+    /// touch and the next-hop cache of an established flow's packet use it instead of a clock
+    /// helper; 0 (no daemon keeps it: before start, after a clean stop) makes the program read the
+    /// clock itself.
+    pub now_ns: u64,
 }

@@ -40,6 +40,8 @@ pub const LEAST_CONN_EXACT_MAX: u32 = 32;
 /// A flow's `last_seen_ns` is rewritten at most this often, to keep established-flow packets from
 /// dirtying a shared cache line on every packet.
 pub const FLOW_TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+/// How often `lb run` stores the coarse clock into `LbConfig::now_ns`.
+pub const PROGRAM_CLOCK_TICK_NS: u64 = 10_000_000;
 /// Default of `--max-new-flows-per-cpu` (Katran bypasses its LRU above ~125k new flows/s per core).
 pub const DEFAULT_MAX_NEW_FLOWS_PER_CPU: u32 = 125_000;
 /// The window of the new-flow guard.

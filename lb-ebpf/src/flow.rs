@@ -22,7 +22,7 @@ use lb_common::{
 };
 
 use crate::{
-    lookup::{backend, takes_new_flows},
+    lookup::{backend, now_ns as now_cached, takes_new_flows},
     maps::{GuardState, LB_BE_CONNS, LB_FLOWS, LB_GUARD, LB_PERSIST},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     select::{Choice, consistent, schedule},
@@ -118,8 +118,10 @@ pub fn assign(
     cfg: &LbConfig,
 ) -> Result<Assignment, Counter> {
     let syn = is_syn(tcp_flags);
-    // One clock read serves the guard, persistence and the new entry.
-    let now = if syn { now_ns() } else { 0 };
+    // Where time decides (the new-flow guard, persistence timeouts, a new entry's age) the kernel's
+    // clock, read once; on every other packet the daemon's, where a stale time only delays
+    // bookkeeping (the flow touch) and costs no helper call.
+    let now = if syn { now_ns() } else { now_cached(cfg) };
     let guarded = syn && over_guard(cfg.max_new_flows_per_cpu, now);
     if syn && !guarded {
         // Insert first: a SYN is almost always new, so the lookup is only paid by a retransmitted
@@ -176,7 +178,7 @@ pub fn assign(
         && be.service_id == svc.id
     {
         count(Counter::FlowHit);
-        advance(p, &entry, entry.backend_id, svc, key, tcp_flags);
+        advance(p, &entry, entry.backend_id, svc, key, tcp_flags, now);
         return Ok(Assignment {
             choice: Choice {
                 id: entry.backend_id,
@@ -194,7 +196,7 @@ pub fn assign(
         conns_add(entry.backend_id, MINUS_ONE);
         conns_add(choice.id, ONE);
     }
-    advance(p, &entry, choice.id, svc, key, tcp_flags);
+    advance(p, &entry, choice.id, svc, key, tcp_flags, now);
     Ok(Assignment {
         choice,
         new_flow: 0,
@@ -234,6 +236,7 @@ fn advance(
     svc: &ServiceEntry,
     key: &FlowKey,
     tcp_flags: u8,
+    now: u64,
 ) {
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         if entry.flags & FLOW_F_CLOSED == 0 {
@@ -253,16 +256,15 @@ fn advance(
         if before & (FLOW_F_COUNTED | FLOW_F_CLOSED) == 0 {
             conns_add(backend_id, ONE);
             count(Counter::FlowEstablished);
-            remember(svc, key, backend_id);
+            remember(svc, key, backend_id, now);
         } else if before & (FLOW_F_COUNTED | FLOW_F_CLOSED) == FLOW_F_CLOSED {
             // A FIN/RST closed it meanwhile on another CPU: it holds no unit.
             flags_clear(p, FLOW_F_COUNTED);
         }
     }
-    let now = now_ns();
     // Writing the time only when stale keeps established flows from dirtying a shared cache line
-    // per packet.
-    if now.wrapping_sub(entry.last_seen_ns) >= FLOW_TOUCH_INTERVAL_NS {
+    // per packet. The daemon's clock may be a tick behind the kernel's that stamped a new entry.
+    if now.saturating_sub(entry.last_seen_ns) >= FLOW_TOUCH_INTERVAL_NS {
         // SAFETY: see `assign`; the time is its own 8 bytes.
         unsafe { (*p).last_seen_ns = now };
     }
@@ -325,14 +327,14 @@ fn persisted(svc: &ServiceEntry, key: &FlowKey, now: u64) -> Option<Choice> {
 /// Records the client's backend once a flow of it is established (a spoofed SYN writes nothing);
 /// every established flow of the client renews it.
 #[inline(always)]
-fn remember(svc: &ServiceEntry, key: &FlowKey, backend_id: u32) {
+fn remember(svc: &ServiceEntry, key: &FlowKey, backend_id: u32, now: u64) {
     if svc.persist_timeout_s == 0 {
         return;
     }
     let entry = PersistEntry {
         backend_id,
         _pad: 0,
-        last_seen_ns: now_ns(),
+        last_seen_ns: now,
     };
     // A failed insert only loses stickiness for this client.
     let _ = LB_PERSIST.insert(persist_key(svc, key), entry, u64::from(BPF_ANY));

@@ -47,6 +47,18 @@ pub fn config() -> LbConfig {
     LB_CONFIG.get(0).copied().unwrap_or_default()
 }
 
+/// The coarse clock: the daemon's (`LbConfig::now_ns`) when it keeps one, which costs no helper
+/// call, else the kernel's.
+#[inline(always)]
+pub fn now_ns(cfg: &LbConfig) -> u64 {
+    if cfg.now_ns != 0 {
+        cfg.now_ns
+    } else {
+        // SAFETY: helper without arguments.
+        unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
+    }
+}
+
 /// May this backend take new flows?
 #[inline(always)]
 pub fn takes_new_flows(be: &BackendEntry) -> bool {

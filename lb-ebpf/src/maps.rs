@@ -62,8 +62,9 @@ pub static LB_SVC_STATS: PerCpuArray<TrafficStats> =
 pub static LB_BE_STATS: PerCpuArray<TrafficStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
+/// Mapped into `lb run`'s memory (`BPF_F_MMAPABLE`): its clock thread stores `now_ns` there.
 #[map]
-pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map]
 pub static LB_DECAP_ADDRS: HashMap<DecapKey, u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);

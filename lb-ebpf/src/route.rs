@@ -114,8 +114,7 @@ pub fn next_hop_cached(
     };
     // SAFETY: per-CPU map value; nothing else writes it while this program runs on this CPU.
     let cached = unsafe { &mut *c };
-    // SAFETY: helper without arguments.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    let now = crate::lookup::now_ns(cfg);
     let ingress = ctx.ingress_ifindex() as u32;
     let same = cached.addr == *dst && cached.ingress == ingress && cached.expires_ns > now;
     if same && outer_len <= cached.max_len {

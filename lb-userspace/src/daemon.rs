@@ -219,6 +219,12 @@ fn serve(
 ) -> anyhow::Result<()> {
     let mut applied = AppliedTimes::default();
     dp.set_config(outer)?;
+    // Without it the program reads the kernel's clock itself: slower, never wrong.
+    if let Err(e) = dp.start_clock() {
+        warn!(
+            "the program's clock thread did not start; the XDP program reads the clock per packet: {e}"
+        );
+    }
     let apply_started = Instant::now();
     // Adopted maps keep the capacity they were created with.
     let mut applier = Applier::new(dp.maps().capacity(), opts.hash_seed);

@@ -66,17 +66,20 @@ pub fn estimate_evictions(inserted_total: u64, swept_total: u64, flows_now: u64)
     inserted_total.saturating_sub(swept_total.saturating_add(flows_now))
 }
 
-/// Decides which flows are expired at `now_ns` (pure; unit-tested).
+/// Decides which flows are expired at `now_ns` (pure; unit-tested). A flow is idle since its
+/// `last_seen_ns` but not since before `aged_from_ns`: the program's clock may have stood still
+/// until then (see `Dataplane::clock_started_ns`), so its flows were not touched.
 pub fn expired_flows(
     flows: &[(FlowKey, FlowEntry)],
     now_ns: u64,
+    aged_from_ns: u64,
     timeouts: &FlowTimeouts,
 ) -> Vec<usize> {
     flows
         .iter()
         .enumerate()
         .filter(|(_, (_, e))| {
-            let idle = now_ns.saturating_sub(e.last_seen_ns);
+            let idle = now_ns.saturating_sub(e.last_seen_ns.max(aged_from_ns));
             idle > timeouts.for_flags(e.flags).as_nanos() as u64
         })
         .map(|(i, _)| i)
@@ -97,7 +100,7 @@ pub fn sweep(
     }
     let flows = dp.maps().flows()?;
     let now = now_coarse_ns();
-    let expired = expired_flows(&flows, now, timeouts);
+    let expired = expired_flows(&flows, now, dp.clock_started_ns(), timeouts);
     let expired_set: BTreeSet<usize> = expired.iter().copied().collect();
     for i in &expired {
         // A flow may have been evicted or closed meanwhile; a missing key is not an error worth failing on.
@@ -179,6 +182,23 @@ mod tests {
             flow(FLOW_F_ESTABLISHED | FLOW_F_CLOSED, now - 2 * s),   // closed, idle
             flow(FLOW_F_ESTABLISHED, now + s),                       // touched after `now` was read
         ];
-        assert_eq!(expired_flows(&flows, now, &t), vec![1, 3, 4]);
+        assert_eq!(expired_flows(&flows, now, 0, &t), vec![1, 3, 4]);
+    }
+
+    #[test]
+    fn flows_age_no_earlier_than_the_clock_started() {
+        let t = FlowTimeouts::default();
+        let s = 1_000_000_000u64;
+        let now = 10_000 * s;
+        // Untouched since an earlier daemon's clock stopped 2,000 s ago; this one started it 20 s
+        // ago: the established flow is kept, the half-open (30 s) and closed (10 s) ones are not.
+        let flows = vec![
+            flow(FLOW_F_COUNTED | FLOW_F_ESTABLISHED, now - 2000 * s),
+            flow(FLOW_F_COUNTED, now - 2000 * s),
+            flow(FLOW_F_ESTABLISHED | FLOW_F_CLOSED, now - 2000 * s),
+        ];
+        assert_eq!(expired_flows(&flows, now, now - 20 * s, &t), vec![2]);
+        assert_eq!(expired_flows(&flows, now, now - 40 * s, &t), vec![1, 2]);
+        assert_eq!(expired_flows(&flows, now, 0, &t), vec![0, 1, 2]);
     }
 }

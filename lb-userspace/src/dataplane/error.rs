@@ -153,6 +153,9 @@ pub enum DataplaneError {
         capacity: u64,
     },
 
+    #[error("starting the program's clock thread failed: {0} (too many threads? check ulimit -u)")]
+    ClockThread(#[source] io::Error),
+
     #[error("mapping {map} into memory failed: {source}")]
     Mmap {
         map: &'static str,

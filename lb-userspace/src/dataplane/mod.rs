@@ -2,10 +2,12 @@
 //! writes its maps. Everything above it speaks in `lb_common` types.
 
 mod batch;
+mod clock;
 mod error;
 mod forwarding;
 mod kernel_log;
 mod map_writer;
+mod mmap;
 mod pins;
 mod schedule;
 mod view;
@@ -28,6 +30,7 @@ use lb_common::{
     maps::{self, PROG_BALANCER, PROG_DECAP},
 };
 
+pub use clock::ProgramClock;
 pub use error::DataplaneError;
 pub use forwarding::{record_path as sysctl_record_path, restore as restore_sysctls};
 pub use map_writer::MapWriter;
@@ -88,6 +91,8 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     /// The maps are an earlier run's, adopted from the pins.
     adopted: bool,
+    /// Keeps `LbConfig::now_ns` while the daemon runs ([`Dataplane::start_clock`]).
+    clock: Option<ProgramClock>,
 }
 
 impl Dataplane {
@@ -158,6 +163,7 @@ impl Dataplane {
             ebpf,
             pin_dir: opts.pin_dir.clone(),
             adopted,
+            clock: None,
         };
         if adopted {
             let pinned = dp.maps.capacity();
@@ -307,15 +313,42 @@ impl Dataplane {
 
     /// Writes the program configuration (outer source addresses, hash seed), stamped with this
     /// build's [`LAYOUT_VERSION`].
+    /// The clock the program reads stays as it is (see [`Dataplane::start_clock`]).
     pub fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError> {
+        let now_ns = self.maps.config()?.now_ns;
         let cfg = LbConfig {
             layout_version: LAYOUT_VERSION,
+            now_ns,
             ..*cfg
         };
         self.maps
             .config
             .set(0, cfg, 0)
             .map_err(map_op(maps::CONFIG, "update"))
+    }
+
+    /// Starts the thread that keeps the program's coarse clock (`LbConfig::now_ns`) for as long as
+    /// this value lives (dropping it stores 0: the program reads the kernel's clock again); see
+    /// `clock`. Starting it twice keeps the first.
+    pub fn start_clock(&mut self) -> Result<(), DataplaneError> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        if self.clock.is_none() {
+            self.clock = Some(ProgramClock::start(self.maps.config.map().fd().as_fd())?);
+        }
+        Ok(())
+    }
+
+    /// Stops the clock thread, if running; the program reads the kernel's clock again.
+    pub fn stop_clock(&mut self) {
+        self.clock = None;
+    }
+
+    /// When this process started the program's clock (`CLOCK_MONOTONIC_COARSE` ns; 0: not
+    /// started). Before it, the time the program saw may have stood still (an earlier daemon
+    /// killed with its clock running), so flow ages count from here at the earliest.
+    pub fn clock_started_ns(&self) -> u64 {
+        self.clock.as_ref().map_or(0, ProgramClock::started_ns)
     }
 
     /// Adds or replaces a service in one atomic map update. Its table must already be written.

@@ -160,6 +160,13 @@ impl MapsView {
             .map_err(map_op(maps::DECAP_ALLOW, "iterate"))
     }
 
+    /// The program configuration, with the clock it reads (`now_ns`).
+    pub fn config(&self) -> Result<LbConfig, DataplaneError> {
+        self.config
+            .get(&0, 0)
+            .map_err(map_op(maps::CONFIG, "lookup"))
+    }
+
     /// Every service (VIP) entry.
     pub fn services(&self) -> Result<Vec<(VipKey, ServiceEntry)>, DataplaneError> {
         bounded_entries(&self.services, self.capacity.max_services, maps::SERVICES)

@@ -70,9 +70,15 @@ const SVC6: u32 = 1;
 
 impl Fixture {
     fn new(ifindex: u32) -> Self {
+        Fixture::pinned(ifindex, None)
+    }
+
+    /// A fixture whose maps are pinned in `pin_dir` (for tests that write a map as another
+    /// process would).
+    fn pinned(ifindex: u32, pin_dir: Option<std::path::PathBuf>) -> Self {
         let opts = LoadOptions {
             capacity: tiny_capacity(),
-            pin_dir: None,
+            pin_dir,
             kernel_log: false,
             ..Default::default()
         };
@@ -119,7 +125,10 @@ impl Fixture {
 
     /// The standard fixture: an IPv4 and an IPv6 service with three backends each, round robin.
     fn standard(ifindex: u32) -> (Self, Vec<u32>, Vec<u32>) {
-        let mut f = Fixture::new(ifindex);
+        Fixture::standard_in(Fixture::new(ifindex))
+    }
+
+    fn standard_in(mut f: Fixture) -> (Self, Vec<u32>, Vec<u32>) {
         let ids4 = f.add_backends(SVC4, &backends4().map(IpAddr::V4));
         let ids6 = f.add_backends(SVC6, &backends6().map(IpAddr::V6));
         f.put_service(SVC4, IpAddr::V4(VIP4), Scheduler::RoundRobin, &ids4);
@@ -347,6 +356,73 @@ fn flow_sticks_to_its_backend_and_counts_connections() {
         assert_eq!(flows.len(), 1);
         assert_eq!(flows[0].1.backend_id, be);
     });
+}
+
+/// Writes the program's clock as the daemon's clock thread would (through the pinned map).
+fn set_program_clock(pin_dir: &std::path::Path, now_ns: u64) {
+    let data = aya::maps::MapData::from_pin(pin_dir.join(lb_common::maps::CONFIG)).unwrap();
+    let map = aya::maps::Map::from_map_data(data).unwrap();
+    let mut config: aya::maps::Array<_, LbConfig> = aya::maps::Array::try_from(map).unwrap();
+    let old = config.get(&0, 0).unwrap();
+    config.set(0, LbConfig { now_ns, ..old }, 0).unwrap();
+}
+
+#[test]
+fn established_flows_take_their_time_from_the_daemon_clock() {
+    use lb_userspace::dataplane::now_coarse_ns;
+    let bpffs = BpffsMount::new();
+    let pin_dir = bpffs.dir.join("lb");
+    with_lab(|lab| {
+        let (mut f, _, _) =
+            Fixture::standard_in(Fixture::pinned(lab.ifindex, Some(pin_dir.clone())));
+        assert_eq!(f.dp.maps().config().unwrap().now_ns, 0, "no clock yet");
+
+        // The clock thread keeps CLOCK_MONOTONIC_COARSE in the configuration, tick by tick.
+        let before = now_coarse_ns();
+        f.dp.start_clock().unwrap();
+        let first = f.dp.maps().config().unwrap().now_ns;
+        assert!(
+            first >= before && first <= now_coarse_ns(),
+            "{before} {first}"
+        );
+        assert_eq!(f.dp.clock_started_ns(), first);
+        assert!(
+            lb_tests::eventually::wait_until(Duration::from_secs(2), || {
+                f.dp.maps().config().unwrap().now_ns > first
+            }),
+            "the program clock ticks"
+        );
+        // Writing the configuration keeps the clock.
+        let cfg = f.dp.maps().config().unwrap();
+        f.dp.set_config(&cfg).unwrap();
+        assert_ne!(f.dp.maps().config().unwrap().now_ns, 0);
+        f.dp.stop_clock();
+        assert_eq!(
+            f.dp.maps().config().unwrap().now_ns,
+            0,
+            "a stopped clock hands back"
+        );
+
+        // A SYN is stamped by the kernel's clock; the next packets of the flow take the daemon's.
+        let syn = Tcp::v4(CLIENT4, VIP4, 40101, 80, SYN).frame();
+        let ack = Tcp::v4(CLIENT4, VIP4, 40101, 80, ACK).frame();
+        f.run(&syn);
+        let stamped = f.dp.maps().flows().unwrap()[0].1.last_seen_ns;
+        assert!(stamped <= now_coarse_ns());
+        let later = stamped + 3_600_000_000_000;
+        set_program_clock(&pin_dir, later);
+        assert_eq!(f.run(&ack).0, XDP_TX);
+        assert_eq!(
+            f.dp.maps().flows().unwrap()[0].1.last_seen_ns,
+            later,
+            "touched with the daemon's time"
+        );
+        // A clock behind the entry (a new entry stamped a tick ahead of it) never moves it back.
+        set_program_clock(&pin_dir, later - 10_000_000_000);
+        assert_eq!(f.run(&ack).0, XDP_TX);
+        assert_eq!(f.dp.maps().flows().unwrap()[0].1.last_seen_ns, later);
+    });
+    drop(bpffs);
 }
 
 #[test]
@@ -1170,10 +1246,11 @@ struct BpffsMount {
 
 impl BpffsMount {
     fn new() -> BpffsMount {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "lb-fixture-bpffs-{}-{}",
             std::process::id(),
-            line!()
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let mount = BpffsMount { dir };
