@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use lb_common::LbConfig;
 use lb_common::limits::Capacity;
 use tokio::signal::unix::{SignalKind, signal};
@@ -29,7 +29,9 @@ mod first_state;
 
 use crate::announce::{AnnounceHandle, AnnounceOptions, Announcer, announce_set};
 use crate::apply::{Applier, ApplyReport};
-use crate::dataplane::{AttachMode, AttachedMode, Dataplane, ExistingPins, LoadOptions, link_path};
+use crate::dataplane::{
+    AttachMode, AttachedMode, Dataplane, DataplaneError, ExistingPins, LoadOptions, link_path,
+};
 use crate::detach;
 use crate::health::{Health, HealthChecker, HealthView, ProbeTarget};
 use crate::log_values::List;
@@ -121,22 +123,57 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         let _enter = runtime.enter();
         opts.source.open()
     };
-    let first = first_state::choose(runtime.block_on(source.first()), &opts.state_file)?;
-    let (desired, not_applied) = families.split(first.desired);
-    if desired.services.is_empty() && !not_applied.is_empty() {
-        bail!(
-            "no service can be forwarded from this host, so nothing was loaded: {}",
-            describe(&not_applied)
-        );
-    }
-    log_not_applied(&not_applied);
-
-    let mut dp = Dataplane::load(&LoadOptions {
+    // The data plane (the program, and the maps: hundreds of MB at fleet size) loads on its own
+    // thread while the source delivers its first state: neither needs the other.
+    let started = Instant::now();
+    let load_options = LoadOptions {
         capacity: opts.capacity,
         pin_dir: Some(opts.pin_dir.clone()),
         kernel_log: opts.kernel_log,
         existing_pins: ExistingPins::Adopt,
-    })?;
+    };
+    let load = || {
+        let dp = Dataplane::load(&load_options);
+        info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "data plane loaded"
+        );
+        dp
+    };
+    let (first, dp) = std::thread::scope(|scope| {
+        let loading = std::thread::Builder::new()
+            .name("lb-load".into())
+            .spawn_scoped(scope, load);
+        let first = runtime.block_on(source.first());
+        info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "first state read from the source"
+        );
+        let dp = match loading {
+            Ok(handle) => handle.join().unwrap_or_else(|_| {
+                Err(DataplaneError::Panicked {
+                    what: "loading the data plane",
+                })
+            }),
+            // No thread to spare: load here.
+            Err(_) => load(),
+        };
+        (first, dp)
+    });
+    let mut dp = dp?;
+    let first = match first_state::choose(first, &opts.state_file) {
+        Ok(first) => first,
+        Err(e) => return Err(refuse_start(dp, &opts.pin_dir, lock, e)),
+    };
+    let (desired, not_applied) = families.split(first.desired);
+    if desired.services.is_empty() && !not_applied.is_empty() {
+        let e = anyhow::anyhow!(
+            "no service can be forwarded from this host, so nothing was loaded: {}",
+            describe(&not_applied)
+        );
+        return Err(refuse_start(dp, &opts.pin_dir, lock, e));
+    }
+    log_not_applied(&not_applied);
     // From here on the maps are pinned: a way out before the link is pinned unpins them; after
     // that only --detach-on-exit does.
     let first = Accepted {
@@ -165,6 +202,22 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         info!("detached and unpinned; bye");
     }
     result
+}
+
+/// A start-up refused after the data plane loaded: the maps it created (none were pinned before)
+/// are removed again; adopted pins stay as they were, forwarding.
+fn refuse_start(
+    dp: Dataplane,
+    pin_dir: &std::path::Path,
+    lock: PinDirLock,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let created = !dp.adopted();
+    drop(dp);
+    if created {
+        detach::remove_all(pin_dir, lock);
+    }
+    e
 }
 
 /// The log line of a signal that ends the daemon: what happens to the forwarding.
@@ -417,6 +470,7 @@ async fn follow(
     let mut sweep = tokio::time::interval(ctx.opts.sweep_interval);
     let mut status_tick = tokio::time::interval(STATUS_WRITE);
     let mut last_nexthop = Instant::now();
+    let mut sweeping: Option<Sweeping> = None;
     let mut checker = HealthChecker::default();
     checker.restore(std::mem::take(&mut ctx.restored_down));
     checker.sync(&ctx.desired);
@@ -476,7 +530,19 @@ async fn follow(
                 write_report(ctx, source);
             }
             _ = sweep.tick() => {
-                if let Some(report) = sweep_once(ctx.opts, ctx.dp, ctx.applier) {
+                // One sweep at a time, on a blocking thread: at fleet size it reads millions of
+                // flows, and ZooKeeper pings, probes and the control socket must not wait for it.
+                if sweeping.is_none() {
+                    sweeping = Some(start_sweep(ctx));
+                }
+                if last_nexthop.elapsed() >= NEXTHOP_REFRESH {
+                    last_nexthop = Instant::now();
+                    ctx.nexthops.refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
+                }
+            }
+            swept = finished(&mut sweeping) => {
+                sweeping = None;
+                if let Some(report) = sweep_done(ctx, swept) {
                     ctx.flows = report.flows;
                     ctx.swept_total += report.expired as u64;
                     let evictions = sweeper::estimate_evictions(report.inserted_total, ctx.swept_total, report.flows as u64);
@@ -486,10 +552,6 @@ async fn follow(
                     ctx.evictions = ctx.evictions.max(evictions);
                 }
                 publish(ctx, source);
-                if last_nexthop.elapsed() >= NEXTHOP_REFRESH {
-                    last_nexthop = Instant::now();
-                    ctx.nexthops.refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
-                }
             }
             _ = status_tick.tick() => write_report(ctx, source),
             _ = int.recv() => { exit_message(ctx.opts, "SIGINT"); break; }
@@ -812,33 +874,63 @@ fn write_report(ctx: &mut Ctx<'_>, source: &dyn Source) {
     }
 }
 
-/// One sweep; returns the flows left in the table (`None` when the sweep failed).
-fn sweep_once(
-    opts: &RunOptions,
-    dp: &mut Dataplane,
-    applier: &mut Applier,
+/// A sweep running on a blocking thread.
+type Sweeping = tokio::task::JoinHandle<anyhow::Result<sweeper::SweepReport>>;
+
+/// Starts a sweep of the flow table on a blocking thread, through its own view of the pinned maps.
+fn start_sweep(ctx: &Ctx<'_>) -> Sweeping {
+    let ids = ctx.applier.all_backend_ids();
+    let pin_dir = ctx.opts.pin_dir.clone();
+    let timeouts = ctx.opts.timeouts;
+    let aged_from_ns = ctx.dp.clock_started_ns();
+    tokio::task::spawn_blocking(move || {
+        let mut maps = crate::dataplane::MapsView::open_pinned(&pin_dir)?;
+        Ok(sweeper::sweep(&mut maps, aged_from_ns, &timeouts, &ids)?)
+    })
+}
+
+/// The end of the running sweep (never, while none runs).
+async fn finished(
+    sweeping: &mut Option<Sweeping>,
+) -> Result<anyhow::Result<sweeper::SweepReport>, tokio::task::JoinError> {
+    match sweeping {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a finished sweep means: logged, and the retired backends no flow uses are released.
+/// Returns its report (`None` when the sweep failed).
+fn sweep_done(
+    ctx: &mut Ctx<'_>,
+    swept: Result<anyhow::Result<sweeper::SweepReport>, tokio::task::JoinError>,
 ) -> Option<sweeper::SweepReport> {
-    let ids = applier.all_backend_ids();
-    match sweeper::sweep(dp, &opts.timeouts, &ids) {
-        Ok(report) => {
-            if report.expired > 0 || report.counters_corrected > 0 {
-                info!(
-                    flows = report.flows,
-                    expired = report.expired,
-                    corrected = report.counters_corrected,
-                    "swept flows"
-                );
-            }
-            match applier.release_retired(dp, &report.in_use, RETIRED_GRACE) {
-                Ok(n) if n > 0 => info!(released = n, "retired backends released"),
-                Ok(_) => {}
-                Err(e) => warn!("releasing retired backends failed: {e}"),
-            }
-            Some(report)
+    let report = match swept {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            warn!("sweeping flows failed: {e:#}");
+            return None;
         }
         Err(e) => {
-            warn!("sweeping flows failed: {e}");
-            None
+            warn!("the flow sweep did not finish: {e}");
+            return None;
         }
+    };
+    if report.expired > 0 || report.counters_corrected > 0 {
+        info!(
+            flows = report.flows,
+            expired = report.expired,
+            corrected = report.counters_corrected,
+            "swept flows"
+        );
     }
+    match ctx
+        .applier
+        .release_retired(ctx.dp, &report.in_use, RETIRED_GRACE)
+    {
+        Ok(n) if n > 0 => info!(released = n, "retired backends released"),
+        Ok(_) => {}
+        Err(e) => warn!("releasing retired backends failed: {e}"),
+    }
+    Some(report)
 }

@@ -295,8 +295,8 @@ pub async fn serve(listener: TcpListener, pin_dir: PathBuf, daemon: watch::Recei
         };
         let (pin_dir, maps, daemon) = (pin_dir.clone(), maps.clone(), daemon.clone());
         let answer = service_fn(move |request| {
-            let response = answer(&request, &pin_dir, &maps, &daemon);
-            async move { Ok::<_, Infallible>(response) }
+            let (pin_dir, maps, daemon) = (pin_dir.clone(), maps.clone(), daemon.clone());
+            async move { Ok::<_, Infallible>(answer(&request, pin_dir, maps, daemon).await) }
         });
         tokio::spawn(async move {
             let connection = http1::Builder::new()
@@ -312,11 +312,11 @@ pub async fn serve(listener: TcpListener, pin_dir: PathBuf, daemon: watch::Recei
     }
 }
 
-fn answer(
+async fn answer(
     request: &Request<Incoming>,
-    pin_dir: &std::path::Path,
-    maps: &Mutex<Option<MapsView>>,
-    daemon: &watch::Receiver<DaemonReport>,
+    pin_dir: Arc<PathBuf>,
+    maps: Arc<Mutex<Option<MapsView>>>,
+    daemon: watch::Receiver<DaemonReport>,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = if request.method() != Method::GET {
         (
@@ -342,13 +342,24 @@ fn answer(
             "metrics are at /metrics (readiness at /healthz)\n".to_owned(),
         )
     } else {
-        let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
-        match scrape(pin_dir, &mut maps, daemon) {
-            Ok(body) => (StatusCode::OK, OPENMETRICS, body),
-            Err(e) => (
+        // Reading every backend's counters takes milliseconds to hundreds of them at fleet
+        // size: on a blocking thread, so ZooKeeper pings and probes never wait for a scrape.
+        let scraped = tokio::task::spawn_blocking(move || {
+            let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
+            scrape(&pin_dir, &mut maps, &daemon)
+        })
+        .await;
+        match scraped {
+            Ok(Ok(body)) => (StatusCode::OK, OPENMETRICS, body),
+            Ok(Err(e)) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "text/plain",
                 format!("reading the maps failed: {e:#}\n"),
+            ),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("the scrape did not finish: {e}\n"),
             ),
         }
     };

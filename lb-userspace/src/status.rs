@@ -7,6 +7,7 @@
 //! decode it with [`Status::from_json`], which refuses other versions and missing fields.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::SystemTime;
@@ -156,7 +157,7 @@ fn vip_string(k: &VipKey) -> String {
 /// Reads everything `lb status` shows.
 pub fn collect(maps: &MapsView) -> anyhow::Result<Status> {
     let mut status = collect_without_flows(maps)?;
-    status.flows = maps.flows()?.len();
+    status.flows = maps.flow_count()?;
     Ok(status)
 }
 
@@ -197,12 +198,21 @@ pub fn collect_without_flows(maps: &MapsView) -> anyhow::Result<Status> {
                 new_flows: slot.stats.new_flows,
             });
     }
+    let metas = maps.all_service_meta()?;
+    let all_stats = maps.all_service_stats()?;
     let mut out = Vec::new();
     for (key, e) in services {
-        let meta = maps.service_meta(e.id)?;
-        let stats = maps.service_stats(e.id)?;
+        let (Some(meta), Some(stats)) = (metas.get(e.id as usize), all_stats.get(e.id as usize))
+        else {
+            anyhow::bail!(
+                "service entry {} has id {}, beyond the {} services the maps hold: the maps are inconsistent",
+                vip_string(&key),
+                e.id,
+                metas.len()
+            );
+        };
         out.push(ServiceStatus {
-            name: meta_name(&meta),
+            name: meta_name(meta),
             id: e.id,
             vip: vip_string(&key),
             scheduler: Scheduler::from_u32(e.scheduler)
@@ -253,7 +263,11 @@ pub fn run(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
         status.unmanaged_since_unix_ms = status.daemon.as_ref().map(|d| d.report.written_unix_ms);
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        // Straight to stdout: at 100,000 backends the document is tens of MB.
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, &status)?;
+        writeln!(out)?;
+        out.flush()?;
     } else {
         print!("{}", render(&status));
     }

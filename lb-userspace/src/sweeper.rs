@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lb_common::{FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FlowEntry, FlowKey};
 
-use crate::dataplane::{Dataplane, DataplaneError, now_coarse_ns};
+use crate::dataplane::{DataplaneError, MapsView, now_coarse_ns};
 
 /// Idle timeouts by flow state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,31 +87,33 @@ pub fn expired_flows(
 }
 
 /// One sweep: expire idle flows, then reconcile the connection counters of `backend_ids`.
+///
+/// It works on its own view of the pinned maps (`maps`), so it can run on a thread of its own:
+/// at fleet size a sweep reads millions of flows. `aged_from_ns` is
+/// [`crate::dataplane::Dataplane::clock_started_ns`].
 pub fn sweep(
-    dp: &mut Dataplane,
+    maps: &mut MapsView,
+    aged_from_ns: u64,
     timeouts: &FlowTimeouts,
     backend_ids: &BTreeSet<u32>,
 ) -> Result<SweepReport, DataplaneError> {
     // Counters that move while the table is scanned belong to flows the scan may or may not have
     // seen: such a backend is left for a quieter sweep rather than set to a wrong count.
-    let mut before = BTreeMap::new();
-    for id in backend_ids {
-        before.insert(*id, dp.maps().backend_conns(*id)?);
-    }
-    let flows = dp.maps().flows()?;
+    let before = maps.all_backend_conns()?;
+    let flows = maps.flows()?;
     let now = now_coarse_ns();
-    let expired = expired_flows(&flows, now, dp.clock_started_ns(), timeouts);
+    let expired = expired_flows(&flows, now, aged_from_ns, timeouts);
     let expired_set: BTreeSet<usize> = expired.iter().copied().collect();
     for i in &expired {
         // A flow may have been evicted or closed meanwhile; a missing key is not an error worth failing on.
-        let _ = dp.delete_flow(&flows[*i].0);
+        let _ = maps.delete_flow(&flows[*i].0);
     }
     let mut report = SweepReport {
         flows: flows.len() - expired.len(),
         expired: expired.len(),
         ..Default::default()
     };
-    let counters = dp.maps().counters()?;
+    let counters = maps.counters()?;
     let counter = |c: lb_common::Counter| {
         counters
             .iter()
@@ -129,13 +131,16 @@ pub fn sweep(
             *report.active.entry(e.backend_id).or_default() += 1;
         }
     }
+    let after = maps.all_backend_conns()?;
     for id in backend_ids {
         let want = report.active.get(id).copied().unwrap_or(0);
-        let have = dp.maps().backend_conns(*id)?;
-        if have != want && before.get(id) == Some(&have) {
+        let Some(&have) = after.get(*id as usize) else {
+            continue;
+        };
+        if have != want && before.get(*id as usize) == Some(&have) {
             // Only a connection established or closed between this read and the write is lost,
             // and the next sweep corrects it.
-            dp.set_backend_conns(*id, want)?;
+            maps.set_backend_conns(*id, want)?;
             report.counters_corrected += 1;
         }
     }

@@ -212,6 +212,13 @@ struct ColdStart {
     to_all_services: Duration,
     /// `lb status --json` reading that state once.
     status_call: Duration,
+    /// From the daemon's log: start → first state read from ZooKeeper, start → data plane loaded
+    /// (the two run at once).
+    first_state_read: Option<Duration>,
+    dataplane_loaded: Option<Duration>,
+    /// The same services' tables built in this process: one after another, and on every CPU.
+    tables_sequential: Duration,
+    tables_parallel: Duration,
 }
 
 fn cold_start(
@@ -313,6 +320,8 @@ fn cold_start(
         services * backends
     );
     drop(daemon);
+    let daemon_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let (tables_sequential, tables_parallel) = time_table_builds(args)?;
     Ok(ColdStart {
         services,
         backends,
@@ -320,7 +329,68 @@ fn cold_start(
         to_pinned,
         to_all_services,
         status_call,
+        first_state_read: logged_elapsed(&daemon_log, "first state read from the source"),
+        dataplane_loaded: logged_elapsed(&daemon_log, "data plane loaded"),
+        tables_sequential,
+        tables_parallel,
     })
+}
+
+/// The `elapsed_ms` of the daemon's log line with `message`.
+fn logged_elapsed(log: &str, message: &str) -> Option<Duration> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let value = line.split("elapsed_ms=").nth(1)?;
+    let ms: u64 = value.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_millis(ms))
+}
+
+/// Builds the cold start's tables (same scheduler, sizes and backend addresses) in this process,
+/// one after another and then with `tables::prebuild` on every CPU, and checks both agree.
+fn time_table_builds(args: &Args) -> anyhow::Result<(Duration, Duration)> {
+    use lb_userspace::tables::{TableBackend, TableJob, build_slot_tables, prebuild};
+    let kind = lb_common::Scheduler::from_name(&args.scheduler)
+        .with_context(|| format!("unknown scheduler {}", args.scheduler))?
+        .table_kind();
+    let jobs: Vec<Vec<TableBackend>> = (0..args.services)
+        .map(|s| {
+            (0..args.backends)
+                .map(|b| TableBackend {
+                    id: b,
+                    addr: SocketAddr::new(IpAddr::V4(backend_ip(b)), 10_000 + s as u16),
+                    weight: 1,
+                })
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    let sequential: Vec<_> = jobs
+        .iter()
+        .map(|b| build_slot_tables(kind, b, args.table_size, 0))
+        .collect();
+    let tables_sequential = started.elapsed();
+    let started = Instant::now();
+    let parallel = prebuild(
+        jobs.iter()
+            .map(|b| TableJob {
+                kind,
+                backends: b.clone(),
+            })
+            .collect(),
+        args.table_size,
+        0,
+    );
+    let tables_parallel = started.elapsed();
+    for ((built, backends), want) in parallel.iter().zip(&jobs).zip(&sequential) {
+        ensure!(
+            built
+                .as_ref()
+                .and_then(|b| b.with_ids(kind, backends, args.table_size))
+                .as_ref()
+                == Some(want),
+            "a table built in parallel differs from the one built alone"
+        );
+    }
+    Ok((tables_sequential, tables_parallel))
 }
 
 /// Writes `services` services (VIP `198.18.100.10:<10000+i>`) with `backends` backends each
@@ -355,8 +425,7 @@ async fn populate(
         )?;
         multi.add_create(&schema.backends_dir(&name), &[], &options)?;
         for b in 0..backends {
-            let ip = Ipv4Addr::new(198, 19, (b / 250) as u8, (b % 250 + 1) as u8);
-            let addr = SocketAddr::new(IpAddr::V4(ip), port as u16);
+            let addr = SocketAddr::new(IpAddr::V4(backend_ip(b)), port as u16);
             multi.add_create(&schema.backend_path(&name, addr), &[], &options)?;
         }
         pending.push(multi.commit());
@@ -373,6 +442,11 @@ async fn populate(
 }
 
 // ---- helpers -------------------------------------------------------------------------------------
+
+/// The address of backend `b` of every cold-start service.
+fn backend_ip(b: u32) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, (b / 250) as u8, (b % 250 + 1) as u8)
+}
 
 /// Runs `f` with a ZooKeeper client on a thread in the router namespace (where ZooKeeper listens on
 /// 127.0.0.1).
@@ -444,9 +518,30 @@ fn print_table(args: &Args, latencies: &[(u64, Vec<Duration>)], cold: Option<&Co
             "| cold start, {what}: daemon start → all services in `LB_SERVICES` | {:.2} s |",
             c.to_all_services.as_secs_f64()
         );
+        let logged = |d: Option<Duration>| {
+            d.map_or_else(
+                || "not logged".to_owned(),
+                |d| format!("{:.2} s", d.as_secs_f64()),
+            )
+        };
         println!(
-            "| of which: start → maps pinned (full read of ZooKeeper, maps created) | {:.2} s |",
+            "| of which: start → first state read from ZooKeeper (daemon log) | {} |",
+            logged(c.first_state_read)
+        );
+        println!(
+            "| of which, at the same time: start → data plane loaded (program verified, maps created; daemon log) | {} |",
+            logged(c.dataplane_loaded)
+        );
+        println!(
+            "| start → maps pinned (seen from outside) | {:.2} s |",
             c.to_pinned.as_secs_f64()
+        );
+        println!(
+            "| building those {} tables in one process: one after another / on every CPU ({} CPUs) | {:.2} s / {:.2} s |",
+            c.services,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            c.tables_sequential.as_secs_f64(),
+            c.tables_parallel.as_secs_f64()
         );
         println!(
             "| `lb status --json` of that state (one call) | {:.2} s |",

@@ -25,6 +25,9 @@ use crate::plan::{self, AdoptError, Adoption, Op, PinnedState, Planner};
 
 pub use crate::plan::{CapacityError, RetiredBackend, ServiceHealth};
 
+/// From this many services in one apply, their tables are built in parallel first.
+const PREBUILD_MIN_SERVICES: usize = 2;
+
 #[derive(Debug, Error)]
 pub enum ApplyError {
     #[error(transparent)]
@@ -191,6 +194,21 @@ impl Applier {
                 Err(e) => report.failed.push((name, e)),
             }
         }
+        // Many services at once (a cold start, a resync): their tables are built on every CPU
+        // first.
+        let to_put: Vec<&ServiceSpec> = [&names.added, &names.changed, &health_changed, &retry]
+            .into_iter()
+            .flatten()
+            .filter_map(|name| desired.services.get(name))
+            .collect();
+        if to_put.len() >= PREBUILD_MIN_SERVICES {
+            let healths: Vec<ServiceHealth> = to_put
+                .iter()
+                .map(|spec| ServiceHealth::of(spec, health))
+                .collect();
+            self.planner
+                .prebuild_tables(to_put.iter().copied().zip(&healths));
+        }
         let puts = [
             (names.added, &mut report.added),
             (names.changed, &mut report.changed),
@@ -213,6 +231,7 @@ impl Applier {
                 &mut failed,
             );
         }
+        self.planner.clear_prebuilt();
         report.failed.extend(failed);
         self.delete_unheld_vips(w);
         for (name, e) in &report.failed {

@@ -175,6 +175,9 @@ pub enum DataplaneError {
 
     #[error("forwarding kernel logs failed: {0}")]
     KernelLog(String),
+
+    #[error("{what} panicked (a bug: please report it with the log); nothing was attached")]
+    Panicked { what: &'static str },
 }
 
 /// Builds the `map_err` closure of a map operation.

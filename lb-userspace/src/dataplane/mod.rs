@@ -442,10 +442,7 @@ impl Dataplane {
     /// Overwrites a backend's active-connection count (the sweeper's correction). A packet counted
     /// by the XDP program at the same instant may be lost; the next sweep corrects it.
     pub fn set_backend_conns(&mut self, id: u32, conns: u64) -> Result<(), DataplaneError> {
-        self.maps
-            .backend_conns
-            .set(id, conns, 0)
-            .map_err(map_op(maps::BACKEND_CONNS, "update"))
+        self.maps.set_backend_conns(id, conns)
     }
 
     /// Zeroes the traffic counters (`lb stats zero`, like `ipvsadm -Z`): the data plane's, every
@@ -497,14 +494,7 @@ impl Dataplane {
 
     /// Forgets a flow. A flow that is already gone (evicted or deleted) is not an error.
     pub fn delete_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
-        match self.maps.flows.remove(key) {
-            Ok(()) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_op(maps::FLOWS, "delete")(e)),
-        }
+        self.maps.delete_flow(key)
     }
 
     /// Read access to every map.

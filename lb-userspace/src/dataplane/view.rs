@@ -169,7 +169,32 @@ impl MapsView {
 
     /// Every service (VIP) entry.
     pub fn services(&self) -> Result<Vec<(VipKey, ServiceEntry)>, DataplaneError> {
-        bounded_entries(&self.services, self.capacity.max_services, maps::SERVICES)
+        let (keys, values) = batch::read_hash(
+            self.services.map().fd().as_fd(),
+            self.capacity.max_services,
+            std::mem::size_of::<VipKey>(),
+            std::mem::size_of::<ServiceEntry>(),
+        )
+        .map_err(map_op(maps::SERVICES, "batch lookup"))?;
+        Ok(decode_pairs(&keys, &values))
+    }
+
+    /// Every service's metadata, indexed by service id (a few syscalls for the whole array).
+    pub fn all_service_meta(&self) -> Result<Vec<ServiceMeta>, DataplaneError> {
+        read_all(
+            &self.service_meta,
+            self.capacity.max_services,
+            maps::SERVICE_META,
+        )
+    }
+
+    /// Every service's traffic summed over CPUs, indexed by service id.
+    pub fn all_service_stats(&self) -> Result<Vec<TrafficStats>, DataplaneError> {
+        read_traffic(
+            &self.service_stats,
+            self.capacity.max_services,
+            maps::SERVICE_STATS,
+        )
     }
 
     pub fn service_meta(&self, id: u32) -> Result<ServiceMeta, DataplaneError> {
@@ -213,7 +238,52 @@ impl MapsView {
 
     /// Every tracked flow (at most the flow table's size; flows evicted while listing are skipped).
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>, DataplaneError> {
-        bounded_entries(&self.flows, self.capacity.flow_table_size, maps::FLOWS)
+        let (keys, values) = batch::read_hash(
+            self.flows.map().fd().as_fd(),
+            self.capacity.flow_table_size,
+            std::mem::size_of::<FlowKey>(),
+            std::mem::size_of::<FlowEntry>(),
+        )
+        .map_err(map_op(maps::FLOWS, "batch lookup"))?;
+        Ok(decode_pairs(&keys, &values))
+    }
+
+    /// How many flows the flow table holds, counted through one small buffer.
+    pub fn flow_count(&self) -> Result<usize, DataplaneError> {
+        batch::count_hash(
+            self.flows.map().fd().as_fd(),
+            self.capacity.flow_table_size,
+            std::mem::size_of::<FlowKey>(),
+            std::mem::size_of::<FlowEntry>(),
+        )
+        .map_err(map_op(maps::FLOWS, "batch count"))
+    }
+
+    /// Every backend's active-connection count, indexed by backend id.
+    pub fn all_backend_conns(&self) -> Result<Vec<u64>, DataplaneError> {
+        read_all(
+            &self.backend_conns,
+            self.capacity.max_backends,
+            maps::BACKEND_CONNS,
+        )
+    }
+
+    pub fn set_backend_conns(&mut self, id: u32, conns: u64) -> Result<(), DataplaneError> {
+        self.backend_conns
+            .set(id, conns, 0)
+            .map_err(map_op(maps::BACKEND_CONNS, "update"))
+    }
+
+    /// Deletes a flow; one already gone (evicted, expired) is no error.
+    pub fn delete_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
+        match self.flows.remove(key) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_op(maps::FLOWS, "delete")(e)),
+        }
     }
 
     /// Every backend slot, its connection count and its traffic (summed over CPUs), index by
@@ -222,20 +292,7 @@ impl MapsView {
         let len = self.capacity.max_backends;
         let entries = read_all::<BackendEntry>(&self.backends, len, maps::BACKENDS)?;
         let conns = read_all::<u64>(&self.backend_conns, len, maps::BACKEND_CONNS)?;
-        let cpus = super::possible_cpus()?;
-        let elem = batch::per_cpu_elem_size::<TrafficStats>(cpus);
-        let raw = batch::read_array(self.backend_stats.map().fd().as_fd(), len, elem)
-            .map_err(map_op(maps::BACKEND_STATS, "batch lookup"))?;
-        let stride = std::mem::size_of::<TrafficStats>().next_multiple_of(8);
-        let stats = raw.chunks_exact(elem).map(|per_cpu| {
-            let mut total = TrafficStats::default();
-            for cpu in per_cpu.chunks_exact(stride) {
-                total.add(&bytemuck::pod_read_unaligned(
-                    &cpu[..std::mem::size_of::<TrafficStats>()],
-                ));
-            }
-            total
-        });
+        let stats = read_traffic(&self.backend_stats, len, maps::BACKEND_STATS)?;
         Ok(entries
             .into_iter()
             .zip(conns)
@@ -303,6 +360,44 @@ fn read_all<T: aya::Pod + bytemuck::Pod>(
         .collect())
 }
 
+/// Every element of a per-CPU traffic array, summed over CPUs, in index order.
+fn read_traffic(
+    map: &PerCpuArray<MapData, TrafficStats>,
+    len: u32,
+    name: &'static str,
+) -> Result<Vec<TrafficStats>, DataplaneError> {
+    let cpus = super::possible_cpus()?;
+    let elem = batch::per_cpu_elem_size::<TrafficStats>(cpus);
+    let raw = batch::read_array(map.map().fd().as_fd(), len, elem)
+        .map_err(map_op(name, "batch lookup"))?;
+    let stride = std::mem::size_of::<TrafficStats>().next_multiple_of(8);
+    Ok(raw
+        .chunks_exact(elem)
+        .map(|per_cpu| {
+            let mut total = TrafficStats::default();
+            for cpu in per_cpu.chunks_exact(stride) {
+                total.add(&bytemuck::pod_read_unaligned(
+                    &cpu[..std::mem::size_of::<TrafficStats>()],
+                ));
+            }
+            total
+        })
+        .collect())
+}
+
+/// Key and value bytes of a batch read, as records.
+fn decode_pairs<K: bytemuck::Pod, V: bytemuck::Pod>(keys: &[u8], values: &[u8]) -> Vec<(K, V)> {
+    keys.chunks_exact(std::mem::size_of::<K>())
+        .zip(values.chunks_exact(std::mem::size_of::<V>()))
+        .map(|(k, v)| {
+            (
+                bytemuck::pod_read_unaligned(k),
+                bytemuck::pod_read_unaligned(v),
+            )
+        })
+        .collect()
+}
+
 fn sum_u64(
     map: &PerCpuArray<MapData, u64>,
     index: u32,
@@ -323,22 +418,4 @@ fn sum_traffic(
         total.add(v);
     }
     Ok(total)
-}
-
-/// All entries of a hash map, iterating at most `limit` keys (a concurrent writer cannot make the
-/// walk endless). Keys deleted between listing and lookup are skipped.
-fn bounded_entries<K: aya::Pod, V: aya::Pod>(
-    map: &HashMap<MapData, K, V>,
-    limit: u32,
-    name: &'static str,
-) -> Result<Vec<(K, V)>, DataplaneError> {
-    let mut out = Vec::new();
-    for item in map.iter().take(limit as usize) {
-        match item {
-            Ok(kv) => out.push(kv),
-            Err(MapError::KeyNotFound) => continue,
-            Err(e) => return Err(map_op(name, "iterate")(e)),
-        }
-    }
-    Ok(out)
 }

@@ -35,7 +35,7 @@ use lb_common::{
 use thiserror::Error;
 
 use crate::model::{BackendSpec, DesiredState, ServiceSpec};
-use crate::tables::{TableBackend, build_slot_tables};
+use crate::tables::{Prebuilt, TableBackend, TableJob, build_slot_tables, prebuild};
 
 pub use adopt::{AdoptError, Adoption, PinnedService, PinnedState};
 pub use diff::{NameDiff, diff};
@@ -158,6 +158,8 @@ pub struct Planner {
     slots: IdPool,
     quarantine: Vec<(u32, Instant)>,
     retired: Vec<RetiredBackend>,
+    /// Tables built ahead by [`Planner::prebuild_tables`], used by the next plans of these services.
+    prebuilt: BTreeMap<String, Prebuilt>,
 }
 
 impl Planner {
@@ -171,7 +173,38 @@ impl Planner {
             slots: IdPool::new(capacity.table_slots()),
             quarantine: Vec::new(),
             retired: Vec::new(),
+            prebuilt: BTreeMap::new(),
         }
+    }
+
+    /// Builds the tables of `services` (with their health) on every CPU, for the plans that follow
+    /// ([`Planner::plan_service`] uses a prebuilt table only when its backends are still the same).
+    /// Worth it when many services change at once: a cold start, a resync.
+    pub fn prebuild_tables<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = (&'a ServiceSpec, &'a ServiceHealth)>,
+    ) {
+        let (names, jobs): (Vec<String>, Vec<TableJob>) = services
+            .into_iter()
+            .map(|(spec, health)| {
+                let job = TableJob {
+                    kind: spec.scheduler.table_kind(),
+                    backends: table_candidates(spec, health).collect(),
+                };
+                (spec.name.clone(), job)
+            })
+            .unzip();
+        let built = prebuild(jobs, self.capacity.table_size, self.seed);
+        self.prebuilt = names
+            .into_iter()
+            .zip(built)
+            .filter_map(|(name, prebuilt)| Some((name, prebuilt?)))
+            .collect();
+    }
+
+    /// Drops the tables [`Planner::prebuild_tables`] built.
+    pub fn clear_prebuilt(&mut self) {
+        self.prebuilt.clear();
     }
 
     /// The state the data plane forwards with now.
@@ -315,12 +348,14 @@ impl Planner {
             .ok_or(CapacityError::NoFreeSlot {
                 slots: self.capacity.table_slots(),
             })?;
-        let tables = build_slot_tables(
-            spec.scheduler.table_kind(),
-            &table_backends,
-            self.capacity.table_size,
-            self.seed,
-        );
+        let kind = spec.scheduler.table_kind();
+        let tables = self
+            .prebuilt
+            .get(&spec.name)
+            .and_then(|p| p.with_ids(kind, &table_backends, self.capacity.table_size))
+            .unwrap_or_else(|| {
+                build_slot_tables(kind, &table_backends, self.capacity.table_size, self.seed)
+            });
         let key = spec.vip_key();
         let offset = slot * self.capacity.table_size;
         let entry = ServiceEntry {
@@ -650,15 +685,23 @@ fn table_backends(
     health: &ServiceHealth,
     ids: &BTreeMap<SocketAddr, u32>,
 ) -> Vec<TableBackend> {
+    table_candidates(spec, health)
+        .filter_map(|b| ids.get(&b.addr).map(|id| TableBackend { id: *id, ..b }))
+        .collect()
+}
+
+/// The backends of `spec` its table holds (those taking new flows and not down), in table order;
+/// the ids are not assigned yet (0).
+fn table_candidates<'a>(
+    spec: &'a ServiceSpec,
+    health: &'a ServiceHealth,
+) -> impl Iterator<Item = TableBackend> + 'a {
     spec.backends
         .iter()
         .filter(|(addr, b)| b.takes_new_flows() && !health.down.contains(addr))
-        .filter_map(|(addr, b)| {
-            ids.get(addr).map(|id| TableBackend {
-                id: *id,
-                addr: *addr,
-                weight: b.weight,
-            })
+        .map(|(addr, b)| TableBackend {
+            id: 0,
+            addr: *addr,
+            weight: b.weight,
         })
-        .collect()
 }

@@ -5,6 +5,7 @@
 
 mod backend_list;
 mod maglev;
+mod prebuild;
 mod weighted_sequence;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use lb_common::service::TableKind;
 
 pub use backend_list::build_backend_list;
 pub use maglev::{build_maglev_table, is_prime, maglev_table_len};
+pub use prebuild::{Prebuilt, TableJob, prebuild};
 pub use weighted_sequence::build_weighted_sequence;
 
 /// A backend as a table builder sees it.
