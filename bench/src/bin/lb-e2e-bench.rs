@@ -98,7 +98,11 @@ fn main() -> anyhow::Result<()> {
     let mut all: Vec<Measurement> = Vec::new();
     for round in 1..=args.rounds {
         for &mode in &modes {
-            eprintln!("lb-e2e-bench: round {round}/{}: {}", args.rounds, mode.name());
+            eprintln!(
+                "lb-e2e-bench: round {round}/{}: {}",
+                args.rounds,
+                mode.name()
+            );
             let active = lab
                 .enter(mode)
                 .with_context(|| format!("setting up {}", mode.name()))?;

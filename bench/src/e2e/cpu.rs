@@ -46,7 +46,10 @@ fn parse_proc_stat(text: &str) -> anyhow::Result<MachineCpu> {
         .with_context(|| format!("bad /proc/stat line {line:?}"))?;
     // user nice system idle iowait irq softirq steal ...
     if f.len() < 8 {
-        bail!("/proc/stat's cpu line has {} fields, not ≥ 8: {line:?}", f.len());
+        bail!(
+            "/proc/stat's cpu line has {} fields, not ≥ 8: {line:?}",
+            f.len()
+        );
     }
     Ok(MachineCpu {
         user: f[0],

@@ -18,7 +18,10 @@ pub const FLOOR_ROUTER_MAC: &str = "02:00:00:00:00:02";
 
 /// Gives the LB's `eth0` and the router's `br-lb` the MACs `lb_floor` writes.
 pub fn set_floor_macs(lb_netns: &str, router_netns: &str) -> anyhow::Result<()> {
-    cmd::ip(lb_netns, &["link", "set", "dev", "eth0", "address", FLOOR_LB_MAC])?;
+    cmd::ip(
+        lb_netns,
+        &["link", "set", "dev", "eth0", "address", FLOOR_LB_MAC],
+    )?;
     cmd::ip(
         router_netns,
         &["link", "set", "dev", "br-lb", "address", FLOOR_ROUTER_MAC],

@@ -60,7 +60,9 @@ pub fn measure(
         close: wrk.close,
         wrk: result,
         machine,
-        lb_process: proc_after.zip(proc_before).map(|(a, b)| a.saturating_sub(b)),
+        lb_process: proc_after
+            .zip(proc_before)
+            .map(|(a, b)| a.saturating_sub(b)),
         to_lb: delta[0],
         to_backends: delta[1..].to_vec(),
         balancer_count: count_after

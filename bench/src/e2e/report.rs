@@ -92,7 +92,10 @@ pub fn markdown(
             g.target
         );
     }
-    let _ = writeln!(s, "\n## Every round\n\n| mode | conn/s per round | req/s per round |\n|---|---|---|");
+    let _ = writeln!(
+        s,
+        "\n## Every round\n\n| mode | conn/s per round | req/s per round |\n|---|---|---|"
+    );
     for f in figs {
         let join = |v: &[f64]| {
             v.iter()

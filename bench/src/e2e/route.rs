@@ -31,7 +31,11 @@ impl Drop for IpGuard {
         all.push("del");
         all.extend(self.args.iter().map(String::as_str));
         if let Err(e) = cmd::ip(&self.netns, &all) {
-            eprintln!("e2e: cannot undo `ip {}` in {}: {e:#}", all.join(" "), self.netns);
+            eprintln!(
+                "e2e: cannot undo `ip {}` in {}: {e:#}",
+                all.join(" "),
+                self.netns
+            );
         }
     }
 }

@@ -48,7 +48,7 @@ http {{
 fn haproxy_conf(vip: SocketAddr, backends: &[SocketAddr]) -> String {
     let mut conf = format!(
         "global
-    maxconn 200000
+    maxconn 20000
 defaults
     mode tcp
     timeout connect 5s
@@ -125,20 +125,23 @@ pub fn start_haproxy(
 }
 
 fn wait_accepting(proc: &mut NsProcess, netns: &str, addr: SocketAddr) -> anyhow::Result<()> {
-    Eventually::new(format!("{addr} to accept connections in {netns}"), READY_TIMEOUT)
-        .every(Duration::from_millis(50))
-        .poll(|| {
-            if let Err(e) = proc.check_running() {
-                // Stop waiting: the error below carries the log.
-                return Ok(Err(e));
-            }
-            run_in_netns(netns, || {
-                TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-            })
-            .map_err(|e| format!("{e:#}"))?
-            .map(|_| Ok(()))
-            .map_err(|e| e.to_string())
-        })??;
+    Eventually::new(
+        format!("{addr} to accept connections in {netns}"),
+        READY_TIMEOUT,
+    )
+    .every(Duration::from_millis(50))
+    .poll(|| {
+        if let Err(e) = proc.check_running() {
+            // Stop waiting: the error below carries the log.
+            return Ok(Err(e));
+        }
+        run_in_netns(netns, || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+        })
+        .map_err(|e| format!("{e:#}"))?
+        .map(|_| Ok(()))
+        .map_err(|e| e.to_string())
+    })??;
     Ok(())
 }
 
