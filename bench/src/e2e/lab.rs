@@ -193,12 +193,13 @@ impl E2eLab {
         Ok(ActiveMode::Lb { pid })
     }
 
-    /// The `lb` service's new flows so far (`lb status`).
-    pub fn lb_new_flows(&self) -> anyhow::Result<u64> {
+    /// Packets the `lb` service has forwarded so far (`lb status`). Not its new flows: a client
+    /// that reuses a port (TIME_WAIT reuse) within the closed-flow timeout finds its old flow.
+    pub fn lb_service_packets(&self) -> anyhow::Result<u64> {
         let status = self.zk.status(LB)?;
         status
             .service(SERVICE)
-            .map(|s| s.new_flows)
+            .map(|s| s.packets)
             .with_context(|| format!("`lb status` shows no service {SERVICE}"))
     }
 }

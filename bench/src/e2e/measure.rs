@@ -21,7 +21,8 @@ pub struct Measurement {
     pub to_lb: u64,
     /// Packets the router sent toward each backend.
     pub to_backends: Vec<u64>,
-    /// New flows `lb status` counted (`lb` modes), DNATed packets (nftables).
+    /// Packets the `lb` service forwarded (`lb status`), DNATed packets (nftables: one per
+    /// connection).
     pub balancer_count: Option<u64>,
 }
 
@@ -36,7 +37,7 @@ pub fn measure(
     let ports = E2eLab::router_ports();
     let balancer_count = || -> anyhow::Result<Option<u64>> {
         Ok(match active {
-            ActiveMode::Lb { .. } => Some(lab.lb_new_flows()?),
+            ActiveMode::Lb { .. } => Some(lab.lb_service_packets()?),
             ActiveMode::Nftables(nft) => Some(nft.dnat_packets()?),
             _ => None,
         })
@@ -118,12 +119,13 @@ pub fn problems(m: &Measurement) -> Vec<String> {
             ));
         }
     }
-    if m.close
-        && let Some(count) = m.balancer_count
+    // `lb` counts every packet (≥ 1 per request), nftables the first packet of each connection.
+    if let Some(count) = m.balancer_count
+        && (m.close || m.mode != Mode::Nftables)
         && count < requests
     {
         out.push(format!(
-            "{name} (close): the balancer counted {count} new connections for {requests} requests"
+            "{name} ({kind}): the balancer counted {count} packets for {requests} requests"
         ));
     }
     out

@@ -118,8 +118,8 @@ pub fn markdown(
             "Every run took its mode's path: the router's port counters showed the client's \
              packets going to the LB (all modes but `direct`, where none did), to backend 0 only \
              (`direct`, `floor`) or to every backend (the others); the `lb` modes' `lb status` \
-             counted at least one new flow per `Connection: close` request, and nftables' DNAT \
-             rule counter at least one packet per connection."
+             counted at least one packet of the service per request, and nftables' DNAT rule \
+             counter at least one packet per connection."
         );
     } else {
         for p in problems {
@@ -135,7 +135,7 @@ const METHOD: &str = "
 
 - Topology (`lb-tests` lab): client ── router ── LB (one-arm) and three backends on a bridge,
   MTU 1500 on every link; the client link has TSO/GSO/GRO and checksum offload off on both ends,
-  as on a real wire. Every backend runs nginx (one worker, a fixed 3-byte body, no access log) and
+  as on a real wire. Every backend runs nginx (a worker per CPU, so one backend alone is not the limit; a fixed 3-byte body; no access log) and
   `lb decap`. The VIP `198.18.100.1:80` is on every backend's `lo`.
 - `direct`: a /32 route on the router sends the VIP to backend 0: no LB (the ceiling).
 - `floor`: the bench object's `lb_floor` on the LB's `eth0` (parse, IPIP to backend 0, `XDP_TX`):

@@ -15,12 +15,12 @@ const HAPROXY: &str = "/usr/sbin/haproxy";
 /// How long a server may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// nginx's configuration: one worker, no access log, a fixed small answer naming the backend;
+/// nginx's configuration: a worker per CPU (one backend alone can use the machine), no access log, a fixed small answer naming the backend;
 /// keep-alive connections never closed by the server during a run.
 fn nginx_conf(dir: &Path, name: &str) -> String {
     let d = dir.display();
     format!(
-        "worker_processes 1;
+        "worker_processes auto;
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
@@ -48,7 +48,7 @@ http {{
 fn haproxy_conf(vip: SocketAddr, backends: &[SocketAddr]) -> String {
     let mut conf = format!(
         "global
-    maxconn 20000
+    maxconn 4096
 defaults
     mode tcp
     timeout connect 5s
