@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, anyhow};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::mode::Mode;
 use super::summary::{Goal, ModeFigures, ratio};
@@ -179,7 +180,11 @@ pub fn svg(path: &Path, figs: &[ModeFigures]) -> anyhow::Result<()> {
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(64)
-            .build_cartesian_2d((0..names.len()).into_segmented(), 0.0..top)
+            // A segmented 0..n has a segment past n - 1: end at the last index.
+            .build_cartesian_2d(
+                (0..names.len().saturating_sub(1)).into_segmented(),
+                0.0..top,
+            )
             .map_err(|e| anyhow!("{e}"))?;
         chart
             .configure_mesh()
@@ -205,7 +210,8 @@ pub fn svg(path: &Path, figs: &[ModeFigures]) -> anyhow::Result<()> {
                 Text::new(
                     format!("{v:.0}"),
                     (SegmentValue::CenterOf(i), *v + top * 0.01),
-                    ("sans-serif", 13).into_font(),
+                    TextStyle::from(("sans-serif", 13).into_font())
+                        .pos(Pos::new(HPos::Center, VPos::Bottom)),
                 )
             }))
             .map_err(|e| anyhow!("{e}"))?;
@@ -213,4 +219,68 @@ pub fn svg(path: &Path, figs: &[ModeFigures]) -> anyhow::Result<()> {
     root.present()
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fig(mode: Mode, conn: f64, req: f64) -> ModeFigures {
+        ModeFigures {
+            mode,
+            conn_per_s: conn,
+            req_per_s: req,
+            conn_rounds: vec![conn],
+            req_rounds: vec![req],
+            busy_ms_per_kconn: 1.0,
+            softirq_ms_per_kconn: 0.5,
+            system_ms_per_kconn: 0.25,
+            lb_process_ms_per_kconn: None,
+            errors: 0,
+            requests: 10,
+        }
+    }
+
+    #[test]
+    fn the_chart_names_every_mode_and_value() {
+        let figs: Vec<ModeFigures> = Mode::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| fig(m, 1000.0 + i as f64, 20000.0 + i as f64))
+            .collect();
+        let path = std::env::temp_dir().join(format!("e2e-test-{}.svg", std::process::id()));
+        svg(&path, &figs).expect("draws");
+        let text = std::fs::read_to_string(&path).expect("written");
+        if std::env::var_os("E2E_KEEP_SVG").is_none() {
+            let _ = std::fs::remove_file(&path);
+        }
+        for f in &figs {
+            assert!(text.contains(f.mode.name()), "{}", f.mode.name());
+            assert!(text.contains(&format!("{:.0}", f.req_per_s)));
+        }
+    }
+
+    #[test]
+    fn the_table_has_ratios_to_direct_and_floor() {
+        let figs = [
+            fig(Mode::Direct, 100.0, 200.0),
+            fig(Mode::Floor, 50.0, 100.0),
+        ];
+        let setup = RunSetup {
+            command: "x".into(),
+            rounds: 1,
+            duration_s: 1,
+            threads: 1,
+            connections: 1,
+            kernel: "k".into(),
+            cpus: 2,
+            load_before: "0".into(),
+            date: "d".into(),
+        };
+        let md = markdown(&setup, &figs, &[], &[]);
+        assert!(
+            md.contains("| floor | 50 | 0.50 | 1.00 | 100 | 0.50 | 1.00 |"),
+            "{md}"
+        );
+    }
 }
