@@ -33,7 +33,8 @@ struct Args {
     /// Seconds of the unrecorded warm-up run before each mode's measurements (0: none).
     #[arg(long, default_value_t = 1)]
     warmup_s: u64,
-    /// Only these modes (repeatable: direct, floor, lb-rr, lb-maglev, nftables, haproxy).
+    /// Only these modes (repeatable: direct, direct-ecmp, floor, lb-rr, lb-maglev, nftables,
+    /// haproxy).
     #[arg(long = "mode")]
     modes: Vec<String>,
     /// Where e2e.md and e2e.svg are written.

@@ -129,6 +129,17 @@ impl E2eLab {
                     &[&route, "via", &b0],
                 )?)
             }
+            Mode::DirectEcmp => {
+                let route = format!("{}/32", vip.ip());
+                let hops: Vec<String> = (0..BACKENDS)
+                    .map(|i| Lab::backend_v4(i).to_string())
+                    .collect();
+                let mut args = vec![route.as_str()];
+                for hop in &hops {
+                    args.extend(["nexthop", "via", hop.as_str()]);
+                }
+                ActiveMode::Direct(IpGuard::add(&self.lab().router_netns(), &["route"], &args)?)
+            }
             Mode::Floor => {
                 let pin = self.lab().pin_root_path().join("e2e_floor");
                 ActiveMode::Floor(FloorProgram::attach(&lbns, &pin)?)

@@ -86,7 +86,7 @@ pub fn problems(m: &Measurement) -> Vec<String> {
     // Every request is at least one client packet toward the VIP; a few stray packets (ARP,
     // neighbour discovery) are not traffic.
     let stray = (requests / 100).max(50);
-    if m.mode == Mode::Direct {
+    if matches!(m.mode, Mode::Direct | Mode::DirectEcmp) {
         if m.to_lb > stray {
             out.push(format!(
                 "{name} ({kind}): {} packets went to the LB (at most {stray} expected)",

@@ -5,6 +5,9 @@
 pub enum Mode {
     /// The router routes the VIP to one backend: no load balancer at all (the ceiling).
     Direct,
+    /// The router spreads the VIP over every backend itself (ECMP, L4 hash): no load balancer,
+    /// the ceiling of the three-backend modes (`direct` has one backend, like `floor`).
+    DirectEcmp,
     /// Router → LB (`lb_floor`: parse + IPIP + `XDP_TX`) → router → one backend (decap): what the
     /// topology itself costs.
     Floor,
@@ -20,8 +23,9 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode, in the order of each round.
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Direct,
+        Mode::DirectEcmp,
         Mode::Floor,
         Mode::LbRr,
         Mode::LbMaglev,
@@ -32,6 +36,7 @@ impl Mode {
     pub const fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
+            Mode::DirectEcmp => "direct ecmp",
             Mode::Floor => "floor",
             Mode::LbRr => "lb rr",
             Mode::LbMaglev => "lb maglev",

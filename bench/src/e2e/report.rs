@@ -117,7 +117,7 @@ pub fn markdown(
         let _ = writeln!(
             s,
             "Every run took its mode's path: the router's port counters showed the client's \
-             packets going to the LB (all modes but `direct`, where none did), to backend 0 only \
+             packets going to the LB (all modes but `direct` and `direct ecmp`, where none did), to backend 0 only \
              (`direct`, `floor`) or to every backend (the others); the `lb` modes' `lb status` \
              counted at least one packet of the service per request, and nftables' DNAT rule \
              counter at least one packet per connection."
@@ -139,6 +139,11 @@ const METHOD: &str = "
   as on a real wire. Every backend runs nginx (a worker per CPU, so one backend alone is not the limit; a fixed 3-byte body; no access log) and
   `lb decap`. The VIP `198.18.100.1:80` is on every backend's `lo`.
 - `direct`: a /32 route on the router sends the VIP to backend 0: no LB (the ceiling).
+- `direct ecmp`: the router spreads the VIP over the three backends itself (a multipath route,
+  L4 hash): no LB, the ceiling for the modes that use three backends. `direct` and `floor` use
+  one backend, so on this small machine the three-backend modes can beat them (more receive
+  queues and nginx workers): compare `lb` with `direct ecmp` for the cost of the LB, and `floor`
+  with `direct` for the cost of the tunnel path.
 - `floor`: the bench object's `lb_floor` on the LB's `eth0` (parse, IPIP to backend 0, `XDP_TX`):
   the same path as `lb` with the least an XDP LB can do (what the topology costs).
 - `lb rr`, `lb maglev`: `lb run --zk` (the service in the lab's ZooKeeper), three backends, IPIP,
