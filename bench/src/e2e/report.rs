@@ -136,14 +136,13 @@ const METHOD: &str = "
 
 - Topology (`lb-tests` lab): client ── router ── LB (one-arm) and three backends on a bridge,
   MTU 1500 on every link; the client link has TSO/GSO/GRO and checksum offload off on both ends,
-  as on a real wire. Every backend runs nginx (a worker per CPU, so one backend alone is not the limit; a fixed 3-byte body; no access log) and
-  `lb decap`. The VIP `198.18.100.1:80` is on every backend's `lo`.
+  as on a real wire. Every backend runs nginx (a worker per CPU, so one backend alone can use the
+  machine; a fixed 3-byte body; no access log) and `lb decap`. The VIP `198.18.100.1:80` is on every backend's `lo`.
 - `direct`: a /32 route on the router sends the VIP to backend 0: no LB (the ceiling).
 - `direct ecmp`: the router spreads the VIP over the three backends itself (a multipath route,
-  L4 hash): no LB, the ceiling for the modes that use three backends. `direct` and `floor` use
-  one backend, so on this small machine the three-backend modes can beat them (more receive
-  queues and nginx workers): compare `lb` with `direct ecmp` for the cost of the LB, and `floor`
-  with `direct` for the cost of the tunnel path.
+  L4 hash): no LB, the ceiling for the modes that use three backends (`direct` and `floor` use
+  one, as the issue defines them). Compare `floor` with `direct` for the cost of the tunnel path,
+  `lb` with `floor` for the cost of the balancer's work, `lb` with `direct ecmp` for both.
 - `floor`: the bench object's `lb_floor` on the LB's `eth0` (parse, IPIP to backend 0, `XDP_TX`):
   the same path as `lb` with the least an XDP LB can do (what the topology costs).
 - `lb rr`, `lb maglev`: `lb run --zk` (the service in the lab's ZooKeeper), three backends, IPIP,
