@@ -5,6 +5,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use lb_tests::lab::cmd;
 
+/// Seconds a wrk run may take past its `-d` before it is killed.
+const WRK_GRACE_S: u64 = 15;
+
 /// What one `wrk` run does.
 #[derive(Clone, Debug)]
 pub struct WrkRun {
@@ -30,8 +33,14 @@ impl WrkRun {
     pub fn run_in(&self, netns: &str) -> anyhow::Result<WrkResult> {
         let threads = self.threads.to_string();
         let connections = self.connections.to_string();
-        let duration = format!("{}s", self.duration.as_secs().max(1));
+        let secs = self.duration.as_secs().max(1);
+        let duration = format!("{secs}s");
+        // wrk ends after `-d`; `timeout` kills it should it hang (connect/read stuck past that).
+        let limit = format!("{}s", secs + WRK_GRACE_S);
         let mut args = vec![
+            "--signal=KILL",
+            &limit,
+            "wrk",
             "-t",
             &threads,
             "-c",
@@ -45,7 +54,7 @@ impl WrkRun {
             args.extend(["-H", "Connection: close"]);
         }
         args.push(&self.url);
-        let out = cmd::in_netns(netns, "wrk", &args)
+        let out = cmd::in_netns(netns, "timeout", &args)
             .with_context(|| format!("wrk {} in {netns}", args.join(" ")))?;
         parse_summary(&out).with_context(|| format!("reading wrk's summary:\n{out}"))
     }
