@@ -25,7 +25,7 @@ use lb_common::{
 use lb_userspace::dataplane::Dataplane;
 
 /// The bench object built from `lb-bench-ebpf` by the build script.
-static BENCH_OBJECT: &[u8] =
+pub(crate) static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-bench-ebpf"));
 
 /// The program a measured run jumps into.

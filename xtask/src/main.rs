@@ -65,7 +65,7 @@ enum Command {
     CleanLabs,
     /// Build, then run the benchmarks of the `lb-bench` crate (`bench/`): `lb-xdp-bench` (ns per
     /// packet of the XDP balancer, BPF_PROG_TEST_RUN), then `lb-zk-bench` (ZooKeeper control plane:
-    /// write → map latency, cold start of 1,000 services).
+    /// write → map latency, cold start of 1,000 services). With `--e2e`, only `lb-e2e-bench`.
     Bench {
         /// Only the ZooKeeper benchmark.
         #[arg(long)]
@@ -73,7 +73,11 @@ enum Command {
         /// Only the XDP benchmark.
         #[arg(long, conflicts_with = "zk_only")]
         no_zk: bool,
-        /// Passed on to the XDP benchmark (e.g. `--repeat 20000 --rounds 3`).
+        /// Only the end-to-end benchmark (`lb-e2e-bench`: wrk through lb, the floor, nftables and
+        /// HAProxy in the lab; writes `docs/bench/e2e.md` and `e2e.svg`).
+        #[arg(long, conflicts_with_all = ["zk_only", "no_zk"])]
+        e2e: bool,
+        /// Passed on to the XDP benchmark, or with `--e2e` to the end-to-end one (e.g. `--rounds 5`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
@@ -131,10 +135,14 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             zk_only,
             no_zk,
+            e2e,
             args,
         } => {
             build(&root)?;
             cargo::cargo(&root, &["build", "--release", "-p", "lb-bench", "--bins"])?;
+            if e2e {
+                return run_bin(&cargo::release_bin(&root, "lb-e2e-bench"), &args, &root);
+            }
             if !zk_only {
                 run_bin(&cargo::release_bin(&root, "lb-xdp-bench"), &args, &root)?;
             }

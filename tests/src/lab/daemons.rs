@@ -281,8 +281,9 @@ impl Lab {
     }
 
     /// Gives the router's port toward load balancer `lb` an XDP program (pass everything), so the
-    /// frames the LB sends back with `XDP_TX` are read at once (see [`xdp_pass`]).
-    fn attach_pass_to_router_port(&mut self, lb: usize) -> anyhow::Result<()> {
+    /// frames the LB sends back with `XDP_TX` are read at once (see [`xdp_pass`]). `lb run` does it
+    /// itself; another XDP program on the LB's `eth0` (the e2e bench's `lb_floor`) needs it first.
+    pub fn attach_pass_to_router_port(&mut self, lb: usize) -> anyhow::Result<()> {
         let prog = self.pin_root()?.join("router_xdp_pass");
         if !prog.exists() {
             xdp_pass::load_and_pin(&prog)?;

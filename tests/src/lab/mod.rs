@@ -14,7 +14,7 @@
 //! process run one at a time (a global lock), since the machine is small and the tests measure shares.
 
 mod bgp;
-pub(crate) mod cmd;
+pub mod cmd;
 mod daemons;
 pub mod netns;
 mod process;
