@@ -185,7 +185,7 @@ pub struct ZkStatus {
     pub connection: ZkConnection,
     /// `0x...` while a session exists.
     pub session_id: Option<String>,
-    /// When the last full read succeeded (milliseconds since the Unix epoch).
+    /// When the last read succeeded (milliseconds since the Unix epoch).
     pub last_sync_unix_ms: Option<u64>,
     /// Distinct rejected znodes seen so far (each counted when first seen).
     pub rejections: u64,
@@ -193,8 +193,11 @@ pub struct ZkStatus {
     pub current_rejections: usize,
     /// Backends kept by the mass-removal guard.
     pub held_backends: usize,
-    /// Full reads of the tree so far (a burst of writes should cost one).
+    /// Full reads of the tree so far (start, reconnects, resyncs).
     pub full_reads: u64,
+    /// Reads of only the services a change touched (a burst of writes should cost one).
+    #[serde(default)]
+    pub partial_reads: u64,
     pub services: usize,
 }
 
@@ -488,6 +491,7 @@ pub(crate) mod tests {
             current_rejections: 1,
             held_backends: 0,
             full_reads: 2,
+            partial_reads: 3,
             services: 2,
         }
     }

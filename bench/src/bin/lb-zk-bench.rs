@@ -54,7 +54,17 @@ struct Args {
     /// Skip the cold start (it needs a few hundred MB for the tables).
     #[arg(long)]
     skip_cold_start: bool,
+    /// Distinct backend IP addresses across the cold start's services (each a next hop the
+    /// daemon resolves).
+    #[arg(long, default_value_t = 10_000)]
+    distinct_ips: u32,
+    /// Weight changes timed on the cold-started daemon (its full state loaded).
+    #[arg(long, default_value_t = 20)]
+    fleet_changes: usize,
 }
+
+/// Where the cold-start daemon serves /metrics (in its namespace).
+const COLD_METRICS: &str = "127.0.0.1:9913";
 
 /// Bounds of every wait.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -190,12 +200,12 @@ fn write_to_map_latency(
 
 /// The id of the valid `LB_BACKENDS` entry for `addr`.
 fn backend_id(maps: &MapsView, addr: SocketAddr) -> Option<u32> {
-    (0..maps.capacity().max_backends).find(|&id| {
-        maps.backend(id).is_ok_and(|b| {
-            b.flags & BACKEND_F_VALID != 0
-                && lb_common::addr::from_words(b.addr, b.family) == Some(addr.ip())
-                && u16::from_be(b.port_be) == addr.port()
-        })
+    maps.backend_slots().ok()?.into_iter().find_map(|slot| {
+        let b = slot.entry;
+        (b.flags & BACKEND_F_VALID != 0
+            && lb_common::addr::from_words(b.addr, b.family) == Some(addr.ip())
+            && u16::from_be(b.port_be) == addr.port())
+        .then_some(slot.id)
     })
 }
 
@@ -219,6 +229,15 @@ struct ColdStart {
     /// The same services' tables built in this process: one after another, and on every CPU.
     tables_sequential: Duration,
     tables_parallel: Duration,
+    /// Daemon spawned → /metrics answers (start-up done, next hops resolved).
+    to_serving: Duration,
+    /// /metrics scrapes of that state.
+    scrapes: Vec<Duration>,
+    /// Weight changes applied on that state.
+    changes: Vec<Duration>,
+    /// ZooKeeper sessions the daemon opened, and log lines about an expiry.
+    sessions: usize,
+    expired: usize,
 }
 
 fn cold_start(
@@ -233,14 +252,30 @@ fn cold_start(
         "--services and --backends are at most 60000 (ports and addresses of the generated tree)"
     );
     let target = ZkTarget::new(local_zk, "/lb", None)?;
+    ensure!(
+        (1..=60_000).contains(&args.distinct_ips),
+        "--distinct-ips is 1 to 60000"
+    );
     let (services, backends, scheduler) = (args.services, args.backends, args.scheduler.clone());
+    let distinct_ips = args.distinct_ips;
     let started = Instant::now();
     in_router(lab, local_zk, move |client| async move {
         admin::remove_service(&client, &target, "web").await?;
-        populate(&client, &target, services, backends, &scheduler).await
+        populate(
+            &client,
+            &target,
+            services,
+            backends,
+            distinct_ips,
+            &scheduler,
+        )
+        .await
     })?;
     let populate = started.elapsed();
 
+    // The latency runs' daemon left its program attached to eth0 (as `lb run` does on exit).
+    lab.lb_detach(0)
+        .context("detaching the latency runs' balancer before the cold start")?;
     let pin_dir = lab.pin_root_path().join("cold");
     let log = lab.dir().join("cold-start.log");
     let run_args: Vec<String> = [
@@ -261,6 +296,8 @@ fn cold_start(
         "65536",
         "--persist-table-size",
         "4096",
+        "--metrics",
+        COLD_METRICS,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -319,8 +356,27 @@ fn cold_start(
         "lb status shows {shown_backends} backends, not {}",
         services * backends
     );
+    // The loop serves /metrics once start-up (next hops included) is done.
+    cold_wait("the daemon to serve /metrics").poll(|| {
+        if let Err(e) = daemon.check_running() {
+            return Ok(Err(e));
+        }
+        match run_in_netns(&lab.lb_netns(0), || {
+            std::net::TcpStream::connect(COLD_METRICS)
+        }) {
+            Ok(Ok(_)) => Ok(Ok(())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Ok(Err(e)),
+        }
+    })??;
+    let to_serving = started.elapsed();
+    let scrapes = time_scrapes(lab, 5)?;
+    let changes = fleet_changes(lab, local_zk, &maps, args)?;
+    daemon.check_running()?;
     drop(daemon);
     let daemon_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let sessions = daemon_log.matches("ZooKeeper session open").count();
+    let expired = daemon_log.matches("expired").count();
     let (tables_sequential, tables_parallel) = time_table_builds(args)?;
     Ok(ColdStart {
         services,
@@ -333,6 +389,85 @@ fn cold_start(
         dataplane_loaded: logged_elapsed(&daemon_log, "data plane loaded"),
         tables_sequential,
         tables_parallel,
+        to_serving,
+        scrapes,
+        changes,
+        sessions,
+        expired,
+    })
+}
+
+/// Times `n` scrapes of the cold-started daemon's /metrics (from its namespace), checking each is
+/// a full answer.
+fn time_scrapes(lab: &Lab, n: usize) -> anyhow::Result<Vec<Duration>> {
+    use std::io::{Read as _, Write as _};
+    run_in_netns(
+        &lab.lb_netns(0),
+        move || -> anyhow::Result<Vec<Duration>> {
+            let mut times = Vec::with_capacity(n);
+            for _ in 0..n {
+                let started = Instant::now();
+                let mut stream = std::net::TcpStream::connect(COLD_METRICS)
+                    .with_context(|| format!("connecting to {COLD_METRICS}"))?;
+                stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+                stream
+                    .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
+                let mut body = Vec::new();
+                stream.read_to_end(&mut body)?;
+                times.push(started.elapsed());
+                let text = String::from_utf8_lossy(&body);
+                ensure!(
+                    text.starts_with("HTTP/1.1 200") && text.contains("lb_backend_packets"),
+                    "the scrape is not a full answer: {}",
+                    text.chars().take(200).collect::<String>()
+                );
+            }
+            Ok(times)
+        },
+    )?
+}
+
+/// Times weight changes of one backend of the middle service on the cold-started daemon (every
+/// service and next hop loaded): ZooKeeper write → `LB_BACKENDS` shows it.
+fn fleet_changes(
+    lab: &Lab,
+    local_zk: &str,
+    maps: &MapsView,
+    args: &Args,
+) -> anyhow::Result<Vec<Duration>> {
+    let service = format!("svc{:05}", args.services / 2);
+    let addr = SocketAddr::new(
+        IpAddr::V4(backend_ip(
+            args.services / 2 * args.backends,
+            args.distinct_ips,
+        )),
+        10_000 + (args.services / 2) as u16,
+    );
+    let id = backend_id(maps, addr)
+        .with_context(|| format!("{addr} of {service} is not in LB_BACKENDS"))?;
+    let target = ZkTarget::new(local_zk, "/lb", None)?;
+    let changes = args.fleet_changes;
+    in_router(lab, local_zk, move |client| async move {
+        let mut latencies = Vec::with_capacity(changes);
+        for i in 0..changes {
+            let weight = 2 + (i % 50) as u32;
+            // After the default debounce's quiet period: single changes, as an operator makes them.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let start = Instant::now();
+            admin::set_backend_weight(&client, &target, &service, addr, weight).await?;
+            Eventually::new(format!("weight {weight} (fleet change {i})"), APPLY_TIMEOUT)
+                .every(POLL)
+                .poll_async(|| async {
+                    match maps.backend(id) {
+                        Ok(entry) if entry.weight == weight => Ok(Ok(())),
+                        Ok(entry) => Err(format!("weight {}", entry.weight)),
+                        Err(e) => Ok(Err(e)),
+                    }
+                })
+                .await??;
+            latencies.push(start.elapsed());
+        }
+        Ok(latencies)
     })
 }
 
@@ -356,7 +491,10 @@ fn time_table_builds(args: &Args) -> anyhow::Result<(Duration, Duration)> {
             (0..args.backends)
                 .map(|b| TableBackend {
                     id: b,
-                    addr: SocketAddr::new(IpAddr::V4(backend_ip(b)), 10_000 + s as u16),
+                    addr: SocketAddr::new(
+                        IpAddr::V4(backend_ip(s * args.backends + b, args.distinct_ips)),
+                        10_000 + s as u16,
+                    ),
                     weight: 1,
                 })
                 .collect()
@@ -400,6 +538,7 @@ async fn populate(
     target: &ZkTarget,
     services: u32,
     backends: u32,
+    distinct_ips: u32,
     scheduler: &str,
 ) -> anyhow::Result<()> {
     let schema = &target.schema;
@@ -425,7 +564,10 @@ async fn populate(
         )?;
         multi.add_create(&schema.backends_dir(&name), &[], &options)?;
         for b in 0..backends {
-            let addr = SocketAddr::new(IpAddr::V4(backend_ip(b)), port as u16);
+            let addr = SocketAddr::new(
+                IpAddr::V4(backend_ip(s * backends + b, distinct_ips)),
+                port as u16,
+            );
             multi.add_create(&schema.backend_path(&name, addr), &[], &options)?;
         }
         pending.push(multi.commit());
@@ -443,9 +585,11 @@ async fn populate(
 
 // ---- helpers -------------------------------------------------------------------------------------
 
-/// The address of backend `b` of every cold-start service.
-fn backend_ip(b: u32) -> Ipv4Addr {
-    Ipv4Addr::new(198, 19, (b / 250) as u8, (b % 250 + 1) as u8)
+/// The address of the cold start's `n`th backend (counted over all services): one of
+/// `distinct` addresses in 198.19.0.0/16, so a service's backends (consecutive `n`) differ.
+fn backend_ip(n: u32, distinct: u32) -> Ipv4Addr {
+    let i = n % distinct;
+    Ipv4Addr::new(198, 19, (i / 250) as u8, (i % 250 + 1) as u8)
 }
 
 /// Runs `f` with a ZooKeeper client on a thread in the router namespace (where ZooKeeper listens on
@@ -546,6 +690,33 @@ fn print_table(args: &Args, latencies: &[(u64, Vec<Duration>)], cold: Option<&Co
         println!(
             "| `lb status --json` of that state (one call) | {:.2} s |",
             c.status_call.as_secs_f64()
+        );
+        println!(
+            "| daemon start → `/metrics` served (start-up done: {} next hops resolved) | {:.2} s |",
+            args.distinct_ips,
+            c.to_serving.as_secs_f64()
+        );
+        let mut scrapes = c.scrapes.clone();
+        scrapes.sort();
+        println!(
+            "| `/metrics` scrape of that state ({} distinct backend IPs): p50 / max of {} | {} / {} |",
+            args.distinct_ips,
+            scrapes.len(),
+            ms(percentile(&scrapes, 50.0)),
+            ms(scrapes.last().copied().unwrap_or_default())
+        );
+        let mut changes = c.changes.clone();
+        changes.sort();
+        println!(
+            "| ZooKeeper write → `LB_BACKENDS` applied on that state (default debounce): p50 / p99 / max of {} weight changes | {} / {} / {} |",
+            changes.len(),
+            ms(percentile(&changes, 50.0)),
+            ms(percentile(&changes, 99.0)),
+            ms(changes.last().copied().unwrap_or_default())
+        );
+        println!(
+            "| ZooKeeper sessions the cold-started daemon opened / log lines about an expiry | {} / {} |",
+            c.sessions, c.expired
         );
         println!(
             "| writing the tree to ZooKeeper (one multi per service, 32 in flight) | {:.2} s |",

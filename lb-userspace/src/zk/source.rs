@@ -6,6 +6,9 @@
 //!   first change after a quiet period (no read for `debounce_quiet`), so a single change applies
 //!   without waiting; after a debounce within a burst (`debounce_quiet` without events, or
 //!   `debounce_max` after the first one), so the rest of a burst of writes becomes one state.
+//! - Between full reads (our schema), a read covers only the services whose nodes the events
+//!   named, merged into the tree last read: at 100,000 backends a change reads a few nodes, not
+//!   all of them.
 //! - Fail static: while ZooKeeper is unreachable or the session is gone nothing is sent, so the
 //!   daemon keeps forwarding with the last state, indefinitely. Reconnects back off exponentially
 //!   with jitter.
@@ -85,6 +88,7 @@ impl ZkSource {
             current_rejections: 0,
             held_backends: 0,
             full_reads: 0,
+            partial_reads: 0,
             services: 0,
         });
         let resync = Arc::new(Notify::new());
@@ -94,6 +98,7 @@ impl ZkSource {
             states_tx,
             status_tx,
             built: DesiredState::default(),
+            raw: None,
             logged_rejections: BTreeSet::new(),
             logged_warnings: BTreeSet::new(),
         };
@@ -132,6 +137,8 @@ struct Worker {
     status_tx: watch::Sender<ZkStatus>,
     /// The last state built from the tree (before the guard): the "last good" of each service.
     built: DesiredState,
+    /// The tree as last read (our schema only): a change re-reads just the services it touched.
+    raw: Option<RawTree>,
     guard: MassRemovalGuard,
     logged_rejections: BTreeSet<Rejection>,
     logged_warnings: BTreeSet<Warning>,
@@ -189,6 +196,40 @@ fn mark_changed(
             now: false,
         },
     }
+}
+
+/// What the next read must cover.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Changed {
+    /// The whole tree (start, reconnect, resync, a change above the services).
+    All,
+    /// Only these services (their node, backends list and backends).
+    Services(BTreeSet<String>),
+}
+
+impl Changed {
+    fn none() -> Changed {
+        Changed::Services(BTreeSet::new())
+    }
+
+    /// Adds a change of `service` (`None`: of something a full read must cover).
+    fn add(&mut self, service: Option<String>) {
+        match (&mut *self, service) {
+            (Changed::All, _) => {}
+            (Changed::Services(names), Some(name)) => {
+                names.insert(name);
+            }
+            (_, None) => *self = Changed::All,
+        }
+    }
+}
+
+/// The service a changed znode at `path` belongs to: `<services>/<name>` or below it; `None` for
+/// anything else (which a full read covers).
+fn service_of_path(services_dir: &str, path: &str) -> Option<String> {
+    let rest = path.strip_prefix(services_dir)?.strip_prefix('/')?;
+    let name = rest.split('/').next()?;
+    (!name.is_empty()).then(|| name.to_owned())
 }
 
 impl Worker {
@@ -260,6 +301,8 @@ impl Worker {
         };
         // The watch is in place before the read, so no change can fall between them.
         let mut dirty = Some(Dirty::at_once(Instant::now()));
+        let mut changed = Changed::All;
+        let services_dir = self.config.target.schema.services_dir();
         let mut last_read: Option<Instant> = None;
         let mut read_failures: u32 = 0;
         let mut missing_logged = false;
@@ -291,18 +334,21 @@ impl Worker {
                                 self.set_connection(ZkConnection::Connected, Some(client.session_id().to_string()));
                                 // Events during the disconnection may be lost: read everything.
                                 dirty = Some(Dirty::at_once(now));
+                                changed = Changed::All;
                             }
                             SessionState::Expired => return SessionEnd::Expired,
                             SessionState::AuthFailed => return SessionEnd::AuthFailed,
                             SessionState::Closed => return SessionEnd::Lost("session closed".into()),
                         }
                     } else {
+                        changed.add(service_of_path(&services_dir, &event.path));
                         dirty = Some(mark_changed(dirty, last_read, now, self.config.debounce_quiet));
                     }
                 }
                 () = resync.notified() => {
                     info!("full resync requested");
                     dirty = Some(Dirty::at_once(Instant::now()));
+                    changed = Changed::All;
                 }
                 () = sleep_until(wake.into()) => {
                     if read_at.is_some_and(|at| at <= Instant::now()) {
@@ -312,16 +358,20 @@ impl Worker {
                             continue;
                         }
                         last_read = Some(Instant::now());
-                        match self.read(client).await {
+                        // Events from here on belong to the next read.
+                        let covering = std::mem::replace(&mut changed, Changed::none());
+                        match self.read(client, &covering).await {
                             Ok(Some(raw)) => {
                                 dirty = None;
                                 read_failures = 0;
                                 missing_logged = false;
-                                self.publish_tree(&raw);
+                                self.publish_tree(&raw, covering == Changed::All);
+                                self.raw = self.config.registry.is_none().then_some(raw);
                             }
                             Ok(None) => {
                                 dirty = None;
                                 read_failures = 0;
+                                self.raw = None;
                                 self.services_dir_missing(&mut missing_logged);
                             }
                             Err(ZkError::Op { source: zookeeper_client::Error::SessionExpired, .. }) => {
@@ -335,6 +385,7 @@ impl Worker {
                                 }
                                 let retry = Instant::now() + Duration::from_millis(500) * read_failures;
                                 dirty = Some(Dirty::at_once(retry));
+                                changed = Changed::All;
                             }
                         }
                     } else {
@@ -347,11 +398,25 @@ impl Worker {
     }
 
     /// Reads the tree in the configured layout.
-    async fn read(&self, client: &Client) -> Result<Option<RawTree>, ZkError> {
+    /// Reads what `changed` covers: the whole tree, or (our schema, after a full read) only the
+    /// changed services, merged into the tree last read. `None`: `<root>/services` is missing.
+    async fn read(&self, client: &Client, changed: &Changed) -> Result<Option<RawTree>, ZkError> {
         let schema = &self.config.target.schema;
-        match &self.config.registry {
-            None => read_tree(client, schema).await,
-            Some(registry) => registry::read_instances(client, schema, registry).await,
+        match (&self.config.registry, &self.raw, changed) {
+            (Some(registry), _, _) => registry::read_instances(client, schema, registry).await,
+            (None, Some(last), Changed::Services(names)) => {
+                let names: Vec<String> = names.iter().cloned().collect();
+                let mut read = read_services(client, schema, &names).await?;
+                let mut tree = last.clone();
+                for name in names {
+                    match read.remove(&name) {
+                        Some(service) => tree.insert(name, service),
+                        None => tree.remove(&name),
+                    };
+                }
+                Ok(Some(tree))
+            }
+            (None, _, _) => read_tree(client, schema).await,
         }
     }
 
@@ -374,7 +439,7 @@ impl Worker {
                 warn!(znode = %dir, "no services: the node does not exist yet");
                 *logged = true;
             }
-            self.publish_tree(&RawTree::new());
+            self.publish_tree(&RawTree::new(), true);
             return;
         }
         if !*logged {
@@ -392,7 +457,8 @@ impl Worker {
         });
     }
 
-    fn publish_tree(&mut self, raw: &RawTree) {
+    /// Builds and publishes the state of `raw`; `full`: it was read whole (counted as a full read).
+    fn publish_tree(&mut self, raw: &RawTree, full: bool) {
         let schema = &self.config.target.schema;
         let snapshot = match &self.config.registry {
             None => build_snapshot(schema, raw, &self.built),
@@ -417,7 +483,11 @@ impl Worker {
             s.rejections += new_rejections;
             s.current_rejections = current;
             s.last_sync_unix_ms = Some(unix_ms(SystemTime::now()));
-            s.full_reads += 1;
+            if full {
+                s.full_reads += 1;
+            } else {
+                s.partial_reads += 1;
+            }
         });
         self.built = snapshot.state.clone();
         self.publish(snapshot.state);
@@ -482,13 +552,24 @@ pub async fn read_tree(
     client: &Client,
     schema: &super::schema::Schema,
 ) -> Result<Option<RawTree>, ZkError> {
-    use zookeeper_client::{Error as E, MultiReadResult as R};
     let dir = schema.services_dir();
     let names = match client.list_children(&dir).await {
         Ok(names) => names,
-        Err(E::NoNode) => return Ok(None),
+        Err(zookeeper_client::Error::NoNode) => return Ok(None),
         Err(e) => return Err(ZkError::op("list", &dir)(e)),
     };
+    read_services(client, schema, &names).await.map(Some)
+}
+
+/// Reads the services `names` (node, backends list, backend nodes); a service whose node does not
+/// exist is left out.
+async fn read_services(
+    client: &Client,
+    schema: &super::schema::Schema,
+    names: &[String],
+) -> Result<RawTree, ZkError> {
+    use zookeeper_client::{Error as E, MultiReadResult as R};
+    let dir = schema.services_dir();
     let batch_error = |path: &str| ZkError::op("multi-read", path);
 
     // Service data and backend lists.
@@ -596,7 +677,7 @@ pub async fn read_tree(
             }
         }
     }
-    Ok(Some(tree))
+    Ok(tree)
 }
 
 #[cfg(test)]
@@ -605,6 +686,33 @@ mod tests {
 
     const QUIET: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_change_below_a_service_rereads_that_service_and_anything_else_the_tree() {
+        let dir = "/lb/services";
+        assert_eq!(service_of_path(dir, "/lb/services/web"), Some("web".into()));
+        assert_eq!(
+            service_of_path(dir, "/lb/services/web/backends/198.18.0.1:80"),
+            Some("web".into())
+        );
+        assert_eq!(service_of_path(dir, "/lb/services"), None);
+        assert_eq!(service_of_path(dir, "/lb"), None);
+        assert_eq!(service_of_path(dir, "/lb/servicesx/web"), None);
+        assert_eq!(service_of_path(dir, "/other/services/web"), None);
+
+        let mut changed = Changed::none();
+        changed.add(Some("web".into()));
+        changed.add(Some("api".into()));
+        changed.add(Some("web".into()));
+        assert_eq!(
+            changed,
+            Changed::Services(["api".to_owned(), "web".to_owned()].into_iter().collect())
+        );
+        changed.add(None);
+        assert_eq!(changed, Changed::All);
+        changed.add(Some("web".into()));
+        assert_eq!(changed, Changed::All, "a full read stays full");
+    }
 
     #[test]
     fn the_first_change_after_quiet_is_read_at_once_and_a_burst_is_debounced() {
