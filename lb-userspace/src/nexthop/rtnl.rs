@@ -298,11 +298,12 @@ fn route_request(dst: IpAddr) -> RouteNetlinkMessage {
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error(
-        "no route to backend {dst}: {source} (add a route toward it, or fix the backend's address)"
+        "no route to backend {dst}: {} ({source}): add a route toward it, or fix the backend's address",
+        why_no_route(source)
     )]
     NoRoute { dst: IpAddr, source: io::Error },
     #[error(
-        "the route to backend {dst} is {kind:?}, not unicast (a blackhole, prohibit or local route covers it: change that route or the backend's address)"
+        "the route to backend {dst} is {kind:?}, not unicast (a local, broadcast or multicast address?): change that route or the backend's address"
     )]
     NotUnicast { dst: IpAddr, kind: RouteType },
     #[error(
@@ -311,6 +312,17 @@ pub enum RouteError {
     NoInterface { dst: IpAddr },
     #[error("the kernel answered the route lookup for {dst} with no route message")]
     NoAnswer { dst: IpAddr },
+}
+
+/// What the kernel's route lookup error means (`ip route get` says only the errno).
+fn why_no_route(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENETUNREACH) => "no route covers it",
+        Some(libc::EHOSTUNREACH) => "an unreachable route covers it",
+        Some(libc::EACCES) => "a prohibit route covers it",
+        Some(libc::EINVAL) => "a blackhole route covers it",
+        _ => "the route lookup failed",
+    }
 }
 
 /// The next hop of a route reply: its gateway (or `RTA_VIA`), else `dst` itself (directly
