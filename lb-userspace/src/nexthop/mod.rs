@@ -230,7 +230,7 @@ impl NextHopKeeper {
             Ok(list) => list.into_iter().map(|n| (n.hop, n)).collect(),
             Err(e) => {
                 warn!(
-                    "cannot read the neighbour table (RTM_GETNEIGH): {e}; lb's managed entries stay (`ip neigh show proto 250` lists them)"
+                    "cannot read the neighbour table (RTM_GETNEIGH): {e}; lb's managed entries stay (`ip neigh show protocol 250` lists them)"
                 );
                 self.owned.clear();
                 return Vec::new();
