@@ -38,7 +38,7 @@ use crate::log_values::List;
 use crate::metrics;
 use crate::model::DesiredState;
 use crate::netif;
-use crate::nexthop::NextHopKeeper;
+use crate::nexthop::{NextHopKeeper, NextHopTask};
 use crate::owner::{IfaceClaim, PinDirLock};
 use crate::report::{
     self, AdoptionReport, AnnounceReport, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION,
@@ -308,8 +308,8 @@ fn serve(
         telemetry().reload(Reload::Taken);
     }
     // A daemon that adopted the pins adopts the next hops the earlier one kept resolved.
-    let mut nexthops = NextHopKeeper::new(dp.adopted());
-    nexthops.refresh(applier.backend_addrs().iter().map(|a| a.ip()));
+    let mut keeper = NextHopKeeper::open(dp.adopted())?;
+    keeper.refresh(&backend_ips(&applier));
 
     let mode = dp.attach_balancer(&opts.iface, opts.attach_mode)?;
     if let AttachedMode::Replaced {
@@ -325,12 +325,14 @@ fn serve(
     }
     info!(iface = %opts.iface, mode = ?mode, pin_dir = %opts.pin_dir.display(), "forwarding");
     crate::privilege::shed_after_attach();
+    // From here on off the runtime, with only the capabilities kept.
+    let nexthops = NextHopTask::spawn(keeper)?;
 
     let mut ctx = Ctx {
         opts,
         dp,
         applier: &mut applier,
-        nexthops: &mut nexthops,
+        nexthops: &nexthops,
         families: Families::of(outer),
         applied,
         desired: first.desired,
@@ -350,13 +352,15 @@ fn serve(
         announcer: None,
     };
     let result = runtime.block_on(follow(&mut ctx, source, signals));
-    if opts.detach_on_exit {
-        nexthops.release();
-    } else {
-        // The program keeps forwarding and needs the next hops' MAC addresses.
-        nexthops.keep();
-    }
+    drop(ctx);
+    // Without --detach-on-exit the program keeps forwarding and needs the next hops' MAC addresses.
+    nexthops.finish(opts.detach_on_exit);
     result
+}
+
+/// The backends' addresses, whose next hops the keeper keeps resolved.
+fn backend_ips(applier: &Applier) -> Vec<IpAddr> {
+    applier.backend_addrs().iter().map(|a| a.ip()).collect()
 }
 
 fn outer_sources(opts: &RunOptions) -> anyhow::Result<LbConfig> {
@@ -383,7 +387,7 @@ struct Ctx<'a> {
     opts: &'a RunOptions,
     dp: &'a mut Dataplane,
     applier: &'a mut Applier,
-    nexthops: &'a mut NextHopKeeper,
+    nexthops: &'a NextHopTask,
     families: Families,
     applied: AppliedTimes,
     /// The last state the source delivered that this host can forward; health changes re-apply it.
@@ -537,7 +541,7 @@ async fn follow(
                 }
                 if last_nexthop.elapsed() >= NEXTHOP_REFRESH {
                     last_nexthop = Instant::now();
-                    ctx.nexthops.refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
+                    ctx.nexthops.refresh(backend_ips(ctx.applier));
                 }
             }
             swept = finished(&mut sweeping) => {
@@ -646,8 +650,7 @@ fn apply_desired(ctx: &mut Ctx<'_>, desired: DesiredState) {
         Some(r) => {
             info!(generation = r.generation, added = %List(&r.added), changed = %List(&r.changed), removed = %List(&r.removed), "configuration applied");
             save_state(ctx);
-            ctx.nexthops
-                .refresh(ctx.applier.backend_addrs().iter().map(|a| a.ip()));
+            ctx.nexthops.refresh(backend_ips(ctx.applier));
         }
     }
 }

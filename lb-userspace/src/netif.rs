@@ -32,6 +32,21 @@ pub fn ifindex(iface: &str) -> Result<u32, NoSuchInterface> {
     }
 }
 
+/// The name of interface `ifindex` (in the calling thread's namespace), for messages; `#N` when it
+/// has none (gone since).
+pub fn name(ifindex: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write; it NUL-terminates on success.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("#{ifindex}");
+    }
+    // SAFETY: on success `buf` holds a NUL-terminated name.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Every address on this host, with the name of its interface.
 pub fn addresses() -> Result<Vec<(String, IpAddr)>, NetifError> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();

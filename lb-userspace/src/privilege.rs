@@ -39,7 +39,7 @@ pub const CAP_BPF: Capability = Capability {
 pub const LOAD_REQUIRED: &[Capability] = &[CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF];
 
 /// What `lb run` keeps once attached: the follow loop writes neighbour entries of the backends' next
-/// hops (`ip neigh`, so it stays ambient too). Map writes go through file descriptors opened at load,
+/// hops (over netlink, from the `lb-nexthop` thread started after the shed; it stays ambient too). Map writes go through file descriptors opened at load,
 /// which need no capability; the metrics listener binds after attach, so a port below 1024 would
 /// need CAP_NET_BIND_SERVICE (the default, 9464, does not).
 pub const RUN_KEPT: &[Capability] = &[CAP_NET_ADMIN];

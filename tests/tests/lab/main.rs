@@ -14,6 +14,7 @@ mod health;
 mod hitless;
 mod icmp;
 mod metrics;
+mod nexthop;
 mod privilege;
 mod processes;
 mod registry;
