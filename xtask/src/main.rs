@@ -65,7 +65,8 @@ enum Command {
     CleanLabs,
     /// Build, then run the benchmarks of the `lb-bench` crate (`bench/`): `lb-xdp-bench` (ns per
     /// packet of the XDP balancer, BPF_PROG_TEST_RUN), then `lb-zk-bench` (ZooKeeper control plane:
-    /// write → map latency, cold start of 1,000 services). With `--e2e`, only `lb-e2e-bench`.
+    /// write → map latency, cold start of 1,000 services) and `lb-nexthop-bench` (10,000 next hops
+    /// through netlink). With `--e2e`, only `lb-e2e-bench`.
     Bench {
         /// Only the ZooKeeper benchmark.
         #[arg(long)]
@@ -148,6 +149,7 @@ fn main() -> anyhow::Result<()> {
             }
             if !no_zk {
                 run_bin(&cargo::release_bin(&root, "lb-zk-bench"), &[], &root)?;
+                run_bin(&cargo::release_bin(&root, "lb-nexthop-bench"), &[], &root)?;
             }
             Ok(())
         }
