@@ -1,6 +1,11 @@
 //! The benchmarks of `cargo xtask bench`, outside the product: `lb-xdp-bench` measures the XDP
 //! balancer with `BPF_PROG_TEST_RUN` through [`harness`], whose programs (`lb-bench-ebpf`) live in
-//! an object of their own that `lb run` never loads; `lb-zk-bench` measures the ZooKeeper control
+//! an object of their own that `lb run` never loads, and compares it with Katran
+//! ([`katran`], [`side_by_side`], [`report`]); `lb-zk-bench` measures the ZooKeeper control
 //! plane in the namespace lab of `lb-tests`.
 
+pub mod fixture;
 pub mod harness;
+pub mod katran;
+pub mod report;
+pub mod side_by_side;

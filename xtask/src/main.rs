@@ -64,8 +64,9 @@ enum Command {
     /// Remove namespaces and directories left by lab tests that were killed before cleaning up.
     CleanLabs,
     /// Build, then run the benchmarks of the `lb-bench` crate (`bench/`): `lb-xdp-bench` (ns per
-    /// packet of the XDP balancer, BPF_PROG_TEST_RUN), then `lb-zk-bench` (ZooKeeper control plane:
-    /// write → map latency, cold start of 1,000 services).
+    /// packet of the XDP balancer, BPF_PROG_TEST_RUN, then side by side with Katran built from
+    /// `--katran DIR` / `$LB_BENCH_KATRAN`, written to docs/bench/xdp.{md,svg}), then
+    /// `lb-zk-bench` (ZooKeeper control plane: write → map latency, cold start of 1,000 services).
     Bench {
         /// Only the ZooKeeper benchmark.
         #[arg(long)]
@@ -73,7 +74,7 @@ enum Command {
         /// Only the XDP benchmark.
         #[arg(long, conflicts_with = "zk_only")]
         no_zk: bool,
-        /// Passed on to the XDP benchmark (e.g. `--repeat 20000 --rounds 3`).
+        /// Passed on to the XDP benchmark (e.g. `--repeat 20000 --rounds 3 --katran DIR`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
