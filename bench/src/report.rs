@@ -126,6 +126,8 @@ pub fn svg(results: &[PathResult]) -> anyhow::Result<String> {
             .configure_mesh()
             .disable_y_mesh()
             .disable_y_axis()
+            .light_line_style(WHITE)
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("ns")
             .draw()
             .context("drawing the axes")?;
@@ -200,4 +202,62 @@ pub fn lb_rows(
         flow_table_size >> 20
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(path: &'static str, katran: Option<u64>, lb: u64) -> PathResult {
+        PathResult {
+            path,
+            katran: katran.map(Duration::from_nanos),
+            lb: Duration::from_nanos(lb),
+            repeat: 100,
+        }
+    }
+
+    #[test]
+    fn the_table_divides_lb_by_katran() {
+        let t = table(&[row("established", Some(100), 150)]);
+        assert!(t.contains("| established | 100 | 150 | 1.50 |"), "{t}");
+    }
+
+    #[test]
+    fn without_katran_no_figure_is_invented() {
+        let t = table(&[row("established", None, 150)]);
+        assert!(
+            t.contains("| established | not measured | 150 | — |"),
+            "{t}"
+        );
+        let method = Method {
+            rounds: 15,
+            katran_missing: Some("no sources".into()),
+            command: "lb-xdp-bench".into(),
+            machine: "test".into(),
+        };
+        let md = markdown(&[row("established", None, 150)], &method, "");
+        assert!(md.contains("Katran was not measured: no sources"), "{md}");
+        let chart = svg(&[row("established", None, 150)]).expect("chart");
+        assert!(
+            chart.contains("lb 150") && !chart.contains("Katran 0"),
+            "{chart}"
+        );
+    }
+
+    #[test]
+    fn the_chart_is_svg_with_every_bar_labelled() {
+        let chart = svg(&[row("a", Some(100), 150), row("b", Some(50), 40)]).expect("chart");
+        assert!(chart.starts_with("<svg"), "{chart}");
+        for label in [
+            "Katran 100",
+            "lb 150",
+            "Katran 50",
+            "lb 40",
+            ">\na\n<",
+            ">\nb\n<",
+        ] {
+            assert!(chart.contains(label), "{label} missing from {chart}");
+        }
+    }
 }

@@ -361,6 +361,7 @@ impl Runner<'_, '_> {
         for c in contenders.iter_mut() {
             c.select(self.bench, spec.table)?;
             if let Some(setup) = &spec.setup {
+                c.before_run()?;
                 self.set(setup, false)?;
                 let r = self.bench.run(self.ifindex, 1)?;
                 ensure!(
@@ -572,4 +573,59 @@ fn check_encapsulated(input: &Frame, output: &[u8], varied: bool) -> anyhow::Res
         "the inner packet differs from the original:\n  got      {inner:02x?}\n  expected {expected:02x?}"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use lb_tests::xdp::frames::encapsulate_v4;
+
+    use super::*;
+
+    /// What a balancer should send for `frame`: IPIP toward backend 7, to the next hop.
+    fn forwarded(frame: &Frame) -> Vec<u8> {
+        let IpAddr::V4(backend) = fixture::backend_addr(7, false) else {
+            panic!("backend 7 is IPv4");
+        };
+        let mut out = encapsulate_v4(&frame.bytes, Ipv4Addr::new(172, 16, 0, 1), backend);
+        out[..6].copy_from_slice(&NEXT_HOP_MAC);
+        out
+    }
+
+    #[test]
+    fn a_packet_forwarded_to_a_backend_passes() {
+        let syn = fixture::tcp_v4(CLIENT4, VIP4, 40000, SYN);
+        check_encapsulated(&syn, &forwarded(&syn), false).expect("forwarded as expected");
+    }
+
+    #[test]
+    fn a_wrong_destination_mac_or_backend_or_inner_packet_fails() {
+        let syn = fixture::tcp_v4(CLIENT4, VIP4, 40000, SYN);
+        let mut mac = forwarded(&syn);
+        mac[0] ^= 1;
+        assert!(check_encapsulated(&syn, &mac, false).is_err());
+        let mut dst = forwarded(&syn);
+        dst[ETH_HLEN + 19] = 200;
+        assert!(check_encapsulated(&syn, &dst, false).is_err());
+        let mut inner = forwarded(&syn);
+        let last = inner.len() - 1;
+        inner[last] ^= 0xff;
+        assert!(check_encapsulated(&syn, &inner, false).is_err());
+        assert!(check_encapsulated(&syn, &syn.bytes, false).is_err());
+    }
+
+    #[test]
+    fn only_the_varied_flow_fields_may_differ_in_new_flows() {
+        let syn = fixture::tcp_v4(CLIENT4, VIP4, 40000, SYN);
+        let mut out = forwarded(&syn);
+        let sport = 20 + syn.sport_off as usize;
+        out[sport] ^= 0x55;
+        out[20 + syn.src_low_off as usize + 1] ^= 0x55;
+        assert!(check_encapsulated(&syn, &out, false).is_err());
+        check_encapsulated(&syn, &out, true).expect("varied fields are not compared");
+        // The destination port is not a varied field.
+        out[sport + 2] ^= 0x55;
+        assert!(check_encapsulated(&syn, &out, true).is_err());
+    }
 }

@@ -227,16 +227,13 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     println!("## XDP balancer, ns per packet (BPF_PROG_TEST_RUN)\n\n{lb_rows}");
 
     // Katran side by side, in the same jump slot.
-    let mut katran = match prepare_katran(args) {
-        Ok(k) => Some(k),
+    let (mut katran, katran_missing) = match prepare_katran(args) {
+        Ok(k) => (Some(k), None),
         Err(e) => {
             eprintln!("lb-xdp-bench: Katran not measured, lb alone: {e:#}");
-            None
+            (None, Some(format!("{e:#}")))
         }
     };
-    let katran_missing = katran
-        .is_none()
-        .then(|| "its sources could not be built or loaded (see the bench's output)".to_owned());
     let mut lb = LbContender::load()?;
     let results = side_by_side::run(
         m.bench,

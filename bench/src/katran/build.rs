@@ -137,3 +137,22 @@ fn copy_tree(from: &Path, to: &Path, depth: usize) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_sources_say_where_they_were_looked_for_and_how_to_point_elsewhere() {
+        let e = build(
+            Path::new("/nonexistent/katran"),
+            Path::new("/nonexistent/build"),
+        )
+        .expect_err("no sources there");
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("/nonexistent/katran") && msg.contains("--katran"),
+            "{msg}"
+        );
+    }
+}
