@@ -113,6 +113,7 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     let mut m = Measure {
         bench: &mut bench,
         args,
+        repeat: args.repeat,
         ifindex,
     };
     let mut rows = Vec::new();
@@ -127,17 +128,27 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     });
     m.bench.set_target(BenchTarget::Balancer)?;
 
-    // While the table has room (at most repeat × (rounds + 1) + 1 flows so far, checked): an
-    // insert without eviction.
+    // While the table has room: an insert without eviction. At most repeat × (rounds + 1) + 1
+    // flows go in, so the runs are shortened to stay under half the table.
     serve(m.bench.dataplane(), 64, IpAddr::V4(VIP4), Scheduler::Maglev)?;
-    let inserts = u64::from(args.repeat) * (u64::from(args.rounds) + 1) + 1;
-    if inserts < u64::from(FLOW_TABLE_SIZE) / 2 {
-        let t = m.case(&syn4, true, XDP_TX)?;
-        rows.push(LbRow {
-            case: "new flow, maglev, 64 backends, flow table with room (no eviction)".into(),
-            per_packet: t,
-        });
-    }
+    m.repeat = args
+        .repeat
+        .min((FLOW_TABLE_SIZE / 2 - 1) / (args.rounds + 1));
+    let inserts = u64::from(m.repeat) * (u64::from(args.rounds) + 1) + 1;
+    ensure!(
+        m.repeat > 0 && inserts < u64::from(FLOW_TABLE_SIZE) / 2,
+        "--rounds {} leaves no room in the flow table for its new-flow case",
+        args.rounds
+    );
+    let t = m.case(&syn4, true, XDP_TX)?;
+    rows.push(LbRow {
+        case: format!(
+            "new flow, maglev, 64 backends, flow table with room (no eviction; {} repetitions)",
+            m.repeat
+        ),
+        per_packet: t,
+    });
+    m.repeat = args.repeat;
 
     // Then fill the flow table, so every other new-flow case measures the same steady state: a
     // full LRU table where each insert also evicts.
@@ -305,6 +316,8 @@ fn machine() -> String {
 struct Measure<'a, 'b> {
     bench: &'a mut XdpBench<'b>,
     args: &'a Args,
+    /// Repetitions per run (`--repeat`, shortened where a case needs fewer).
+    repeat: u32,
     ifindex: u32,
 }
 
@@ -342,7 +355,7 @@ impl Measure<'_, '_> {
         };
         let before = hits(self)?;
         let t = self.case(ack, false, XDP_TX)?;
-        let measured = u64::from(self.args.repeat) * u64::from(self.args.rounds) + 1;
+        let measured = u64::from(self.repeat) * u64::from(self.args.rounds) + 1;
         let got = hits(self)? - before;
         ensure!(
             got >= measured,
@@ -380,7 +393,7 @@ impl Measure<'_, '_> {
     ) -> anyhow::Result<Duration> {
         let mut times = Vec::with_capacity(self.args.rounds as usize);
         for _ in 0..self.args.rounds {
-            let r = run(self.bench, self.ifindex, self.args.repeat)?;
+            let r = run(self.bench, self.ifindex, self.repeat)?;
             if r.verdict != verdict {
                 let counters = self.bench.dataplane().maps().counters()?;
                 let nonzero: Vec<String> = counters
