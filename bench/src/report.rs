@@ -59,7 +59,10 @@ pub fn markdown(results: &[PathResult], method: &Method, lb_rows: &str) -> Strin
     s +=
         "\nns per packet, net of the bench's reset wrapper; `lb ÷ Katran` above 1: lb is slower.\n";
     if let Some(why) = &method.katran_missing {
-        s += &format!("\nKatran was not measured: {why}\n");
+        s += &format!(
+            "\nKatran was not measured:\n\n```text\n{}\n```\n",
+            why.trim()
+        );
     }
     s += &format!(
         "\n- Command: `{}`\n- Machine: {}\n- `BPF_PROG_TEST_RUN`, one CPU, {} rounds × {} repetitions per \
@@ -239,7 +242,10 @@ mod tests {
             machine: "test".into(),
         };
         let md = markdown(&[row("established", None, 150)], &method, "");
-        assert!(md.contains("Katran was not measured: no sources"), "{md}");
+        assert!(
+            md.contains("Katran was not measured:\n\n```text\nno sources\n```"),
+            "{md}"
+        );
         let chart = svg(&[row("established", None, 150)]).expect("chart");
         assert!(
             chart.contains("lb 150") && !chart.contains("Katran 0"),
