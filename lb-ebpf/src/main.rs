@@ -19,7 +19,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_REDIRECT, XDP_TX},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     helpers::bpf_redirect,
     macros::xdp,
     programs::XdpContext,
@@ -75,7 +75,13 @@ fn balance(ctx: &XdpContext) -> u64 {
         Err(reason) => return (UNBALANCED << 32) | reason as u64,
     };
     let Some(svc) = lookup::service_of(&pkt) else {
-        return (UNBALANCED << 32) | Counter::PassNotVip as u64;
+        // The common miss, TCP to an address that is no VIP, is passed here: no second parse and
+        // no call of `icmp::unbalanced`, which only a VIP address needs.
+        if lookup::is_vip_addr(pkt.dst, pkt.family) {
+            return (UNBALANCED << 32) | Counter::PassNotVip as u64;
+        }
+        count(Counter::PassNotVip);
+        return u64::from(XDP_PASS);
     };
     match forward(ctx, &pkt, &svc) {
         Ok(verdict) => u64::from(verdict),
