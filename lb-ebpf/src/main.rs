@@ -69,7 +69,7 @@ const TOO_BIG: u64 = 2;
 /// `TOO_BIG` in the high 32 bits). Not inlined, so its frame is not on the ICMP paths' chain.
 #[inline(never)]
 fn balance(ctx: &XdpContext) -> u64 {
-    count(Counter::RxPackets);
+    // No `rx_packets` here: userspace derives it from the verdict counters (one per frame).
     let pkt = match parse::parse_packet(ctx) {
         Ok(p) => p,
         Err(reason) => return (UNBALANCED << 32) | reason as u64,
@@ -124,7 +124,9 @@ fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceEntry) -> Result<u32, Co
     )?;
     let frame_bytes = (ctx.data_end() - ctx.data()) as u64;
     encap::encapsulate(ctx, pkt, &src, &backend.addr, &hop)?;
-    stats::count_n(Counter::Ipv4WithOptions, pkt.with_options);
+    if pkt.with_options != 0 {
+        count(Counter::Ipv4WithOptions);
+    }
     let traffic = Traffic::Forwarded {
         bytes: frame_bytes,
         new_flows: assigned.new_flow,
