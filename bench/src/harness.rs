@@ -4,8 +4,11 @@
 //! through `lb_reset` (restore the template frame, optionally with a new flow, then tail-call the
 //! program under test); `lb_reset_only` measures that harness so it can be subtracted. Those
 //! programs are in the bench object (`lb-bench-ebpf`), loaded next to the production one: the jump
-//! slot `LB_BENCH_JMP[0]` takes the production `lb_balancer` (from [`Dataplane::balancer_program`])
-//! or the bench's `lb_floor`.
+//! slot `LB_BENCH_JMP[0]` takes the production `lb_balancer` (from [`Dataplane::balancer_program`]),
+//! the bench's `lb_floor`, or any other loaded XDP program ([`XdpBench::set_program`]: another
+//! data plane's `lb_balancer`, Katran's `balancer_ingress`). A program-array slot takes programs
+//! of other objects as long as they are XDP programs like its owner (`lb_reset`): same type, both
+//! JIT-compiled, neither built for XDP fragments.
 
 use std::time::Duration;
 
@@ -13,7 +16,7 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{Array, ProgramArray},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
     bench::{
@@ -36,12 +39,14 @@ pub enum BenchTarget {
 }
 
 /// One measurement.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BenchRun {
     /// The verdict of the last repetition.
     pub verdict: u32,
     /// Average time per repetition, as the kernel measured it.
     pub per_packet: Duration,
+    /// The frame as the last repetition left it.
+    pub output: Vec<u8>,
 }
 
 /// A frame to replay, and where its flow fields are (for `vary_flow`).
@@ -112,19 +117,14 @@ impl<'a> XdpBench<'a> {
             BenchTarget::Balancer => (PROG_BALANCER, self.dp.balancer_program()),
             BenchTarget::Floor => (PROG_FLOOR, xdp_program(&mut self.bench, PROG_FLOOR)?),
         };
-        let fd = program
-            .fd()
-            .with_context(|| format!("{name} is not loaded"))?
-            .try_clone()
-            .with_context(|| format!("duplicating the fd of {name}"))?;
-        let map = self
-            .bench
-            .map_mut(MAP_JUMP)
-            .with_context(|| format!("the bench object has no map {MAP_JUMP}"))?;
-        let mut jump = ProgramArray::try_from(map)
-            .with_context(|| format!("{MAP_JUMP} is not a program array"))?;
-        jump.set(0, &fd, 0)
-            .with_context(|| format!("putting {name} into {MAP_JUMP}"))
+        let fd = program_fd(name, program)?;
+        put_in_jump_slot(&mut self.bench, name, &fd)
+    }
+
+    /// Makes `run` measure `program` (loaded, XDP), named `name` in errors.
+    pub fn set_program(&mut self, name: &str, program: &Xdp) -> anyhow::Result<()> {
+        let fd = program_fd(name, program)?;
+        put_in_jump_slot(&mut self.bench, name, &fd)
     }
 
     /// Runs restore + target `repeat` times, as if received on `ifindex` (0: loopback).
@@ -160,9 +160,11 @@ impl<'a> XdpBench<'a> {
         let result = xdp_program(&mut self.bench, program)?
             .test_run(opts)
             .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
+        out.truncate(result.data_size_out as usize);
         Ok(BenchRun {
             verdict: result.return_value,
             per_packet: result.duration,
+            output: out,
         })
     }
 
@@ -170,6 +172,25 @@ impl<'a> XdpBench<'a> {
     pub fn dataplane(&mut self) -> &mut Dataplane {
         self.dp
     }
+}
+
+fn program_fd(name: &str, program: &Xdp) -> anyhow::Result<ProgramFd> {
+    program
+        .fd()
+        .with_context(|| format!("{name} is not loaded"))?
+        .try_clone()
+        .with_context(|| format!("duplicating the fd of {name}"))
+}
+
+fn put_in_jump_slot(bench: &mut Ebpf, name: &str, fd: &ProgramFd) -> anyhow::Result<()> {
+    let map = bench
+        .map_mut(MAP_JUMP)
+        .with_context(|| format!("the bench object has no map {MAP_JUMP}"))?;
+    let mut jump = ProgramArray::try_from(map)
+        .with_context(|| format!("{MAP_JUMP} is not a program array"))?;
+    jump.set(0, fd, 0).with_context(|| {
+        format!("putting {name} into {MAP_JUMP} (the kernel takes only XDP programs like lb_reset)")
+    })
 }
 
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> anyhow::Result<&'a mut Xdp> {

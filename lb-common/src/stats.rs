@@ -41,7 +41,8 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Every frame the balancer program saw.
+    /// Every frame the balancer program saw. Not written by the program: userspace derives it
+    /// (`Counter::derive_rx_packets`) as the sum of the verdict counters, one per frame.
     RxPackets = 0 => "rx_packets",
     /// Not IPv4/IPv6 (ARP, LLDP, ...): passed.
     PassNotIp = 1 => "pass_not_ip",
@@ -106,9 +107,86 @@ counters! {
     IcmpTooBigSent = 28 => "icmp_too_big_sent",
 }
 
+impl Counter {
+    /// The counters of a frame's verdict: the program counts exactly one of them per frame
+    /// (every `pass_*` and `drop_*`, `tx_packets`, `redirect_packets`).
+    pub const fn is_verdict(self) -> bool {
+        use Counter::*;
+        matches!(
+            self,
+            PassNotIp
+                | PassNotTcp
+                | PassNotVip
+                | PassFragment
+                | PassIpv6ExtHeaders
+                | PassMalformed
+                | DropNoBackend
+                | DropMtu
+                | DropNoRoute
+                | DropNoNeighbour
+                | DropEncapFailed
+                | DropBadTableEntry
+                | DropVipUnbalanced
+                | TxPackets
+                | RedirectPackets
+        )
+    }
+
+    /// Sets `rx_packets` in `counters` (as read from `LB_STATS`, summed over CPUs) to the sum of
+    /// the verdict counters: the program saves that per-CPU update on every frame.
+    pub fn derive_rx_packets(counters: &mut [(Counter, u64)]) {
+        let rx = counters
+            .iter()
+            .filter(|(c, _)| c.is_verdict())
+            .fold(0u64, |sum, (_, v)| sum.wrapping_add(*v));
+        for (c, v) in counters.iter_mut() {
+            if *c == Counter::RxPackets {
+                *v = rx;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verdicts_are_the_pass_drop_tx_and_redirect_counters() {
+        for c in Counter::ALL {
+            let n = c.name();
+            let verdict = n.starts_with("pass_")
+                || n.starts_with("drop_")
+                || *c == Counter::TxPackets
+                || *c == Counter::RedirectPackets;
+            assert_eq!(c.is_verdict(), verdict, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn rx_packets_is_the_sum_of_the_verdicts() {
+        let mut counters = [(Counter::RxPackets, 0u64); Counter::COUNT as usize];
+        for (slot, c) in counters.iter_mut().zip(Counter::ALL) {
+            *slot = (*c, 0);
+        }
+        for (c, v) in counters.iter_mut() {
+            *v = match c {
+                Counter::PassNotVip => 2,
+                Counter::TxPackets => 5,
+                Counter::DropMtu => 1,
+                // Not verdicts: they must not enter the sum.
+                Counter::FlowHit => 4,
+                Counter::IcmpTooBigSent => 1,
+                Counter::RxPackets => 99,
+                _ => 0,
+            };
+        }
+        Counter::derive_rx_packets(&mut counters);
+        assert_eq!(
+            counters[Counter::RxPackets as usize],
+            (Counter::RxPackets, 8)
+        );
+    }
 
     #[test]
     fn counters_are_dense_and_named_once() {

@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    AF_INET, AF_INET6, Counter, FlowKey, IPPROTO_TCP, VipAddrKey, VipKey,
+    AF_INET, AF_INET6, Counter, FlowKey, IPPROTO_TCP, VipKey,
     limits::{ICMP_TOO_BIG_PER_SEC_PER_CPU, ICMP_TOO_BIG_QUOTE},
 };
 use lb_ebpf::{
@@ -29,7 +29,7 @@ use lb_ebpf::{
 
 use crate::{
     flow, lookup,
-    maps::{LB_ICMP_RATE, LB_SERVICES, LB_STATS, LB_VIP_ADDRS},
+    maps::{LB_ICMP_RATE, LB_SERVICES, LB_STATS},
     route,
     stats::{self, count},
 };
@@ -121,22 +121,11 @@ fn count_index(index: u32) {
     }
 }
 
-#[inline(always)]
-fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
-    let key = VipAddrKey {
-        addr,
-        family,
-        _pad: [0; 3],
-    };
-    // SAFETY: only the presence of the key is read.
-    unsafe { LB_VIP_ADDRS.get(&key).is_some() }
-}
-
 /// `None`: not to a VIP address (or no readable IPv4 header).
 #[inline(always)]
 fn at_vip_v4(ctx: &XdpContext, l3_off: usize) -> Option<Result<u64, Counter>> {
     let ip: Ipv4Hdr = read_at(ctx, l3_off)?;
-    if !is_vip_addr(words_v4(ip.dst), AF_INET) {
+    if !lookup::is_vip_addr(words_v4(ip.dst), AF_INET) {
         return None;
     }
     // Fragments, options and anything but ICMP are dropped: a VIP address answers only echo.
@@ -160,7 +149,7 @@ fn at_vip_v4(ctx: &XdpContext, l3_off: usize) -> Option<Result<u64, Counter>> {
 #[inline(always)]
 fn at_vip_v6(ctx: &XdpContext, l3_off: usize) -> Option<Result<u64, Counter>> {
     let ip: Ipv6Hdr = read_at(ctx, l3_off)?;
-    if ip.vtc_flow[0] >> 4 != 6 || !is_vip_addr(words_v6(ip.dst), AF_INET6) {
+    if ip.vtc_flow[0] >> 4 != 6 || !lookup::is_vip_addr(words_v6(ip.dst), AF_INET6) {
         return None;
     }
     if ip.next_header != IPPROTO_ICMPV6 {

@@ -19,7 +19,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_REDIRECT, XDP_TX},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     helpers::bpf_redirect,
     macros::xdp,
     programs::XdpContext,
@@ -69,13 +69,19 @@ const TOO_BIG: u64 = 2;
 /// `TOO_BIG` in the high 32 bits). Not inlined, so its frame is not on the ICMP paths' chain.
 #[inline(never)]
 fn balance(ctx: &XdpContext) -> u64 {
-    count(Counter::RxPackets);
+    // No `rx_packets` here: userspace derives it from the verdict counters (one per frame).
     let pkt = match parse::parse_packet(ctx) {
         Ok(p) => p,
         Err(reason) => return (UNBALANCED << 32) | reason as u64,
     };
     let Some(svc) = lookup::service_of(&pkt) else {
-        return (UNBALANCED << 32) | Counter::PassNotVip as u64;
+        // The common miss, TCP to an address that is no VIP, is passed here: no second parse and
+        // no call of `icmp::unbalanced`, which only a VIP address needs.
+        if lookup::is_vip_addr(pkt.dst, pkt.family) {
+            return (UNBALANCED << 32) | Counter::PassNotVip as u64;
+        }
+        count(Counter::PassNotVip);
+        return u64::from(XDP_PASS);
     };
     match forward(ctx, &pkt, &svc) {
         Ok(verdict) => u64::from(verdict),
@@ -118,7 +124,9 @@ fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceEntry) -> Result<u32, Co
     )?;
     let frame_bytes = (ctx.data_end() - ctx.data()) as u64;
     encap::encapsulate(ctx, pkt, &src, &backend.addr, &hop)?;
-    stats::count_n(Counter::Ipv4WithOptions, pkt.with_options);
+    if pkt.with_options != 0 {
+        count(Counter::Ipv4WithOptions);
+    }
     let traffic = Traffic::Forwarded {
         bytes: frame_bytes,
         new_flows: assigned.new_flow,

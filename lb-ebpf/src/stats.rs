@@ -12,15 +12,6 @@ pub fn count(counter: Counter) {
     }
 }
 
-/// Adds `n` (0 or 1 for a flag: an add instead of a branch keeps verification small).
-#[inline(always)]
-pub fn count_n(counter: Counter, n: u64) {
-    if let Some(p) = LB_STATS.get_ptr_mut(counter as u32) {
-        // SAFETY: as in `count`.
-        unsafe { *p += n };
-    }
-}
-
 #[inline(always)]
 pub fn count_decap(counter: DecapCounter) {
     if let Some(p) = LB_DECAP_STATS.get_ptr_mut(counter as u32) {

@@ -64,9 +64,10 @@ enum Command {
     /// Remove namespaces and directories left by lab tests that were killed before cleaning up.
     CleanLabs,
     /// Build, then run the benchmarks of the `lb-bench` crate (`bench/`): `lb-xdp-bench` (ns per
-    /// packet of the XDP balancer, BPF_PROG_TEST_RUN), then `lb-zk-bench` (ZooKeeper control plane:
-    /// write → map latency, cold start of 1,000 services) and `lb-nexthop-bench` (10,000 next hops
-    /// through netlink). With `--e2e`, only `lb-e2e-bench`.
+    /// packet of the XDP balancer, BPF_PROG_TEST_RUN, then side by side with Katran built from
+    /// `--katran DIR` / `$LB_BENCH_KATRAN`, written to docs/bench/xdp.{md,svg}), then
+    /// `lb-zk-bench` (ZooKeeper control plane: write → map latency, cold start of 1,000 services)
+    /// and `lb-nexthop-bench` (10,000 next hops through netlink). With `--e2e`, only `lb-e2e-bench`.
     Bench {
         /// Only the ZooKeeper benchmark.
         #[arg(long)]
@@ -78,7 +79,7 @@ enum Command {
         /// HAProxy in the lab; writes `docs/bench/e2e.md` and `e2e.svg`).
         #[arg(long, conflicts_with_all = ["zk_only", "no_zk"])]
         e2e: bool,
-        /// Passed on to the XDP benchmark, or with `--e2e` to the end-to-end one (e.g. `--rounds 5`).
+        /// Passed on to the XDP benchmark, or with `--e2e` to the end-to-end one (e.g. `--rounds 5`, or for the XDP one `--katran DIR`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },

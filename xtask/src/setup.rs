@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "zookeeper",
     "systemd",
     "clang",
+    // `llc`: the bench builds Katran's balancer.bpf.o with clang | llc, as Katran's README does.
+    "llvm",
     "nginx",
     "wrk",
     "haproxy",

@@ -12,24 +12,36 @@
 //! table still has room (an insert without eviction: a balancer whose table is sized for its
 //! load); then the table is filled, so every other new-flow case measures the same worst steady
 //! state: each insert also evicts, as in a balancer under a flood of new connections.
+//!
+//! Then Katran side by side (`lb_bench::side_by_side`): its `balancer.bpf.o`, built from the
+//! sources at `--katran` (default `../shared/katran` from the workspace root) into
+//! `target/katran/`, in the same jump slot, on the same frames and paths, interleaved with lb.
+//! Without Katran (no sources, a failed build or load) it says why and reports lb alone. The
+//! table goes to stdout and, with the bar chart, to `docs/bench/xdp.md` and `xdp.svg`.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
-use lb_bench::harness::{BenchFrame, BenchRun, BenchTarget, XdpBench};
+use lb_bench::{
+    fixture::{Frame, TABLE_SIZE, put_backends, put_service, serve, tcp_v4, tcp_v6},
+    harness::{BenchFrame, BenchRun, BenchTarget, XdpBench},
+    katran::{self, Katran},
+    report::{self, LbRow, Method},
+    side_by_side::{self, KatranContender, LbContender},
+};
 use lb_common::{Counter, LbConfig, Scheduler, addr::to_words, limits::Capacity};
 use lb_tests::xdp::{
     CLIENT4, CLIENT6, IFACE, SRC4, SRC6, VIP4, VIP6, XDP_PASS, XDP_TX, XdpLab,
-    frames::{ACK, SYN, Tcp},
-    maps, with_xdp_lab,
+    frames::{ACK, SYN},
+    with_xdp_lab,
 };
 use lb_userspace::dataplane::{Dataplane, LoadOptions};
 
-const TABLE_SIZE: u32 = 65_537;
 const BACKEND_COUNTS: [u32; 3] = [3, 64, 1024];
 const FLOW_TABLE_SIZE: u32 = 1 << 22;
 
@@ -40,8 +52,21 @@ struct Args {
     #[arg(long, default_value_t = 200_000)]
     repeat: u32,
     /// Measurements per case; the median is reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 15)]
     rounds: u32,
+    /// Katran's BPF sources (default: `../shared/katran` from the workspace root).
+    #[arg(long, env = "LB_BENCH_KATRAN")]
+    katran: Option<PathBuf>,
+    /// Where the Markdown table and the SVG chart go.
+    #[arg(long, default_value_os_t = workspace_root().join("docs/bench"))]
+    docs: PathBuf,
+}
+
+/// The workspace this binary was built from (`bench/..`).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,13 +85,8 @@ fn add_backend_routes(lab: &XdpLab) -> anyhow::Result<()> {
     )])
 }
 
-/// One row of the report.
-struct Row {
-    case: String,
-    per_packet: Duration,
-}
-
 fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
     let capacity = Capacity {
         max_services: 4,
         max_backends: 2048,
@@ -93,6 +113,7 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     let mut m = Measure {
         bench: &mut bench,
         args,
+        repeat: args.repeat,
         ifindex,
     };
     let mut rows = Vec::new();
@@ -101,23 +122,33 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     let harness = m.harness(&syn4)?;
     m.bench.set_target(BenchTarget::Floor)?;
     let floor = m.case(&syn4, false, XDP_TX)?;
-    rows.push(Row {
+    rows.push(LbRow {
         case: "floor: parse + IPIP + XDP_TX (lb_floor)".into(),
         per_packet: floor,
     });
     m.bench.set_target(BenchTarget::Balancer)?;
 
-    // While the table has room (at most repeat × (rounds + 1) + 1 flows so far, checked): an
-    // insert without eviction.
+    // While the table has room: an insert without eviction. At most repeat × (rounds + 1) + 1
+    // flows go in, so the runs are shortened to stay under half the table.
     serve(m.bench.dataplane(), 64, IpAddr::V4(VIP4), Scheduler::Maglev)?;
-    let inserts = u64::from(args.repeat) * (u64::from(args.rounds) + 1) + 1;
-    if inserts < u64::from(FLOW_TABLE_SIZE) / 2 {
-        let t = m.case(&syn4, true, XDP_TX)?;
-        rows.push(Row {
-            case: "new flow, maglev, 64 backends, flow table with room (no eviction)".into(),
-            per_packet: t,
-        });
-    }
+    m.repeat = args
+        .repeat
+        .min((FLOW_TABLE_SIZE / 2 - 1) / (args.rounds + 1));
+    let inserts = u64::from(m.repeat) * (u64::from(args.rounds) + 1) + 1;
+    ensure!(
+        m.repeat > 0 && inserts < u64::from(FLOW_TABLE_SIZE) / 2,
+        "--rounds {} leaves no room in the flow table for its new-flow case",
+        args.rounds
+    );
+    let t = m.case(&syn4, true, XDP_TX)?;
+    rows.push(LbRow {
+        case: format!(
+            "new flow, maglev, 64 backends, flow table with room (no eviction; {} repetitions)",
+            m.repeat
+        ),
+        per_packet: t,
+    });
+    m.repeat = args.repeat;
 
     // Then fill the flow table, so every other new-flow case measures the same steady state: a
     // full LRU table where each insert also evicts.
@@ -134,7 +165,7 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
         for scheduler in Scheduler::ALL {
             put_service(m.bench.dataplane(), IpAddr::V4(VIP4), scheduler, &ids)?;
             let t = m.case(&syn4, true, XDP_TX)?;
-            rows.push(Row {
+            rows.push(LbRow {
                 case: format!("new flow, {}, {n} backends", scheduler.name()),
                 per_packet: t,
             });
@@ -144,7 +175,7 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     serve(m.bench.dataplane(), 64, IpAddr::V4(VIP4), Scheduler::Maglev)?;
     let ack4 = tcp_v4(CLIENT4, VIP4, 40001, ACK);
     let t = m.established(&tcp_v4(CLIENT4, VIP4, 40001, SYN), &ack4)?;
-    rows.push(Row {
+    rows.push(LbRow {
         case: "established flow (flow table hit), IPv4".into(),
         per_packet: t,
     });
@@ -152,13 +183,13 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     m.bench.dataplane().stop_clock();
     let t = m.established(&tcp_v4(CLIENT4, VIP4, 40001, SYN), &ack4)?;
     m.bench.dataplane().start_clock()?;
-    rows.push(Row {
+    rows.push(LbRow {
         case: "established flow, IPv4, kernel clock (no daemon clock)".into(),
         per_packet: t,
     });
     let other = tcp_v4(CLIENT4, Ipv4Addr::new(198, 18, 100, 9), 40002, SYN);
     let t = m.case(&other, false, XDP_PASS)?;
-    rows.push(Row {
+    rows.push(LbRow {
         case: "not a VIP (XDP_PASS)".into(),
         per_packet: t,
     });
@@ -166,13 +197,13 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     serve(m.bench.dataplane(), 64, IpAddr::V6(VIP6), Scheduler::Maglev)?;
     let syn6 = tcp_v6(CLIENT6, VIP6, 40003, SYN);
     let t = m.case(&syn6, true, XDP_TX)?;
-    rows.push(Row {
+    rows.push(LbRow {
         case: "new flow, maglev, 64 backends, IPv6".into(),
         per_packet: t,
     });
     let ack6 = tcp_v6(CLIENT6, VIP6, 40004, ACK);
     let t = m.established(&tcp_v6(CLIENT6, VIP6, 40004, SYN), &ack6)?;
-    rows.push(Row {
+    rows.push(LbRow {
         case: "established flow (flow table hit), IPv6".into(),
         per_packet: t,
     });
@@ -189,13 +220,104 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
         unexpected.join(" ")
     );
 
-    print_report(args, harness, floor, &rows, &counters);
+    let flows = |c: Counter| {
+        counters
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map_or(0, |(_, v)| *v)
+    };
+    let lb_rows = report::lb_rows(
+        args.repeat,
+        args.rounds,
+        harness,
+        floor,
+        &rows,
+        FLOW_TABLE_SIZE,
+        (flows(Counter::FlowNew), flows(Counter::FlowHit)),
+    );
+    println!("## XDP balancer, ns per packet (BPF_PROG_TEST_RUN)\n\n{lb_rows}");
+
+    // Katran side by side, in the same jump slot.
+    let (mut katran, katran_missing) = match prepare_katran(args) {
+        Ok(k) => (Some(k), None),
+        Err(e) => {
+            eprintln!("lb-xdp-bench: Katran not measured, lb alone: {e:#}");
+            (None, Some(format!("{e:#}")))
+        }
+    };
+    let mut lb = LbContender::load()?;
+    let results = side_by_side::run(
+        m.bench,
+        &mut lb,
+        katran.as_mut(),
+        ifindex,
+        args.rounds,
+        args.repeat,
+    )?;
+    println!("## Katran and lb, ns per packet (BPF_PROG_TEST_RUN)\n");
+    println!("{}", report::table(&results));
+    let method = Method {
+        rounds: args.rounds,
+        katran_missing,
+        command,
+        machine: machine(),
+    };
+    write_docs(&args.docs, &results, &method, &lb_rows)
+}
+
+/// Builds Katran from `--katran` into `target/katran/`, loads it for this thread's CPU and
+/// writes the fixture into its maps.
+fn prepare_katran(args: &Args) -> anyhow::Result<KatranContender> {
+    let root = workspace_root();
+    let sources = args
+        .katran
+        .clone()
+        .unwrap_or_else(|| root.join("../shared/katran"));
+    let object = katran::build::build(&sources, &root.join("target/katran"))?;
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = u32::try_from(unsafe { libc::sched_getcpu() })
+        .context("sched_getcpu failed: cannot tell which CPU's LRU Katran uses")?;
+    KatranContender::new(Katran::load(&object, cpu)?)
+}
+
+fn write_docs(
+    dir: &Path,
+    results: &[side_by_side::PathResult],
+    method: &Method,
+    lb_rows: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let md = dir.join("xdp.md");
+    std::fs::write(&md, report::markdown(results, method, lb_rows))
+        .with_context(|| format!("writing {}", md.display()))?;
+    let svg = dir.join("xdp.svg");
+    std::fs::write(&svg, report::svg(results)?)
+        .with_context(|| format!("writing {}", svg.display()))?;
+    println!("wrote {} and {}", md.display(), svg.display());
     Ok(())
+}
+
+/// Kernel release and CPU model, for the notes.
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown kernel".to_owned(), |s| s.trim().to_owned());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("Linux {kernel}, {cpu}")
 }
 
 struct Measure<'a, 'b> {
     bench: &'a mut XdpBench<'b>,
     args: &'a Args,
+    /// Repetitions per run (`--repeat`, shortened where a case needs fewer).
+    repeat: u32,
     ifindex: u32,
 }
 
@@ -209,7 +331,7 @@ impl Measure<'_, '_> {
         )
     }
 
-    /// Median time per packet of restore + target, minus nothing (see `print_report`).
+    /// Median time per packet of restore + target, minus nothing (see `report::lb_rows`).
     fn case(&mut self, frame: &Frame, vary_flow: bool, verdict: u32) -> anyhow::Result<Duration> {
         self.set(frame, vary_flow)?;
         // One warm-up repetition: creates the flow of established-flow cases.
@@ -233,7 +355,7 @@ impl Measure<'_, '_> {
         };
         let before = hits(self)?;
         let t = self.case(ack, false, XDP_TX)?;
-        let measured = u64::from(self.args.repeat) * u64::from(self.args.rounds) + 1;
+        let measured = u64::from(self.repeat) * u64::from(self.args.rounds) + 1;
         let got = hits(self)? - before;
         ensure!(
             got >= measured,
@@ -271,7 +393,7 @@ impl Measure<'_, '_> {
     ) -> anyhow::Result<Duration> {
         let mut times = Vec::with_capacity(self.args.rounds as usize);
         for _ in 0..self.args.rounds {
-            let r = run(self.bench, self.ifindex, self.args.repeat)?;
+            let r = run(self.bench, self.ifindex, self.repeat)?;
             if r.verdict != verdict {
                 let counters = self.bench.dataplane().maps().counters()?;
                 let nonzero: Vec<String> = counters
@@ -290,111 +412,4 @@ impl Measure<'_, '_> {
         times.sort();
         Ok(times[times.len() / 2])
     }
-}
-
-fn print_report(
-    args: &Args,
-    harness: Duration,
-    floor: Duration,
-    rows: &[Row],
-    counters: &[(Counter, u64)],
-) {
-    let floor_net = floor.saturating_sub(harness).as_nanos().max(1) as f64;
-    println!("## XDP balancer, ns per packet (BPF_PROG_TEST_RUN)\n");
-    println!(
-        "{} repetitions × {} rounds (median), one CPU, harness (`lb_reset_only`) = {} ns subtracted.\n",
-        args.repeat,
-        args.rounds,
-        harness.as_nanos()
-    );
-    println!("| case | ns/packet | × floor |");
-    println!("|---|---:|---:|");
-    for r in rows {
-        let net = r.per_packet.saturating_sub(harness).as_nanos();
-        println!("| {} | {} | {:.2} |", r.case, net, net as f64 / floor_net);
-    }
-    let flows_new = counters
-        .iter()
-        .find(|(c, _)| *c == Counter::FlowNew)
-        .map_or(0, |(_, v)| *v);
-    let flows_hit = counters
-        .iter()
-        .find(|(c, _)| *c == Counter::FlowHit)
-        .map_or(0, |(_, v)| *v);
-    println!(
-        "\nflow_new = {flows_new}, flow_hit = {flows_hit} (flow table: LRU, {} Mi entries, shared LRU lists).",
-        FLOW_TABLE_SIZE >> 20
-    );
-}
-
-/// A frame and where its flow fields are.
-struct Frame {
-    bytes: Vec<u8>,
-    sport_off: u32,
-    src_low_off: u32,
-}
-
-fn tcp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, flags: u8) -> Frame {
-    Frame {
-        bytes: Tcp::v4(src, dst, sport, maps::PORT, flags).frame(),
-        sport_off: 14 + 20,
-        src_low_off: 14 + 12 + 2,
-    }
-}
-
-fn tcp_v6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, flags: u8) -> Frame {
-    Frame {
-        bytes: Tcp::v6(src, dst, sport, maps::PORT, flags).frame(),
-        sport_off: 14 + 40,
-        src_low_off: 14 + 8 + 14,
-    }
-}
-
-/// Backends 1..=n (IPv4 198.18.8.0/21 or IPv6 2001:db8:2::/64), all in service 0.
-fn put_backends(dp: &mut Dataplane, n: u32, v6: bool) -> anyhow::Result<Vec<u32>> {
-    (1..=n)
-        .map(|id| {
-            let ip = if v6 {
-                IpAddr::V6(Ipv6Addr::new(
-                    0x2001,
-                    0xdb8,
-                    0x2,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0x1000 + id as u16,
-                ))
-            } else {
-                let [a, b] = (id as u16).to_be_bytes();
-                IpAddr::V4(Ipv4Addr::new(198, 18, 8 + a, b))
-            };
-            dp.put_backend(id, &maps::backend_entry(0, ip))?;
-            Ok(id)
-        })
-        .collect()
-}
-
-/// Backends 1..=n (of `vip`'s family) and service 0 at `vip` over them.
-fn serve(dp: &mut Dataplane, n: u32, vip: IpAddr, scheduler: Scheduler) -> anyhow::Result<()> {
-    let ids = put_backends(dp, n, vip.is_ipv6())?;
-    put_service(dp, vip, scheduler, &ids)
-}
-
-/// Service 0 at `vip`:80 with a plain list (or, for Maglev, a full-size table) of `ids`.
-fn put_service(
-    dp: &mut Dataplane,
-    vip: IpAddr,
-    scheduler: Scheduler,
-    ids: &[u32],
-) -> anyhow::Result<()> {
-    let table: Vec<u32> = match scheduler {
-        // Any spread of positions over backends costs the same to look up as a real Maglev table.
-        Scheduler::Maglev => (0..TABLE_SIZE as usize)
-            .map(|i| ids[(i * 7 + i / 5) % ids.len()])
-            .collect(),
-        _ => ids.to_vec(),
-    };
-    maps::put_service(dp, 0, vip, scheduler, 0, &table)?;
-    Ok(())
 }

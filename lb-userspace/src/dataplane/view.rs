@@ -130,12 +130,15 @@ impl MapsView {
         )
     }
 
-    /// Every global counter of the balancer, summed over CPUs, in `Counter::ALL` order.
+    /// Every global counter of the balancer, summed over CPUs, in `Counter::ALL` order;
+    /// `rx_packets` derived from the verdict counters (`Counter::derive_rx_packets`).
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
-        Counter::ALL
+        let mut counters = Counter::ALL
             .iter()
             .map(|c| Ok((*c, sum_u64(&self.stats, *c as u32, maps::STATS)?)))
-            .collect()
+            .collect::<Result<Vec<_>, DataplaneError>>()?;
+        Counter::derive_rx_packets(&mut counters);
+        Ok(counters)
     }
 
     /// Every counter of the decap program, summed over CPUs.
