@@ -400,24 +400,29 @@ impl Worker {
     /// Reads the tree in the configured layout.
     /// Reads what `changed` covers: the whole tree, or (our schema, after a full read) only the
     /// changed services, merged into the tree last read. `None`: `<root>/services` is missing.
-    async fn read(&self, client: &Client, changed: &Changed) -> Result<Option<RawTree>, ZkError> {
+    async fn read(
+        &mut self,
+        client: &Client,
+        changed: &Changed,
+    ) -> Result<Option<RawTree>, ZkError> {
         let schema = &self.config.target.schema;
-        match (&self.config.registry, &self.raw, changed) {
-            (Some(registry), _, _) => registry::read_instances(client, schema, registry).await,
-            (None, Some(last), Changed::Services(names)) => {
-                let names: Vec<String> = names.iter().cloned().collect();
-                let mut read = read_services(client, schema, &names).await?;
-                let mut tree = last.clone();
-                for name in names {
-                    match read.remove(&name) {
-                        Some(service) => tree.insert(name, service),
-                        None => tree.remove(&name),
-                    };
-                }
-                Ok(Some(tree))
-            }
-            (None, _, _) => read_tree(client, schema).await,
+        if let Some(registry) = &self.config.registry {
+            return registry::read_instances(client, schema, registry).await;
         }
+        if let (Some(_), Changed::Services(names)) = (&self.raw, changed) {
+            let names: Vec<String> = names.iter().cloned().collect();
+            let mut read = read_services(client, schema, &names).await?;
+            // Merged in place: the tree is not copied (100,000 backends at fleet size).
+            let mut tree = self.raw.take().unwrap_or_default();
+            for name in names {
+                match read.remove(&name) {
+                    Some(service) => tree.insert(name, service),
+                    None => tree.remove(&name),
+                };
+            }
+            return Ok(Some(tree));
+        }
+        read_tree(client, schema).await
     }
 
     /// The node whose absence keeps the last state: `<root>/services`, or a registry's root.
