@@ -13,6 +13,7 @@
 //! that names services of which none can be forwarded refuses to start (a misconfigured host:
 //! wrong `--iface`, or `--src-v4`/`--src-v6` missing).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -40,6 +41,7 @@ use crate::model::DesiredState;
 use crate::netif;
 use crate::nexthop::{NextHopKeeper, NextHopTask};
 use crate::owner::{IfaceClaim, PinDirLock};
+use crate::plan;
 use crate::report::{
     self, AdoptionReport, AnnounceReport, BackendRef, DaemonReport, HealthStatus, SCHEMA_VERSION,
     ServiceNotApplied, StateFileStart, unix_ms,
@@ -47,6 +49,7 @@ use crate::report::{
 use crate::source::{Families, Source, SourceSpec};
 use crate::state_file::{self, SavedState};
 use crate::sweeper::{self, FlowTimeouts};
+use crate::tables::Prebuilt;
 use crate::telemetry::{Reload, telemetry};
 
 /// A backend that left the configuration keeps its id at least this long after its last flow.
@@ -140,7 +143,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         );
         dp
     };
-    let (first, dp) = std::thread::scope(|scope| {
+    let (accepted, prebuilt, dp) = std::thread::scope(|scope| {
         let loading = std::thread::Builder::new()
             .name("lb-load".into())
             .spawn_scoped(scope, load);
@@ -149,6 +152,32 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "first state read from the source"
         );
+        let accepted = first_state::choose(first, &opts.state_file).map(|first| {
+            let (desired, not_applied) = families.split(first.desired);
+            Accepted {
+                desired,
+                not_applied,
+                restored_down: first.restored_down,
+                from_state_file: first.from_state_file,
+                waiting: first.waiting,
+                prebuilt: BTreeMap::new(),
+            }
+        });
+        // While the program still loads: the first state's tables, on every CPU.
+        let prebuilt = accepted.as_ref().ok().map(|a| {
+            let prebuilt = plan::prebuild_for(
+                &a.desired,
+                &restored_health(&a.restored_down),
+                opts.capacity.table_size,
+                opts.hash_seed,
+            );
+            info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                tables = prebuilt.len(),
+                "tables of the first state built"
+            );
+            prebuilt
+        });
         let dp = match loading {
             Ok(handle) => handle.join().unwrap_or_else(|_| {
                 Err(DataplaneError::Panicked {
@@ -158,38 +187,33 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             // No thread to spare: load here.
             Err(_) => load(),
         };
-        (first, dp)
+        (accepted, prebuilt, dp)
     });
     let mut dp = dp?;
-    let first = match first_state::choose(first, &opts.state_file) {
+    let first = match accepted {
         Ok(first) => first,
         Err(e) => return Err(refuse_start(dp, &opts.pin_dir, lock, e)),
     };
-    let (desired, not_applied) = families.split(first.desired);
-    if desired.services.is_empty() && !not_applied.is_empty() {
+    if first.desired.services.is_empty() && !first.not_applied.is_empty() {
         let e = anyhow::anyhow!(
             "no service can be forwarded from this host, so nothing was loaded: {}",
-            describe(&not_applied)
+            describe(&first.not_applied)
         );
         return Err(refuse_start(dp, &opts.pin_dir, lock, e));
     }
-    log_not_applied(&not_applied);
+    log_not_applied(&first.not_applied);
     // From here on the maps are pinned: a way out before the link is pinned unpins them; after
     // that only --detach-on-exit does.
-    let first = Accepted {
-        desired,
-        not_applied,
-        restored_down: first.restored_down,
-        from_state_file: first.from_state_file,
-        waiting: first.waiting,
-    };
     let result = serve(
         &opts,
         &runtime,
         &mut dp,
         source.as_mut(),
         signals,
-        first,
+        Accepted {
+            prebuilt: prebuilt.unwrap_or_default(),
+            ..first
+        },
         &outer,
     );
     drop(source);
@@ -202,6 +226,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         info!("detached and unpinned; bye");
     }
     result
+}
+
+/// The health the state file last knew: these backends start down.
+fn restored_health(down: &[ProbeTarget]) -> HealthView {
+    let mut restored = HealthView::default();
+    for target in down {
+        restored.set(target.clone(), Health::Down);
+    }
+    restored
 }
 
 /// A start-up refused after the data plane loaded: the maps it created (none were pinned before)
@@ -244,6 +277,8 @@ struct Accepted {
     from_state_file: Option<StateFileStart>,
     /// No state at all yet (see `FirstState::waiting`).
     waiting: bool,
+    /// The tables of `desired`, built while the data plane loaded.
+    prebuilt: BTreeMap<String, Prebuilt>,
 }
 
 fn describe(not_applied: &[ServiceNotApplied]) -> String {
@@ -281,10 +316,9 @@ fn serve(
     let apply_started = Instant::now();
     // Adopted maps keep the capacity they were created with.
     let mut applier = Applier::new(dp.maps().capacity(), opts.hash_seed);
-    let mut restored = HealthView::default();
-    for target in &first.restored_down {
-        restored.set(target.clone(), Health::Down);
-    }
+    // Used only where they fit (adopted maps keep the table size they were created with).
+    applier.use_prebuilt(first.prebuilt);
+    let restored = restored_health(&first.restored_down);
     // With nothing to go by yet, the pinned services keep forwarding untouched until the source
     // delivers; they are adopted then.
     let adopt_pending = dp.adopted() && first.waiting;

@@ -263,6 +263,9 @@ struct BackendRow {
     weight: i64,
 }
 
+/// A per-backend family: name, help, and its value in a row.
+type Series<T> = (&'static str, &'static str, fn(&BackendRow) -> T);
+
 /// The per-backend families, encoded straight from the rows: at 100,000 backends a family per
 /// metric in the registry (a hash map of label sets each) made a scrape take seconds.
 #[derive(Debug)]
@@ -270,7 +273,7 @@ struct BackendRows(Vec<BackendRow>);
 
 impl Collector for BackendRows {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let counters: [(&str, &str, fn(&BackendRow) -> u64); 3] = [
+        let counters: [Series<u64>; 3] = [
             ("backend_packets", "Packets sent to the backend", |b| {
                 b.packets
             }),
@@ -291,7 +294,7 @@ impl Collector for BackendRows {
                 ConstCounter::new(value(b)).encode(family.encode_family(&labels)?)?;
             }
         }
-        let gauges: [(&str, &str, fn(&BackendRow) -> i64); 4] = [
+        let gauges: [Series<i64>; 4] = [
             (
                 "backend_active_connections",
                 "Open connections on the backend (counted by the data plane)",

@@ -139,6 +139,11 @@ impl Applier {
     }
 
     /// Applies `desired` (already validated) with every backend healthy; see [`Applier::apply_with_health`].
+    /// Tables built ahead (see [`plan::prebuild_for`]), used by the next apply where they fit.
+    pub fn use_prebuilt(&mut self, prebuilt: BTreeMap<String, crate::tables::Prebuilt>) {
+        self.planner.use_prebuilt(prebuilt);
+    }
+
     pub fn apply(&mut self, w: &mut impl MapWriter, desired: &DesiredState) -> ApplyReport {
         self.apply_with_health(w, desired, &HealthView::default())
     }
@@ -179,6 +184,8 @@ impl Applier {
             .cloned()
             .collect();
         if names.is_empty() && health_changed.is_empty() && retry.is_empty() {
+            // Tables built ahead for a state that needs no write (adopted as it is) are not kept.
+            self.planner.clear_prebuilt();
             return ApplyReport {
                 generation: self.generation,
                 ..Default::default()
@@ -201,7 +208,7 @@ impl Applier {
             .flatten()
             .filter_map(|name| desired.services.get(name))
             .collect();
-        if to_put.len() >= PREBUILD_MIN_SERVICES {
+        if to_put.len() >= PREBUILD_MIN_SERVICES && !self.planner.has_prebuilt() {
             let healths: Vec<ServiceHealth> = to_put
                 .iter()
                 .map(|spec| ServiceHealth::of(spec, health))

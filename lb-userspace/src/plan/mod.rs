@@ -184,22 +184,18 @@ impl Planner {
         &mut self,
         services: impl IntoIterator<Item = (&'a ServiceSpec, &'a ServiceHealth)>,
     ) {
-        let (names, jobs): (Vec<String>, Vec<TableJob>) = services
-            .into_iter()
-            .map(|(spec, health)| {
-                let job = TableJob {
-                    kind: spec.scheduler.table_kind(),
-                    backends: table_candidates(spec, health).collect(),
-                };
-                (spec.name.clone(), job)
-            })
-            .unzip();
-        let built = prebuild(jobs, self.capacity.table_size, self.seed);
-        self.prebuilt = names
-            .into_iter()
-            .zip(built)
-            .filter_map(|(name, prebuilt)| Some((name, prebuilt?)))
-            .collect();
+        self.prebuilt = prebuild_tables(services, self.capacity.table_size, self.seed);
+    }
+
+    /// Takes tables built ahead (by [`prebuild_for`], e.g. while the data plane loads) for the
+    /// plans that follow.
+    pub fn use_prebuilt(&mut self, prebuilt: BTreeMap<String, Prebuilt>) {
+        self.prebuilt = prebuilt;
+    }
+
+    /// Whether tables built ahead wait to be used.
+    pub fn has_prebuilt(&self) -> bool {
+        !self.prebuilt.is_empty()
     }
 
     /// Drops the tables [`Planner::prebuild_tables`] built.
@@ -687,6 +683,44 @@ fn table_backends(
 ) -> Vec<TableBackend> {
     table_candidates(spec, health)
         .filter_map(|b| ids.get(&b.addr).map(|id| TableBackend { id: *id, ..b }))
+        .collect()
+}
+
+/// The tables of every service of `desired` with `health`, built on every CPU for a planner of
+/// `table_size` entries per slot and `seed` (before the data plane, or the planner, exists).
+pub fn prebuild_for(
+    desired: &DesiredState,
+    health: &crate::health::HealthView,
+    table_size: u32,
+    seed: u32,
+) -> BTreeMap<String, Prebuilt> {
+    let healths: Vec<ServiceHealth> = desired
+        .services
+        .values()
+        .map(|spec| ServiceHealth::of(spec, health))
+        .collect();
+    prebuild_tables(desired.services.values().zip(&healths), table_size, seed)
+}
+
+fn prebuild_tables<'a>(
+    services: impl IntoIterator<Item = (&'a ServiceSpec, &'a ServiceHealth)>,
+    table_size: u32,
+    seed: u32,
+) -> BTreeMap<String, Prebuilt> {
+    let (names, jobs): (Vec<String>, Vec<TableJob>) = services
+        .into_iter()
+        .map(|(spec, health)| {
+            let job = TableJob {
+                kind: spec.scheduler.table_kind(),
+                backends: table_candidates(spec, health).collect(),
+            };
+            (spec.name.clone(), job)
+        })
+        .unzip();
+    names
+        .into_iter()
+        .zip(prebuild(jobs, table_size, seed))
+        .filter_map(|(name, prebuilt)| Some((name, prebuilt?)))
         .collect()
 }
 
