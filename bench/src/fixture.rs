@@ -22,6 +22,18 @@ pub struct Frame {
     pub src_low_off: u32,
 }
 
+impl Frame {
+    /// The frame as the bench harness replays it (`vary_flow`: a new flow every repetition).
+    pub fn bench_frame(&self, vary_flow: bool) -> crate::harness::BenchFrame<'_> {
+        crate::harness::BenchFrame {
+            frame: &self.bytes,
+            sport_off: self.sport_off,
+            src_low_off: self.src_low_off,
+            vary_flow,
+        }
+    }
+}
+
 pub fn tcp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, flags: u8) -> Frame {
     Frame {
         bytes: Tcp::v4(src, dst, sport, maps::PORT, flags).frame(),

@@ -17,7 +17,7 @@ use lb_userspace::dataplane::{Dataplane, LoadOptions};
 
 use crate::{
     fixture::{self, Frame, TABLE_SIZE},
-    harness::{BenchFrame, BenchRun, XdpBench},
+    harness::{BenchRun, XdpBench},
     katran::{self, Katran, MAX_CONN_RATE, Stat},
 };
 
@@ -469,12 +469,7 @@ impl Runner<'_, '_> {
     }
 
     fn set(&mut self, frame: &Frame, vary_flow: bool) -> anyhow::Result<()> {
-        self.bench.set_frame(&BenchFrame {
-            frame: &frame.bytes,
-            sport_off: frame.sport_off,
-            src_low_off: frame.src_low_off,
-            vary_flow,
-        })
+        self.bench.set_frame(&frame.bench_frame(vary_flow))
     }
 }
 

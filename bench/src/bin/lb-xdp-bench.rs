@@ -29,7 +29,7 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use lb_bench::{
     fixture::{Frame, TABLE_SIZE, put_backends, put_service, serve, tcp_v4, tcp_v6},
-    harness::{BenchFrame, BenchRun, BenchTarget, XdpBench},
+    harness::{BenchRun, BenchTarget, XdpBench},
     katran::{self, Katran},
     report::{self, LbRow, Method},
     side_by_side::{self, KatranContender, LbContender},
@@ -377,12 +377,7 @@ impl Measure<'_, '_> {
     }
 
     fn set(&mut self, frame: &Frame, vary_flow: bool) -> anyhow::Result<()> {
-        self.bench.set_frame(&BenchFrame {
-            frame: &frame.bytes,
-            sport_off: frame.sport_off,
-            src_low_off: frame.src_low_off,
-            vary_flow,
-        })?;
+        self.bench.set_frame(&frame.bench_frame(vary_flow))?;
         Ok(())
     }
 

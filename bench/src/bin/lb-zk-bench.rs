@@ -171,30 +171,11 @@ fn write_to_map_latency(
         })?;
     let maps = MapsView::open_pinned(&pin_dir)?;
 
+    // Single changes, as an operator makes them: each after a quiet period (a burst is
+    // coalesced by the debounce instead, which is not what this measures).
+    let quiet = Duration::from_millis(debounce_ms + 20);
     in_router(lab, local_zk, move |client| async move {
-        let mut latencies = Vec::with_capacity(changes);
-        for i in 0..changes {
-            // Always different from the previous weight.
-            let weight = 2 + (i % 50) as u32;
-            // Single changes, as an operator makes them: each after a quiet period (a burst is
-            // coalesced by the debounce instead, which is not what this measures).
-            tokio::time::sleep(Duration::from_millis(debounce_ms + 20)).await;
-            let start = Instant::now();
-            admin::set_backend_weight(&client, &target, "web", measured, weight).await?;
-            Eventually::new(format!("weight {weight} (change {i})"), APPLY_TIMEOUT)
-                .every(POLL)
-                .poll_async(|| async {
-                    match maps.backend(id) {
-                        Ok(entry) if entry.weight == weight => Ok(Ok(())),
-                        Ok(entry) => Err(format!("weight {}", entry.weight)),
-                        // A map that cannot be read ends the wait.
-                        Err(e) => Ok(Err(e)),
-                    }
-                })
-                .await??;
-            latencies.push(start.elapsed());
-        }
-        Ok(latencies)
+        time_weight_changes(&client, &target, "web", measured, id, &maps, changes, quiet).await
     })
 }
 
@@ -447,28 +428,47 @@ fn fleet_changes(
         .with_context(|| format!("{addr} of {service} is not in LB_BACKENDS"))?;
     let target = ZkTarget::new(local_zk, "/lb", None)?;
     let changes = args.fleet_changes;
+    // After the default debounce's quiet period.
+    let quiet = Duration::from_millis(150);
     in_router(lab, local_zk, move |client| async move {
-        let mut latencies = Vec::with_capacity(changes);
-        for i in 0..changes {
-            let weight = 2 + (i % 50) as u32;
-            // After the default debounce's quiet period: single changes, as an operator makes them.
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            let start = Instant::now();
-            admin::set_backend_weight(&client, &target, &service, addr, weight).await?;
-            Eventually::new(format!("weight {weight} (fleet change {i})"), APPLY_TIMEOUT)
-                .every(POLL)
-                .poll_async(|| async {
-                    match maps.backend(id) {
-                        Ok(entry) if entry.weight == weight => Ok(Ok(())),
-                        Ok(entry) => Err(format!("weight {}", entry.weight)),
-                        Err(e) => Ok(Err(e)),
-                    }
-                })
-                .await??;
-            latencies.push(start.elapsed());
-        }
-        Ok(latencies)
+        time_weight_changes(&client, &target, &service, addr, id, maps, changes, quiet).await
     })
+}
+
+/// Times `changes` weight changes of backend `addr` (id `id`) of `service`, each after `quiet`:
+/// from the admin client's write until `maps` shows the new weight.
+#[allow(clippy::too_many_arguments)]
+async fn time_weight_changes(
+    client: &Client,
+    target: &ZkTarget,
+    service: &str,
+    addr: SocketAddr,
+    id: u32,
+    maps: &MapsView,
+    changes: usize,
+    quiet: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::with_capacity(changes);
+    for i in 0..changes {
+        // Always different from the previous weight.
+        let weight = 2 + (i % 50) as u32;
+        tokio::time::sleep(quiet).await;
+        let start = Instant::now();
+        admin::set_backend_weight(client, target, service, addr, weight).await?;
+        Eventually::new(format!("weight {weight} (change {i})"), APPLY_TIMEOUT)
+            .every(POLL)
+            .poll_async(|| async {
+                match maps.backend(id) {
+                    Ok(entry) if entry.weight == weight => Ok(Ok(())),
+                    Ok(entry) => Err(format!("weight {}", entry.weight)),
+                    // A map that cannot be read ends the wait.
+                    Err(e) => Ok(Err(e)),
+                }
+            })
+            .await??;
+        latencies.push(start.elapsed());
+    }
+    Ok(latencies)
 }
 
 /// The `elapsed_ms` of the daemon's log line with `message`.

@@ -24,7 +24,7 @@ use aya::{
     },
 };
 use lb_common::{
-    BackendEntry, DecapKey, FlowKey, LbConfig, ServiceEntry, ServiceMeta, VipAddrKey, VipKey,
+    BackendEntry, DecapKey, LbConfig, ServiceEntry, ServiceMeta, VipAddrKey, VipKey,
     layout::LAYOUT_VERSION,
     limits::Capacity,
     maps::{self, PROG_BALANCER, PROG_DECAP},
@@ -490,11 +490,6 @@ impl Dataplane {
             .decap_allow
             .insert(key, 1, 0)
             .map_err(map_op(maps::DECAP_ALLOW, "update"))
-    }
-
-    /// Forgets a flow. A flow that is already gone (evicted or deleted) is not an error.
-    pub fn delete_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
-        self.maps.delete_flow(key)
     }
 
     /// Read access to every map.
