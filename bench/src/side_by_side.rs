@@ -7,7 +7,12 @@
 use std::{net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
-use lb_common::{Counter, LbConfig, Scheduler, addr::to_words, limits::Capacity};
+use lb_common::{
+    Counter, LbConfig, Scheduler,
+    addr::to_words,
+    flow::{FLOW_WAYS, flow_buckets},
+    limits::Capacity,
+};
 use lb_tests::xdp::{
     CLIENT4, NEXT_HOP_MAC, SRC4, SRC6, VIP4, XDP_PASS, XDP_TX,
     frames::{ACK, ETH_HLEN, SYN},
@@ -60,6 +65,8 @@ struct Counts {
     new_flows: u64,
     /// Katran: packets without a per-CPU LRU (must stay 0).
     fallback: u64,
+    /// lb: flows that lost their way to a new one (`None`: the program does not count them).
+    evicted: Option<u64>,
 }
 
 /// A program under test.
@@ -71,6 +78,10 @@ trait Contender {
     fn before_run(&mut self) -> anyhow::Result<()>;
     /// After a run of `n` new flows: were they all inserted?
     fn check_new_flows(&mut self, n: u32) -> anyhow::Result<()>;
+    /// New flows that make a table of `entries` full, so that every later insert evicts.
+    fn fill_flows(&self, entries: u32) -> u32 {
+        entries + entries / 2
+    }
     fn counts(&mut self) -> anyhow::Result<Counts>;
 }
 
@@ -159,7 +170,14 @@ impl Contender for LbContender {
             hits: counter(dp, Counter::FlowHit)?,
             new_flows: counter(dp, Counter::FlowNew)?,
             fallback: 0,
+            evicted: Some(counter(dp, Counter::FlowEvicted)?),
         })
+    }
+
+    /// Every way of both buckets of a new flow must be taken: with two choices per flow that
+    /// takes twice the ways in inserts (simulated: the last free ways fill like coupons).
+    fn fill_flows(&self, entries: u32) -> u32 {
+        2 * flow_buckets(entries) * FLOW_WAYS as u32
     }
 }
 
@@ -224,6 +242,7 @@ impl Contender for KatranContender {
             hits: lru.v1 - lru.v2,
             new_flows: self.katran.stat(Stat::LruMiss)?.v1,
             fallback: self.katran.stat(Stat::FallbackLru)?.v1,
+            evicted: None,
         })
     }
 }
@@ -237,6 +256,8 @@ struct PathSpec {
     frame: Frame,
     setup: Option<Frame>,
     repeat: u32,
+    /// The table is full: every new flow evicts one (checked where the program counts evictions).
+    full: bool,
 }
 
 /// Runs every path; `katran` is `None` when Katran could not be built or loaded.
@@ -272,6 +293,7 @@ pub fn run(
         frame: syn(41000),
         setup: None,
         repeat: room_repeat,
+        full: false,
     };
     results.push(m.path(&mut contenders, &spec)?);
 
@@ -297,6 +319,7 @@ pub fn run(
             frame: syn(42000),
             setup: None,
             repeat,
+            full: true,
         };
         results.push(m.path(&mut contenders, &spec)?);
         let spec = PathSpec {
@@ -306,6 +329,7 @@ pub fn run(
             frame: ack(43000),
             setup: Some(syn(43000)),
             repeat,
+            full: false,
         };
         results.push(m.path(&mut contenders, &spec)?);
     }
@@ -329,6 +353,7 @@ pub fn run(
         },
         setup: None,
         repeat,
+        full: false,
     };
     results.push(m.path(&mut contenders, &spec)?);
 
@@ -438,7 +463,7 @@ impl Runner<'_, '_> {
         Ok(r.per_packet)
     }
 
-    /// Fills `c`'s `table`-flow table with new flows (1.5 × its size), unmeasured.
+    /// Fills `c`'s `table`-flow table with new flows (`Contender::fill_flows`), unmeasured.
     fn fill(
         &mut self,
         c: &mut dyn Contender,
@@ -458,8 +483,9 @@ impl Runner<'_, '_> {
             },
             setup: None,
             repeat: chunk,
+            full: false,
         };
-        let mut left = table + table / 2;
+        let mut left = c.fill_flows(table);
         while left > 0 {
             let n = left.min(chunk);
             self.measured(c, &spec, n)?;
@@ -518,6 +544,13 @@ fn check_run(
                     "{} of {n} SYNs counted as new flows",
                     moved(|c| c.new_flows)
                 );
+                if let (true, Some(a), Some(b)) = (spec.full, after.evicted, before.evicted) {
+                    ensure!(
+                        a - b == n,
+                        "{} of {n} SYNs into a full table evicted a flow",
+                        a - b
+                    );
+                }
             }
         }
     }

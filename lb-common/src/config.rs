@@ -18,6 +18,10 @@ pub struct LbConfig {
     /// New flows per second per CPU above which a SYN is forwarded by consistent hash without
     /// creating state (the new-flow guard); 0 turns the guard off.
     pub max_new_flows_per_cpu: u32,
+    /// Buckets of `LB_FLOWS` (its `max_entries`, which the program cannot read): written by
+    /// userspace whenever it writes this config. 0: no flow table (every flow by consistent hash).
+    pub flow_buckets: u32,
+    pub _pad: u32,
     /// `CLOCK_MONOTONIC_COARSE` in ns as `lb run`'s clock thread last stored it (every
     /// [`crate::limits::PROGRAM_CLOCK_TICK_NS`], through a memory mapping of the map). The flow
     /// touch and the next-hop cache of an established flow's packet use it instead of a clock

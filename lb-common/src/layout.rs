@@ -6,7 +6,7 @@
 //! fails when a shared type's size changes, as a reminder.
 
 /// The layout of the maps this build creates and can adopt.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 #[cfg(test)]
 mod tests {
@@ -24,6 +24,7 @@ mod tests {
             size_of::<BackendEntry>(),
             size_of::<FlowKey>(),
             size_of::<FlowEntry>(),
+            size_of::<FlowBucket>(),
             size_of::<PersistKey>(),
             size_of::<PersistEntry>(),
             size_of::<TrafficStats>(),
@@ -35,7 +36,10 @@ mod tests {
         ];
         assert_eq!(
             (LAYOUT_VERSION, sizes),
-            (5, [20, 40, 88, 32, 40, 16, 24, 16, 32, 40, 20, 17, 20, 29]),
+            (
+                6,
+                [20, 40, 88, 32, 40, 16, 512, 24, 16, 32, 48, 20, 17, 20, 30]
+            ),
             "a shared type changed: bump LAYOUT_VERSION, then update this test"
         );
     }

@@ -23,7 +23,10 @@ pub use addr::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 pub use backend::{BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry};
 pub use config::LbConfig;
 pub use decap::{DecapCounter, DecapKey, DecapSrcKey};
-pub use flow::{FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FlowEntry, FlowKey};
+pub use flow::{
+    FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FlowBucket, FlowEntry, FlowKey, FlowPlace,
+    FlowSlot,
+};
 pub use persist::{PersistEntry, PersistKey};
 pub use service::{Scheduler, ServiceEntry, ServiceMeta, VipAddrKey, VipKey};
 pub use stats::{Counter, TrafficStats};
@@ -42,6 +45,7 @@ mod user_pod {
         crate::BackendEntry,
         crate::FlowKey,
         crate::FlowEntry,
+        crate::FlowBucket,
         crate::PersistKey,
         crate::PersistEntry,
         crate::TrafficStats,

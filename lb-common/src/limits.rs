@@ -11,7 +11,7 @@ pub const MAX_BACKENDS_PER_SERVICE: u32 = 4096;
 pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
 /// Table slots beyond one per service, so new tables can be written beside the live ones.
 pub const SPARE_TABLE_SLOTS: u32 = 8;
-/// Connections the flow table tracks (LRU).
+/// Connections the flow table is rated for (`lb_common::flow`: it holds that many without evicting one).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 /// Clients the persistence table tracks (LRU).
 pub const DEFAULT_PERSIST_TABLE_SIZE: u32 = 1 << 16;
@@ -86,6 +86,16 @@ impl Capacity {
     /// `max_entries` of the `LB_SCHEDULE` map ([`SCHEDULE_IDS_PER_ENTRY`] ids per element).
     pub const fn schedule_map_entries(&self) -> u32 {
         self.schedule_entries().div_ceil(SCHEDULE_IDS_PER_ENTRY)
+    }
+
+    /// The capacity the maps of this one really have (the flow table is rated for whole buckets).
+    pub const fn as_built(&self) -> Capacity {
+        Capacity {
+            flow_table_size: crate::flow::flow_capacity(crate::flow::flow_buckets(
+                self.flow_table_size,
+            )),
+            ..*self
+        }
     }
 
     /// Checks the combination; returns what is wrong.

@@ -32,6 +32,11 @@ macro_rules! counters {
             pub const ALL: &'static [Counter] = &[ $( Counter::$variant ),* ];
             pub const COUNT: u32 = Counter::ALL.len() as u32;
 
+            /// The counter at `index` of `LB_STATS`.
+            pub const fn from_index(index: u32) -> Option<Counter> {
+                match index { $( $idx => Some(Counter::$variant), )* _ => None }
+            }
+
             /// Stable snake_case name, used by `lb status` and the metrics.
             pub const fn name(self) -> &'static str {
                 match self { $( Counter::$variant => $name ),* }
@@ -105,6 +110,10 @@ counters! {
     /// An ICMP frag-needed / ICMPv6 packet-too-big sent to a client whose packet did not fit the
     /// tunnel (the packet itself is counted in `drop_mtu` only when the rate limit held it back).
     IcmpTooBigSent = 28 => "icmp_too_big_sent",
+    /// A new flow took the way of another flow: both of its buckets were full (the table holds
+    /// more than it is rated for, or a burst hit two buckets). The flow touched longest ago lost
+    /// its entry; its next packets follow the consistent hash.
+    FlowEvicted = 29 => "flow_evicted",
 }
 
 impl Counter {
@@ -161,6 +170,14 @@ mod tests {
                 || *c == Counter::RedirectPackets;
             assert_eq!(c.is_verdict(), verdict, "{c:?}");
         }
+    }
+
+    #[test]
+    fn every_counter_is_found_by_its_index() {
+        for c in Counter::ALL {
+            assert_eq!(Counter::from_index(*c as u32), Some(*c));
+        }
+        assert_eq!(Counter::from_index(Counter::COUNT), None);
     }
 
     #[test]

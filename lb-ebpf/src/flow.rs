@@ -10,10 +10,7 @@
 //! Flags change only through atomic read-modify-writes, so two CPUs seeing packets of one flow at
 //! once (a FIN and the last ACK, two ACKs of the handshake) count the connection up and down once.
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_ktime_get_coarse_ns,
-};
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
 use lb_common::{
     Counter, FLOW_F_CLOSED, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FlowEntry, FlowKey, LbConfig,
     PersistEntry, PersistKey, ServiceEntry,
@@ -22,8 +19,9 @@ use lb_common::{
 };
 
 use crate::{
+    flow_table::{self, Insert, Way},
     lookup::{backend, now_ns as now_cached, takes_new_flows},
-    maps::{GuardState, LB_BE_CONNS, LB_FLOWS, LB_GUARD, LB_PERSIST},
+    maps::{GuardState, LB_BE_CONNS, LB_GUARD, LB_PERSIST},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     select::{Choice, consistent, schedule},
     stats::count,
@@ -36,9 +34,6 @@ pub struct Assignment {
     /// 1 if the packet started a new flow, else 0 (added to stats without a branch).
     pub new_flow: u64,
 }
-
-/// `-EEXIST`: the key is already in the map.
-const EEXIST: i32 = -17;
 
 #[inline(always)]
 fn now_ns() -> u64 {
@@ -123,9 +118,11 @@ pub fn assign(
     // bookkeeping (the flow touch) and costs no helper call.
     let now = if syn { now_ns() } else { now_cached(cfg) };
     let guarded = syn && over_guard(cfg.max_new_flows_per_cpu, now);
+    let place = flow_table::place(key, cfg.flow_buckets);
+    let mut found = None;
     if syn && !guarded {
-        // Insert first: a SYN is almost always new, so the lookup is only paid by a retransmitted
-        // one (which finds its entry below, on its first backend).
+        // Insert first: a SYN is almost always new, and the insert finds a retransmitted one's
+        // entry on its way (it keeps its first backend).
         let choice = match persisted(svc, key, now) {
             Some(c) => {
                 count(Counter::PersistHit);
@@ -134,31 +131,34 @@ pub fn assign(
             None => schedule(svc, key, cfg.hash_seed)?,
         };
         let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0;
-        let entry = FlowEntry {
-            backend_id: choice.id,
-            flags: if closing { FLOW_F_CLOSED } else { 0 },
-            last_seen_ns: now,
+        let flags = if closing { FLOW_F_CLOSED } else { 0 };
+        let inserted = flow_table::insert(&place, key, choice.id, flags, now);
+        let new = Assignment {
+            choice,
+            new_flow: 1,
         };
-        match LB_FLOWS.insert(key, entry, u64::from(BPF_NOEXIST)) {
-            Ok(()) => {
+        match inserted {
+            Insert::Inserted => {
                 count(Counter::FlowNew);
-                return Ok(Assignment {
-                    choice,
-                    new_flow: 1,
-                });
+                return Ok(new);
             }
-            Err(e) if e == EEXIST => {}
-            Err(_) => {
+            Insert::Evicted(unit) => {
+                count(Counter::FlowNew);
+                count(Counter::FlowEvicted);
+                if unit != flow_table::NO_UNIT {
+                    conns_add(unit, MINUS_ONE);
+                }
+                return Ok(new);
+            }
+            Insert::Exists(way) => found = Some(way),
+            Insert::Failed => {
                 count(Counter::FlowNew);
                 count(Counter::FlowInsertFailed);
-                return Ok(Assignment {
-                    choice,
-                    new_flow: 1,
-                });
+                return Ok(new);
             }
         }
     }
-    let Some(p) = LB_FLOWS.get_ptr_mut(key) else {
+    let Some(way) = found.or_else(|| flow_table::find(&place, key)) else {
         // No state and none to create: the consistent hash, the same on every LB of a fleet.
         count(if syn {
             Counter::FlowGuardBypass
@@ -170,18 +170,28 @@ pub fn assign(
             new_flow: u64::from(syn),
         });
     };
-    // SAFETY: LRU value pointer from the kernel; its flags change only atomically (below), its
-    // backend id only when the backend is gone.
-    let entry = unsafe { *p };
-    if let Some(be) = backend(entry.backend_id)
+    let p = way.entry();
+    // SAFETY: flow table value pointer; its flags change only atomically (below), its backend id
+    // only when the backend is gone.
+    // Read field by field: no copy of the entry in the stack frame.
+    let (backend_id, seen) = unsafe {
+        (
+            (*p).backend_id,
+            Seen {
+                flags: (*p).flags,
+                at_ns: (*p).last_seen_ns,
+            },
+        )
+    };
+    if let Some(be) = backend(backend_id)
         && be.carries_flows()
         && be.service_id == svc.id
     {
         count(Counter::FlowHit);
-        advance(p, &entry, entry.backend_id, svc, key, tcp_flags, now);
+        advance(&way, seen, backend_id, svc, key, tcp_flags, now);
         return Ok(Assignment {
             choice: Choice {
-                id: entry.backend_id,
+                id: backend_id,
                 entry: be,
             },
             new_flow: 0,
@@ -192,11 +202,11 @@ pub fn assign(
     count(Counter::FlowRescheduled);
     // SAFETY: as above; a u32 store leaves the flags half alone.
     unsafe { (*p).backend_id = choice.id };
-    if entry.flags & FLOW_F_COUNTED != 0 {
-        conns_add(entry.backend_id, MINUS_ONE);
+    if seen.flags & FLOW_F_COUNTED != 0 {
+        conns_add(backend_id, MINUS_ONE);
         conns_add(choice.id, ONE);
     }
-    advance(p, &entry, choice.id, svc, key, tcp_flags, now);
+    advance(&way, seen, choice.id, svc, key, tcp_flags, now);
     Ok(Assignment {
         choice,
         new_flow: 0,
@@ -210,10 +220,11 @@ pub fn assign(
 pub fn backend_without_state(
     svc: &ServiceEntry,
     key: &FlowKey,
-    hash_seed: u32,
+    cfg: &LbConfig,
 ) -> Result<Choice, Counter> {
     // SAFETY: the value is copied out at once.
-    if let Some(entry) = unsafe { LB_FLOWS.get(key).copied() }
+    if let Some(way) = flow_table::find(&flow_table::place(key, cfg.flow_buckets), key)
+        && let entry = unsafe { *way.entry() }
         && let Some(be) = backend(entry.backend_id)
         && be.carries_flows()
         && be.service_id == svc.id
@@ -223,21 +234,29 @@ pub fn backend_without_state(
             entry: be,
         });
     }
-    consistent(svc, key, hash_seed)
+    consistent(svc, key, cfg.hash_seed)
+}
+
+/// A flow entry's flags and time as the packet found them.
+#[derive(Clone, Copy)]
+struct Seen {
+    flags: u32,
+    at_ns: u64,
 }
 
 /// The flow's state after this packet: established on the client's first ACK, closed on FIN/RST,
 /// half-open again on a SYN that reuses a closed flow's ports; and (rarely) its time.
 #[inline(always)]
 fn advance(
-    p: *mut FlowEntry,
-    entry: &FlowEntry,
+    way: &Way,
+    entry: Seen,
     backend_id: u32,
     svc: &ServiceEntry,
     key: &FlowKey,
     tcp_flags: u8,
     now: u64,
 ) {
+    let p = way.entry();
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         if entry.flags & FLOW_F_CLOSED == 0 {
             flags_set(p, FLOW_F_CLOSED);
@@ -264,9 +283,10 @@ fn advance(
     }
     // Writing the time only when stale keeps established flows from dirtying a shared cache line
     // per packet. The daemon's clock may be a tick behind the kernel's that stamped a new entry.
-    if now.saturating_sub(entry.last_seen_ns) >= FLOW_TOUCH_INTERVAL_NS {
+    if now.saturating_sub(entry.at_ns) >= FLOW_TOUCH_INTERVAL_NS {
         // SAFETY: see `assign`; the time is its own 8 bytes.
         unsafe { (*p).last_seen_ns = now };
+        way.touch(now);
     }
 }
 

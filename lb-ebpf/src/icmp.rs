@@ -314,7 +314,7 @@ fn steer(family: u8, vip: [u32; 4], client: [u32; 4], ports: &Ports) -> Result<u
         _pad: [0; 2],
     };
     // Read only: an ICMP error creates no flow.
-    let choice = flow::backend_without_state(&svc, &key, lookup::config().hash_seed)?;
+    let choice = flow::backend_without_state(&svc, &key, &lookup::config())?;
     if choice.entry.family != family {
         return Err(Counter::DropNoRoute);
     }

@@ -50,15 +50,25 @@ pub fn flow_key_of(pkt: &Packet) -> FlowKey {
     }
 }
 
+/// A backend's entry in place: a reference into the array, not a copy in the caller's stack frame
+/// (the verifier caps a call chain's stack at 512 bytes). Userspace rewrites an entry only while
+/// no table or flow hands out its id for a new purpose (ids are quarantined before reuse).
 #[inline(always)]
-pub fn backend(id: u32) -> Option<BackendEntry> {
-    LB_BACKENDS.get(id).copied()
+pub fn backend(id: u32) -> Option<&'static BackendEntry> {
+    LB_BACKENDS.get(id)
 }
 
 /// The configuration, or all zeroes before userspace wrote it.
 #[inline(always)]
 pub fn config() -> LbConfig {
     LB_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// The configuration in place (no 48-byte copy in the caller's stack frame). Element 0 of an
+/// array always exists; its fields are read one by one, and userspace changes them rarely.
+#[inline(always)]
+pub fn config_ref() -> Option<&'static LbConfig> {
+    LB_CONFIG.get(0)
 }
 
 /// The coarse clock: the daemon's (`LbConfig::now_ns`) when it keeps one, which costs no helper

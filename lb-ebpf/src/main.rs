@@ -11,6 +11,7 @@
 
 mod decap;
 mod flow;
+mod flow_table;
 mod icmp;
 mod lookup;
 mod maps;
@@ -101,9 +102,12 @@ fn balance(ctx: &XdpContext) -> u64 {
 /// A packet to a VIP: assign a backend, route, encapsulate, send. `Err` is the drop counter.
 #[inline(always)]
 fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceEntry) -> Result<u32, Counter> {
-    let cfg = lookup::config();
+    // Index 0 of an array map always exists: never taken.
+    let cfg = lookup::config_ref().ok_or(Counter::DropNoRoute)?;
     let key = lookup::flow_key_of(pkt);
-    let assigned = flow::assign(svc, &key, pkt.tcp_flags, &cfg)?;
+    let assigned = flow::assign(svc, &key, pkt.tcp_flags, cfg)?;
+    let backend_id = assigned.choice.id;
+    let new_flow = assigned.new_flow;
     let backend = assigned.choice.entry;
     if backend.family != pkt.family {
         return Err(Counter::DropNoRoute);
@@ -114,14 +118,7 @@ fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceEntry) -> Result<u32, Co
         cfg.src_v6
     };
     let outer_len = (pkt.ip_len + encap::encap_len(pkt.family)) as u32;
-    let hop = route::next_hop_cached(
-        ctx,
-        &cfg,
-        assigned.choice.id,
-        pkt.family,
-        &backend.addr,
-        outer_len,
-    )?;
+    let hop = route::next_hop_cached(ctx, cfg, backend_id, pkt.family, &backend.addr, outer_len)?;
     let frame_bytes = (ctx.data_end() - ctx.data()) as u64;
     encap::encapsulate(ctx, pkt, &src, &backend.addr, &hop)?;
     if pkt.with_options != 0 {
@@ -129,10 +126,10 @@ fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceEntry) -> Result<u32, Co
     }
     let traffic = Traffic::Forwarded {
         bytes: frame_bytes,
-        new_flows: assigned.new_flow,
+        new_flows: new_flow,
     };
     stats::service_traffic(svc.id, traffic);
-    stats::backend_traffic(assigned.choice.id, traffic);
+    stats::backend_traffic(backend_id, traffic);
     Ok(egress(ctx, hop.ifindex))
 }
 

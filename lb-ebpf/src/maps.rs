@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    BackendEntry, Counter, DecapCounter, DecapKey, DecapSrcKey, FlowEntry, FlowKey, LbConfig,
-    PersistEntry, PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipAddrKey, VipKey,
+    BackendEntry, Counter, DecapCounter, DecapKey, DecapSrcKey, FlowBucket, LbConfig, PersistEntry,
+    PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipAddrKey, VipKey,
+    flow::flow_buckets,
     limits::{
         DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_VIP_ADDRS,
         DEFAULT_PERSIST_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_DECAP_ADDRS, MAX_DECAP_ALLOW_PREFIXES,
@@ -36,9 +37,10 @@ pub static LB_SCHEDULE: Array<[u32; 2]> = Array::with_max_entries(
     BPF_F_MMAPABLE,
 );
 
+/// The set-associative flow table (`lb_common::flow`); userspace sweeps it through an mmap.
 #[map]
-pub static LB_FLOWS: LruHashMap<FlowKey, FlowEntry> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+pub static LB_FLOWS: Array<FlowBucket> =
+    Array::with_max_entries(flow_buckets(DEFAULT_FLOW_TABLE_SIZE), BPF_F_MMAPABLE);
 
 #[map]
 pub static LB_PERSIST: LruHashMap<PersistKey, PersistEntry> =

@@ -109,23 +109,67 @@ pub fn next_hop_cached(
     dst: &[u32; 4],
     outer_len: u32,
 ) -> Result<NextHop, Counter> {
-    let Some(c) = LB_NH_CACHE.get_ptr_mut(backend_id) else {
-        return next_hop(ctx, cfg, family, dst, outer_len);
-    };
+    // Backend ids are below the array's size: never taken.
+    let c = LB_NH_CACHE
+        .get_ptr_mut(backend_id)
+        .ok_or(Counter::DropNoRoute)?;
     // SAFETY: per-CPU map value; nothing else writes it while this program runs on this CPU.
     let cached = unsafe { &mut *c };
-    let now = crate::lookup::now_ns(cfg);
-    let ingress = ctx.ingress_ifindex() as u32;
-    let same = cached.addr == *dst && cached.ingress == ingress && cached.expires_ns > now;
-    if same && outer_len <= cached.max_len {
-        return Ok(NextHop {
-            ifindex: cached.ifindex,
-            smac: cached.smac,
-            dmac: cached.dmac,
-        });
+    let fresh = cached.addr == *dst
+        && cached.ingress == ctx.ingress_ifindex() as u32
+        && cached.expires_ns > crate::lookup::now_ns(cfg)
+        && outer_len <= cached.max_len;
+    if !fresh {
+        match refresh(
+            ctx,
+            cfg,
+            dst,
+            (u64::from(family) << 32) | u64::from(outer_len),
+            c,
+        ) {
+            REFRESHED => {}
+            FAILED_MTU => return Err(Counter::DropMtu),
+            FAILED_NO_NEIGHBOUR => return Err(Counter::DropNoNeighbour),
+            _ => return Err(Counter::DropNoRoute),
+        }
     }
-    let hop = next_hop(ctx, cfg, family, dst, outer_len)?;
-    if same {
+    Ok(NextHop {
+        ifindex: cached.ifindex,
+        smac: cached.smac,
+        dmac: cached.dmac,
+    })
+}
+
+/// What `refresh` returns (one register: a BPF-to-BPF call returns no `Result` of a `NextHop`).
+const REFRESHED: u32 = 0;
+const FAILED_MTU: u32 = 1;
+const FAILED_NO_NEIGHBOUR: u32 = 2;
+const FAILED_NO_ROUTE: u32 = 3;
+
+/// Looks the route up and, on success, stores it in the cache entry `c`. A function of its own:
+/// the lookup's 64-byte parameter struct then lives in this frame, not in the balancer's (the
+/// verifier caps a call chain's stack at 512 bytes). `family_len` is `family << 32 | outer_len`.
+#[inline(never)]
+fn refresh(
+    ctx: &XdpContext,
+    cfg: &LbConfig,
+    dst: &[u32; 4],
+    family_len: u64,
+    c: *mut CachedHop,
+) -> u32 {
+    let family = (family_len >> 32) as u8;
+    let outer_len = family_len as u32;
+    let hop = match next_hop(ctx, cfg, family, dst, outer_len) {
+        Ok(hop) => hop,
+        Err(Counter::DropMtu) => return FAILED_MTU,
+        Err(Counter::DropNoNeighbour) => return FAILED_NO_NEIGHBOUR,
+        Err(_) => return FAILED_NO_ROUTE,
+    };
+    // SAFETY: per-CPU map value of the caller; nothing else writes it on this CPU.
+    let cached = unsafe { &mut *c };
+    let ingress = ctx.ingress_ifindex() as u32;
+    let now = crate::lookup::now_ns(cfg);
+    if cached.addr == *dst && cached.ingress == ingress && cached.expires_ns > now {
         // A longer packet passed the MTU check of the same route.
         cached.max_len = outer_len;
     } else {
@@ -141,5 +185,5 @@ pub fn next_hop_cached(
             _pad2: [0; 4],
         };
     }
-    Ok(hop)
+    REFRESHED
 }

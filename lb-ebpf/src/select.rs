@@ -18,7 +18,7 @@ const MAX_PROBES: u32 = 8;
 #[derive(Clone, Copy)]
 pub struct Choice {
     pub id: u32,
-    pub entry: BackendEntry,
+    pub entry: &'static BackendEntry,
 }
 
 /// Picks the backend of a new flow with the service's scheduler; `Err` is the drop counter.
@@ -188,10 +188,10 @@ fn less_loaded(conns_a: u64, w_a: u32, conns_b: u64, w_b: u32) -> bool {
 
 /// The table entry at `pos` if it is a usable backend of this service.
 #[inline(always)]
-fn candidate(service_id: u32, table_offset: u32, pos: u32) -> Option<(u32, BackendEntry)> {
+fn candidate(service_id: u32, table_offset: u32, pos: u32) -> Option<(u32, &'static BackendEntry)> {
     let id = table_entry(table_offset, pos)?;
     let entry = backend(id)?;
-    if entry.service_id != service_id || !takes_new_flows(&entry) {
+    if entry.service_id != service_id || !takes_new_flows(entry) {
         return None;
     }
     Some((id, entry))

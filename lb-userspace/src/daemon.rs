@@ -448,7 +448,7 @@ struct Ctx<'a> {
     flows: usize,
     /// Flows the sweeper deleted since start.
     swept_total: u64,
-    /// Flows the LRU table evicted since start (inferred; see `sweeper::estimate_evictions`).
+    /// Flows the flow table evicted (`flow_evicted`) as of the last sweep.
     evictions: u64,
     /// A failure to write the status file was logged (it is logged once until a write succeeds).
     status_warned: bool,
@@ -583,7 +583,7 @@ async fn follow(
                 if let Some(report) = sweep_done(ctx, swept) {
                     ctx.flows = report.flows;
                     ctx.swept_total += report.expired as u64;
-                    let evictions = sweeper::estimate_evictions(report.inserted_total, ctx.swept_total, report.flows as u64);
+                    let evictions = report.evicted_total;
                     if evictions > ctx.evictions {
                         warn!(evicted = evictions - ctx.evictions, flows = report.flows, "the flow table evicted flows to make room: raise --flow-table-size");
                     }
@@ -921,7 +921,7 @@ fn start_sweep(ctx: &Ctx<'_>) -> Sweeping {
     let timeouts = ctx.opts.timeouts;
     let aged_from_ns = ctx.dp.clock_started_ns();
     tokio::task::spawn_blocking(move || {
-        let mut maps = crate::dataplane::MapsView::open_pinned(&pin_dir)?;
+        let mut maps = crate::dataplane::MapsView::open_pinned_for_sweeps(&pin_dir)?;
         Ok(sweeper::sweep(&mut maps, aged_from_ns, &timeouts, &ids)?)
     })
 }

@@ -151,14 +151,19 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     m.repeat = args.repeat;
 
     // Then fill the flow table, so every other new-flow case measures the same steady state: a
-    // full LRU table where each insert also evicts.
+    // full table where each insert also evicts.
     serve(
         m.bench.dataplane(),
         3,
         IpAddr::V4(VIP4),
         Scheduler::RoundRobin,
     )?;
-    m.fill_flow_table(&syn4, capacity.flow_table_size)?;
+    // Every way of every bucket taken: twice the ways in inserts (see side_by_side::fill_flows).
+    m.fill_flow_table(
+        &syn4,
+        2 * lb_common::flow::flow_buckets(capacity.flow_table_size)
+            * lb_common::flow::FLOW_WAYS as u32,
+    )?;
 
     for n in BACKEND_COUNTS {
         let ids = put_backends(m.bench.dataplane(), n, false)?;

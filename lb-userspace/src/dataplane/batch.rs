@@ -58,21 +58,6 @@ pub(crate) fn read_hash(
     Ok((keys, values))
 }
 
-/// How many entries a hash map holds (at most `max_entries` are counted), read in batches
-/// through one buffer of 8,192 entries whatever the map's size.
-pub(crate) fn count_hash(
-    fd: BorrowedFd<'_>,
-    max_entries: u32,
-    key_size: usize,
-    value_size: usize,
-) -> Result<usize, MapError> {
-    let mut count = 0;
-    for_each_batch(fd, max_entries, key_size, value_size, |k, _| {
-        count += k.len() / key_size.max(1);
-    })?;
-    Ok(count)
-}
-
 /// `BPF_MAP_LOOKUP_BATCH` until the map ends or `len` elements are read, handing each call's keys
 /// and values to `f`. The kernel's batch token is a `u32` for arrays (the next index) and for hash
 /// maps (the next bucket).

@@ -4,6 +4,7 @@
 mod batch;
 mod clock;
 mod error;
+mod flow_table;
 mod forwarding;
 mod kernel_log;
 mod map_writer;
@@ -25,6 +26,7 @@ use aya::{
 };
 use lb_common::{
     BackendEntry, DecapKey, LbConfig, ServiceEntry, ServiceMeta, VipAddrKey, VipKey,
+    flow::flow_buckets,
     layout::LAYOUT_VERSION,
     limits::Capacity,
     maps::{self, PROG_BALANCER, PROG_DECAP},
@@ -120,7 +122,7 @@ impl Dataplane {
             .map_max_entries(maps::SERVICE_META, cap.max_services)
             .map_max_entries(maps::BACKENDS, cap.max_backends)
             .map_max_entries(maps::SCHEDULE, cap.schedule_map_entries())
-            .map_max_entries(maps::FLOWS, cap.flow_table_size)
+            .map_max_entries(maps::FLOWS, flow_buckets(cap.flow_table_size))
             .map_max_entries(maps::PERSIST, cap.persist_table_size)
             .map_max_entries(maps::BACKEND_CONNS, cap.max_backends)
             .map_max_entries(maps::CURSORS, cap.max_services)
@@ -155,7 +157,7 @@ impl Dataplane {
         };
         let maps = MapsView::from_source(
             |name| ebpf.take_map(name).ok_or_else(|| missing_map(name)),
-            true,
+            view::Access::ReadWrite,
         )?;
         let mut dp = Dataplane {
             _kernel_log: kernel_log,
@@ -167,7 +169,7 @@ impl Dataplane {
         };
         if adopted {
             let pinned = dp.maps.capacity();
-            if pinned != cap {
+            if pinned != cap.as_built() {
                 tracing::warn!(
                     ?pinned,
                     requested = ?cap,
@@ -318,6 +320,7 @@ impl Dataplane {
         let now_ns = self.maps.config()?.now_ns;
         let cfg = LbConfig {
             layout_version: LAYOUT_VERSION,
+            flow_buckets: self.maps.flow_buckets(),
             now_ns,
             ..*cfg
         };

@@ -7,16 +7,30 @@ use aya::maps::{
     Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key,
 };
 use lb_common::{
-    BACKEND_F_VALID, BackendEntry, Counter, DecapCounter, DecapKey, DecapSrcKey, FlowEntry,
-    FlowKey, LbConfig, PersistEntry, PersistKey, ServiceEntry, ServiceMeta, TrafficStats,
-    VipAddrKey, VipKey,
+    BACKEND_F_VALID, BackendEntry, Counter, DecapCounter, DecapKey, DecapSrcKey, FlowBucket,
+    FlowEntry, FlowKey, LbConfig, PersistEntry, PersistKey, ServiceEntry, ServiceMeta,
+    TrafficStats, VipAddrKey, VipKey,
+    flow::flow_capacity,
     limits::{Capacity, SCHEDULE_IDS_PER_ENTRY, SPARE_TABLE_SLOTS},
     maps,
 };
 
 use crate::plan::{PinnedService, PinnedState};
 
-use super::{DataplaneError, batch, error::map_op, schedule::ScheduleMmap};
+use super::{
+    DataplaneError, batch, error::map_op, flow_table::FlowTableMmap, schedule::ScheduleMmap,
+};
+
+/// What a view may write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// `lb status`, `lb flows`, scrapes.
+    ReadOnly,
+    /// The sweeper: frees flows in the flow table, writes connection counters.
+    Sweep,
+    /// The daemon's own data plane.
+    ReadWrite,
+}
 
 /// Typed handles of every map of the data plane.
 pub struct MapsView {
@@ -25,7 +39,10 @@ pub struct MapsView {
     pub(crate) service_meta: Array<MapData, ServiceMeta>,
     pub(crate) backends: Array<MapData, BackendEntry>,
     pub(crate) schedule: ScheduleMmap,
-    pub(crate) flows: HashMap<MapData, FlowKey, FlowEntry>,
+    // Kept so the view owns every map; read and swept through `flow_table`.
+    #[allow(dead_code)]
+    pub(crate) flows: Array<MapData, FlowBucket>,
+    flow_table: FlowTableMmap,
     // Written by the XDP program only; kept so the view owns every map.
     #[allow(dead_code)]
     pub(crate) persist: HashMap<MapData, PersistKey, PersistEntry>,
@@ -63,28 +80,35 @@ impl MapsView {
     /// Builds the view from a source of maps by name (the loaded object, or the pins).
     pub(crate) fn from_source(
         mut source: impl FnMut(&'static str) -> Result<Map, DataplaneError>,
-        writable: bool,
+        access: Access,
     ) -> Result<Self, DataplaneError> {
+        let writable = access == Access::ReadWrite;
         let services: HashMap<_, VipKey, ServiceEntry> =
             typed(maps::SERVICES, source(maps::SERVICES)?)?;
         let backends: Array<_, BackendEntry> = typed(maps::BACKENDS, source(maps::BACKENDS)?)?;
         let schedule_map: Array<_, [u32; 2]> = typed(maps::SCHEDULE, source(maps::SCHEDULE)?)?;
-        let flows: HashMap<_, FlowKey, FlowEntry> = typed(maps::FLOWS, source(maps::FLOWS)?)?;
+        let flows: Array<_, FlowBucket> = typed(maps::FLOWS, source(maps::FLOWS)?)?;
         let persist: HashMap<_, PersistKey, PersistEntry> =
             typed(maps::PERSIST, source(maps::PERSIST)?)?;
 
         let max_services = max_entries(maps::SERVICES, &services)?;
+        let flow_buckets = max_entries(maps::FLOWS, &flows)?;
         // Ids the pool holds: `SCHEDULE_IDS_PER_ENTRY` per map element.
         let schedule_entries = max_entries(maps::SCHEDULE, &schedule_map)? * SCHEDULE_IDS_PER_ENTRY;
         let capacity = Capacity {
             max_services,
             max_backends: max_entries(maps::BACKENDS, &backends)?,
             table_size: schedule_entries / (max_services + SPARE_TABLE_SLOTS),
-            flow_table_size: max_entries(maps::FLOWS, &flows)?,
+            flow_table_size: flow_capacity(flow_buckets),
             persist_table_size: max_entries(maps::PERSIST, &persist)?,
         };
         let schedule =
             ScheduleMmap::new(schedule_map.map().fd().as_fd(), schedule_entries, writable)?;
+        let flow_table = FlowTableMmap::new(
+            flows.map().fd().as_fd(),
+            flow_buckets,
+            access != Access::ReadOnly,
+        )?;
 
         Ok(MapsView {
             services,
@@ -93,6 +117,7 @@ impl MapsView {
             backends,
             schedule,
             flows,
+            flow_table,
             persist,
             backend_conns: typed(maps::BACKEND_CONNS, source(maps::BACKEND_CONNS)?)?,
             cursors: typed(maps::CURSORS, source(maps::CURSORS)?)?,
@@ -109,6 +134,16 @@ impl MapsView {
 
     /// Opens the maps a running `lb run` pinned under `pin_dir`, read-only.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self, DataplaneError> {
+        Self::open_pins(pin_dir, Access::ReadOnly)
+    }
+
+    /// Opens the pinned maps for a sweep: read-only but for the flow table, whose idle flows
+    /// the sweep frees.
+    pub fn open_pinned_for_sweeps(pin_dir: &Path) -> Result<Self, DataplaneError> {
+        Self::open_pins(pin_dir, Access::Sweep)
+    }
+
+    fn open_pins(pin_dir: &Path, access: Access) -> Result<Self, DataplaneError> {
         if !pin_dir.exists() {
             return Err(DataplaneError::NoPinDir {
                 dir: pin_dir.to_path_buf(),
@@ -126,7 +161,7 @@ impl MapsView {
                 Map::from_map_data(data)
                     .map_err(|source| DataplaneError::MissingMap { map: name, source })
             },
-            false,
+            access,
         )
     }
 
@@ -239,27 +274,19 @@ impl MapsView {
         self.schedule.read(entry.table_offset, entry.slot_span())
     }
 
-    /// Every tracked flow (at most the flow table's size; flows evicted while listing are skipped).
+    /// Every tracked flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>, DataplaneError> {
-        let (keys, values) = batch::read_hash(
-            self.flows.map().fd().as_fd(),
-            self.capacity.flow_table_size,
-            std::mem::size_of::<FlowKey>(),
-            std::mem::size_of::<FlowEntry>(),
-        )
-        .map_err(map_op(maps::FLOWS, "batch lookup"))?;
-        Ok(decode_pairs(&keys, &values))
+        Ok(self.flow_table.flows())
     }
 
-    /// How many flows the flow table holds, counted through one small buffer.
+    /// How many flows the flow table holds.
     pub fn flow_count(&self) -> Result<usize, DataplaneError> {
-        batch::count_hash(
-            self.flows.map().fd().as_fd(),
-            self.capacity.flow_table_size,
-            std::mem::size_of::<FlowKey>(),
-            std::mem::size_of::<FlowEntry>(),
-        )
-        .map_err(map_op(maps::FLOWS, "batch count"))
+        Ok(self.flow_table.count())
+    }
+
+    /// Buckets of the flow table (what the program must be told in `LbConfig::flow_buckets`).
+    pub fn flow_buckets(&self) -> u32 {
+        self.flow_table.buckets()
     }
 
     /// Every backend's active-connection count, indexed by backend id.
@@ -277,16 +304,10 @@ impl MapsView {
             .map_err(map_op(maps::BACKEND_CONNS, "update"))
     }
 
-    /// Deletes a flow; one already gone (evicted, expired) is no error.
-    pub fn delete_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
-        match self.flows.remove(key) {
-            Ok(()) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_op(maps::FLOWS, "delete")(e)),
-        }
+    /// Deletes a flow unless a packet touched it after `seen` was read; one already gone
+    /// (evicted, expired) or touched is no error. True if it was deleted.
+    pub fn delete_flow(&mut self, key: &FlowKey, seen: &FlowEntry) -> Result<bool, DataplaneError> {
+        self.flow_table.release(key, seen)
     }
 
     /// Every backend slot, its connection count and its traffic (summed over CPUs), index by

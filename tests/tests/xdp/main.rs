@@ -5,6 +5,7 @@
 //! `bpf_fib_lookup` resolves routes in the namespace of the thread that runs the program. Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod flow_table;
 mod frames;
 mod icmp;
 
@@ -76,8 +77,12 @@ impl Fixture {
     /// A fixture whose maps are pinned in `pin_dir` (for tests that write a map as another
     /// process would).
     fn pinned(ifindex: u32, pin_dir: Option<std::path::PathBuf>) -> Self {
+        Fixture::load(ifindex, pin_dir, tiny_capacity())
+    }
+
+    fn load(ifindex: u32, pin_dir: Option<std::path::PathBuf>, capacity: Capacity) -> Self {
         let opts = LoadOptions {
-            capacity: tiny_capacity(),
+            capacity,
             pin_dir,
             kernel_log: false,
             ..Default::default()
@@ -1315,7 +1320,9 @@ fn pinned_maps_are_readable_without_the_daemon() {
     dp.set_backend_conns(5, 42).unwrap();
 
     let view = lb_userspace::dataplane::MapsView::open_pinned(&pin_dir).expect("open the pins");
-    assert_eq!(view.capacity(), tiny_capacity());
+    // The flow table is rated for whole buckets: 4,096 flows become 820 buckets of 5.
+    assert_eq!(view.capacity(), tiny_capacity().as_built());
+    assert_eq!(view.capacity().flow_table_size, 4100);
     assert_eq!(view.backend(5).unwrap(), backend);
     assert_eq!(view.backend_conns(5).unwrap(), 42);
     assert_eq!(view.services().unwrap(), vec![(vip, svc)]);
@@ -1337,7 +1344,7 @@ fn pinned_maps_are_readable_without_the_daemon() {
     assert!(dp.adopted());
     assert_eq!(
         dp.maps().capacity(),
-        tiny_capacity(),
+        tiny_capacity().as_built(),
         "the pinned maps' sizes"
     );
     assert_eq!(dp.maps().backend_conns(5).unwrap(), 42, "counters kept");
