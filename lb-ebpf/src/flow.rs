@@ -20,6 +20,7 @@ use lb_common::{
 
 use crate::{
     flow_table::{self, Insert, Way},
+    flows::LbFlows,
     lookup::{backend, now_ns as now_cached, takes_new_flows},
     maps::{GuardState, LB_BE_CONNS, LB_GUARD, LB_PERSIST},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -132,7 +133,7 @@ pub fn assign(
         };
         let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0;
         let flags = if closing { FLOW_F_CLOSED } else { 0 };
-        let inserted = flow_table::insert(&place, key, choice.id, flags, now);
+        let inserted = flow_table::insert::<LbFlows>(&place, key, choice.id, flags, now);
         let new = Assignment {
             choice,
             new_flow: 1,
@@ -158,7 +159,7 @@ pub fn assign(
             }
         }
     }
-    let Some(way) = found.or_else(|| flow_table::find(&place, key)) else {
+    let Some(way) = found.or_else(|| flow_table::find::<LbFlows>(&place, key)) else {
         // No state and none to create: the consistent hash, the same on every LB of a fleet.
         count(if syn {
             Counter::FlowGuardBypass
@@ -223,7 +224,7 @@ pub fn backend_without_state(
     cfg: &LbConfig,
 ) -> Result<Choice, Counter> {
     // SAFETY: the value is copied out at once.
-    if let Some(way) = flow_table::find(&flow_table::place(key, cfg.flow_buckets), key)
+    if let Some(way) = flow_table::find::<LbFlows>(&flow_table::place(key, cfg.flow_buckets), key)
         && let entry = unsafe { *way.entry() }
         && let Some(be) = backend(entry.backend_id)
         && be.carries_flows()

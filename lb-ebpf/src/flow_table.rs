@@ -9,10 +9,13 @@
 //! consistent hash, as it would once evicted. Two CPUs inserting the same flow at the same instant
 //! (one SYN on two CPUs) may both claim a way; lookups then find the first in probe order.
 //!
-//! Verification: the scans over a bucket's ways are global BPF functions (`lb_flow_match`,
-//! `lb_flow_victim`, like `lb_schedule`) with scalar arguments and results: the verifier checks
-//! each once on its own, not once per path of the balancer that reaches it, and their
-//! temporaries stay out of the balancer's stack frame (a call chain has 512 bytes).
+//! Verification: the scans over a bucket's ways ([`scan_match`], [`scan_victim`]) belong in global
+//! BPF functions with scalar arguments and results, which each object that has a table defines
+//! ([`Buckets`]): the verifier checks each once on its own, not once per path that reaches it,
+//! and their temporaries stay out of the caller's stack frame (a call chain has 512 bytes).
+//!
+//! Library code: the production object (`LB_FLOWS`) and the bench's flow-table programs use it on
+//! tables of their own.
 
 use core::ptr::NonNull;
 
@@ -21,7 +24,19 @@ use lb_common::{
     flow::{FLOW_TAG_FREE, FLOW_WAYS, flow_age, flow_place},
 };
 
-use crate::{maps::LB_FLOWS, parse::opaque};
+use aya_ebpf::maps::Array;
+
+use crate::parse::opaque;
+
+/// A flow table: its buckets and the object's global scan functions.
+pub trait Buckets {
+    /// The table's array map.
+    fn map() -> &'static Array<FlowBucket>;
+    /// A global function that returns [`scan_match`] of bucket `index`.
+    fn matching(index: u32, tag: u32, from: u32) -> u64;
+    /// A global function that returns [`scan_victim`] of buckets `i0` and `i1`.
+    fn victim(i0: u32, i1: u32) -> u64;
+}
 
 /// A way of the table.
 #[derive(Clone, Copy)]
@@ -68,8 +83,8 @@ pub fn place(key: &FlowKey, buckets: u32) -> FlowPlace {
 }
 
 #[inline(always)]
-fn bucket(index: u32) -> Option<*mut FlowBucket> {
-    LB_FLOWS.get_ptr_mut(index)
+fn bucket<T: Buckets>(index: u32) -> Option<*mut FlowBucket> {
+    T::map().get_ptr_mut(index)
 }
 
 /// A way index the verifier sees below `FLOW_WAYS`: the mask is kept (`opaque`) even where LLVM
@@ -92,15 +107,14 @@ fn same_key(slot_key: *const FlowKey, key: &FlowKey) -> bool {
     diff == 0
 }
 
-/// `lb_flow_match`'s result when no way from `from` on carries the tag.
+/// [`scan_match`]'s result when no way from `from` on carries the tag.
 const NO_MATCH: u64 = FLOW_WAYS as u64;
 
-/// The first way, from `from` on, of bucket `index` whose tag is `tag`; `NO_MATCH` if none (or no
+/// The first way, from `from` on, of bucket `b` whose tag is `tag`; `NO_MATCH` if none (or no
 /// such bucket). Keys are compared by the caller.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn lb_flow_match(index: u32, tag: u32, from: u32) -> u64 {
-    let Some(b) = bucket(index) else {
+#[inline(always)]
+pub fn scan_match(b: Option<*mut FlowBucket>, tag: u32, from: u32) -> u64 {
+    let Some(b) = b else {
         return NO_MATCH;
     };
     let mut found = NO_MATCH;
@@ -116,12 +130,12 @@ pub extern "C" fn lb_flow_match(index: u32, tag: u32, from: u32) -> u64 {
 /// The way of `key` in bucket `index`: the first way with its tag whose key is `key` (a second
 /// way is tried when two flows of the bucket share a 32-bit tag).
 #[inline(always)]
-fn probe(index: u32, tag: u32, key: &FlowKey) -> Option<Way> {
-    let mut way = lb_flow_match(index, tag, 0);
+fn probe<T: Buckets>(index: u32, tag: u32, key: &FlowKey) -> Option<Way> {
+    let mut way = T::matching(index, tag, 0);
     if way == NO_MATCH {
         return None;
     }
-    let b = bucket(index)?;
+    let b = bucket::<T>(index)?;
     // SAFETY: map value pointer; the way is masked below FLOW_WAYS.
     if same_key(
         unsafe { core::ptr::addr_of!((*b).slots[bounded(way)].key) },
@@ -132,7 +146,7 @@ fn probe(index: u32, tag: u32, key: &FlowKey) -> Option<Way> {
             way: bounded(way),
         });
     }
-    way = lb_flow_match(index, tag, way as u32 + 1);
+    way = T::matching(index, tag, way as u32 + 1);
     if way == NO_MATCH {
         return None;
     }
@@ -151,13 +165,14 @@ fn probe(index: u32, tag: u32, key: &FlowKey) -> Option<Way> {
 
 /// The way holding `key`, if any.
 #[inline(always)]
-pub fn find(place: &FlowPlace, key: &FlowKey) -> Option<Way> {
-    probe(place.buckets[0], place.tag, key).or_else(|| probe(place.buckets[1], place.tag, key))
+pub fn find<T: Buckets>(place: &FlowPlace, key: &FlowKey) -> Option<Way> {
+    probe::<T>(place.buckets[0], place.tag, key)
+        .or_else(|| probe::<T>(place.buckets[1], place.tag, key))
 }
 
-/// `lb_flow_victim`: the way is in the second bucket.
+/// [`scan_victim`]: the way is in the second bucket.
 const SECOND: u64 = 1 << 8;
-/// `lb_flow_victim`: the way is free (else its flow is evicted).
+/// [`scan_victim`]: the way is free (else its flow is evicted).
 const FREE: u64 = 1 << 9;
 
 /// A bucket's free ways and first free way, and its way touched longest ago and that way's age.
@@ -181,12 +196,11 @@ fn scan(b: *mut FlowBucket) -> (u64, u64, u64, u64) {
     (free, first_free, oldest, oldest_age)
 }
 
-/// The way a new flow takes in buckets `i0` / `i1`: a free way of the one with more free ways,
+/// The way a new flow takes in buckets `b0` / `b1`: a free way of the one with more free ways,
 /// else the way touched longest ago in either. Returns `FREE?` | `SECOND?` | way.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn lb_flow_victim(i0: u32, i1: u32) -> u64 {
-    let (Some(b0), Some(b1)) = (bucket(i0), bucket(i1)) else {
+#[inline(always)]
+pub fn scan_victim(b0: Option<*mut FlowBucket>, b1: Option<*mut FlowBucket>) -> u64 {
+    let (Some(b0), Some(b1)) = (b0, b1) else {
         return 0;
     };
     let (free0, first0, old0, age0) = scan(b0);
@@ -238,23 +252,23 @@ fn claim(b: *mut FlowBucket, way: usize, old: u32, new: u32) -> bool {
 /// already: into a free way of the less loaded of its buckets, else in place of the way touched
 /// longest ago in either.
 #[inline(always)]
-pub fn insert(
+pub fn insert<T: Buckets>(
     place: &FlowPlace,
     key: &FlowKey,
     backend_id: u32,
     flags: u32,
     now_ns: u64,
 ) -> Insert {
-    if let Some(w) = find(place, key) {
+    if let Some(w) = find::<T>(place, key) {
         return Insert::Exists(w);
     }
-    let victim = lb_flow_victim(place.buckets[0], place.buckets[1]);
+    let victim = T::victim(place.buckets[0], place.buckets[1]);
     let index = if victim & SECOND == 0 {
         place.buckets[0]
     } else {
         place.buckets[1]
     };
-    let Some(b) = bucket(index) else {
+    let Some(b) = bucket::<T>(index) else {
         return Insert::Failed;
     };
     let way = bounded(victim);

@@ -1,6 +1,7 @@
-//! Packet code shared by the XDP programs (this crate's binary) and the bench programs
-//! (`lb-bench-ebpf`): header parsing, the IPv4 header checksum, IPIP / ip6ip6 encapsulation. No maps
-//! and no programs live here, so an object that links it gets only the code it calls.
+//! Code shared by the XDP programs (this crate's binary) and the bench programs (`lb-bench-ebpf`):
+//! header parsing, the IPv4 header checksum, IPIP / ip6ip6 encapsulation, and the flow table's
+//! logic over a map its user owns. No maps and no programs live here, so an object that links it
+//! gets only the code it calls.
 //!
 //! On the host (lb-userspace's build-dependency, which makes cargo rebuild the embedded object when
 //! `lb-common` changes) the crate is empty: this code only builds for the BPF target.
@@ -12,5 +13,7 @@
 pub mod csum;
 #[cfg(target_arch = "bpf")]
 pub mod encap;
+#[cfg(target_arch = "bpf")]
+pub mod flow_table;
 #[cfg(target_arch = "bpf")]
 pub mod parse;

@@ -11,7 +11,7 @@
 
 mod decap;
 mod flow;
-mod flow_table;
+mod flows;
 mod icmp;
 mod lookup;
 mod maps;
@@ -29,7 +29,7 @@ use aya_log_ebpf::debug;
 use lb_common::{Counter, ServiceEntry};
 
 // The modules of the library are reached as `crate::parse` etc., like the binary's own.
-use lb_ebpf::{encap, parse};
+use lb_ebpf::{encap, flow_table, parse};
 
 use crate::{
     parse::Packet,
