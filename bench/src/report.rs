@@ -77,7 +77,7 @@ pub fn markdown(results: &[PathResult], method: &Method, lb_rows: &str) -> Strin
     );
     s += "- Same VIP (198.18.100.1:80), 64 backends, one Maglev ring of 65,537 positions (the same \
           positions for both), same next-hop MAC. lb: `lb_balancer` with a flow table of the row's \
-          size, the daemon's clock running. Katran: `balancer_ingress` (IPIP, default build), a \
+          size (set-associative, `lb_common::flow`), the daemon's clock running. Katran: `balancer_ingress` (IPIP, default build), a \
           per-CPU LRU of the row's size in `lru_mapping` for the bench's CPU \
           (`FALLBACK_LRU_CNTR` checked 0).\n";
     s += "- Every run is checked: verdict (XDP_TX / XDP_PASS), the output frame (outer \
@@ -87,7 +87,9 @@ pub fn markdown(results: &[PathResult], method: &Method, lb_rows: &str) -> Strin
           count a table hit per packet. New-flow rows insert one flow per packet: Katran's \
           new-connection window (`MAX_CONN_RATE`, 125,000/s per CPU) is zeroed before each run \
           of at most 100,000 SYNs and read back after it, so every SYN was inserted. \"Full\" \
-          tables were first filled with 1.5 × their size of flows.\n";
+          tables were first filled so that every insert evicts: Katran's LRU with 1.5 × its \
+          size of flows, lb's table with twice its ways (every way of every bucket taken; \
+          `flow_evicted` is checked to count one eviction per SYN of the row).\n";
     s += "\n## lb alone\n\n";
     s += lb_rows;
     s
@@ -203,7 +205,8 @@ pub fn lb_rows(
         s += &format!("| {} | {} | {:.2} |\n", r.case, net, net as f64 / floor_net);
     }
     s += &format!(
-        "\nflow_new = {flows_new}, flow_hit = {flows_hit} (flow table: LRU, {} Mi entries, shared LRU lists).\n",
+        "\nflow_new = {flows_new}, flow_hit = {flows_hit} (flow table: set-associative, rated for {} Mi \
+         flows, filled until every insert evicts).\n",
         flow_table_size >> 20
     );
     s

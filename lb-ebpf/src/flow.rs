@@ -114,12 +114,13 @@ pub fn assign(
     cfg: &LbConfig,
 ) -> Result<Assignment, Counter> {
     let syn = is_syn(tcp_flags);
+    let place = flow_table::place(key, cfg.flow_buckets);
+    flow_table::warm::<LbFlows>(&place);
     // Where time decides (the new-flow guard, persistence timeouts, a new entry's age) the kernel's
     // clock, read once; on every other packet the daemon's, where a stale time only delays
     // bookkeeping (the flow touch) and costs no helper call.
     let now = if syn { now_ns() } else { now_cached(cfg) };
     let guarded = syn && over_guard(cfg.max_new_flows_per_cpu, now);
-    let place = flow_table::place(key, cfg.flow_buckets);
     let mut found = None;
     if syn && !guarded {
         // Insert first: a SYN is almost always new, and the insert finds a retransmitted one's

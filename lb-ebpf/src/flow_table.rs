@@ -82,6 +82,19 @@ pub fn place(key: &FlowKey, buckets: u32) -> FlowPlace {
     flow_place(key, buckets)
 }
 
+/// Starts loading both buckets' first cache line (tags and ages), so that their cache misses
+/// overlap each other and whatever the caller does before it probes the table (the clock, the
+/// scheduler's own lookups) instead of stalling one after the other.
+#[inline(always)]
+pub fn warm<T: Buckets>(place: &FlowPlace) {
+    for index in place.buckets {
+        if let Some(b) = bucket::<T>(index) {
+            // SAFETY: map value pointer; the value is discarded: the load itself is the point.
+            let _ = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*b).tags[0])) };
+        }
+    }
+}
+
 #[inline(always)]
 fn bucket<T: Buckets>(index: u32) -> Option<*mut FlowBucket> {
     T::map().get_ptr_mut(index)
