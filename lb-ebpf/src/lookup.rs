@@ -2,11 +2,11 @@
 
 use lb_common::{
     BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry, FlowKey, IPPROTO_TCP,
-    LbConfig, ServiceEntry, VipAddrKey, VipKey,
+    LbConfig, ServiceEntry, VipAddrKey, VipKey, service::vip_filter_bit,
 };
 
 use crate::{
-    maps::{LB_BACKENDS, LB_CONFIG, LB_SERVICES, LB_VIP_ADDRS},
+    maps::{LB_BACKENDS, LB_CONFIG, LB_SERVICES, LB_VIP_ADDRS, LB_VIP_FILTER},
     parse::Packet,
 };
 
@@ -21,6 +21,17 @@ pub fn service_of(pkt: &Packet) -> Option<ServiceEntry> {
     };
     // SAFETY: the value is copied out at once; userspace replaces entries whole.
     unsafe { LB_SERVICES.get(key).copied() }
+}
+
+/// Could `addr` be a VIP address? False for most addresses that are not (one array read, no
+/// hash lookup); true for every VIP address.
+#[inline(always)]
+pub fn may_be_vip(addr: &[u32; 4], family: u8) -> bool {
+    let bit = vip_filter_bit(addr, family);
+    match LB_VIP_FILTER.get(bit >> 6) {
+        Some(word) => *word & (1u64 << (bit & 63)) != 0,
+        None => true,
+    }
 }
 
 /// Is `addr` the address of some VIP (any port)?

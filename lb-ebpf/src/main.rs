@@ -75,6 +75,11 @@ fn balance(ctx: &XdpContext) -> u64 {
         Ok(p) => p,
         Err(reason) => return (UNBALANCED << 32) | reason as u64,
     };
+    // Most TCP that is not for a VIP leaves here, after one array read.
+    if !lookup::may_be_vip(&pkt.dst, pkt.family) {
+        count(Counter::PassNotVip);
+        return u64::from(XDP_PASS);
+    }
     let Some(svc) = lookup::service_of(&pkt) else {
         // The common miss, TCP to an address that is no VIP, is passed here: no second parse and
         // no call of `icmp::unbalanced`, which only a VIP address needs.

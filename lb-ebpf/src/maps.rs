@@ -15,11 +15,16 @@ use lb_common::{
         DEFAULT_PERSIST_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_DECAP_ADDRS, MAX_DECAP_ALLOW_PREFIXES,
         SCHEDULE_IDS_PER_ENTRY, SPARE_TABLE_SLOTS,
     },
+    service::VIP_FILTER_WORDS,
 };
 
 #[map]
 pub static LB_SERVICES: HashMap<VipKey, ServiceEntry> =
     HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// `lb_common::service::vip_filter_bit` of every VIP address set (userspace, with `LB_VIP_ADDRS`).
+#[map]
+pub static LB_VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 /// Read by userspace only; defined here so one object carries every map.
 #[map]

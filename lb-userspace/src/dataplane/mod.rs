@@ -30,6 +30,7 @@ use lb_common::{
     layout::LAYOUT_VERSION,
     limits::Capacity,
     maps::{self, PROG_BALANCER, PROG_DECAP},
+    service::vip_filter_bit,
 };
 
 pub use clock::ProgramClock;
@@ -380,14 +381,44 @@ impl Dataplane {
         }
         // The address first: from the service's first packet on, what it does not balance is
         // answered or dropped at the VIP address, never passed to the forwarding kernel.
+        let addr = VipAddrKey::of(key);
         self.maps
             .vip_addrs
-            .insert(VipAddrKey::of(key), 1, 0)
+            .insert(addr, 1, 0)
             .map_err(map_op(maps::VIP_ADDRS, "update"))?;
+        // Its filter bit before the service: no packet of it may pass as "no VIP".
+        let (word, bit) = filter_position(&addr);
+        let now = self.maps.vip_filter_word(word)?;
+        if now & bit == 0 {
+            self.set_vip_filter_word(word, now | bit)?;
+        }
         self.maps
             .services
             .insert(key, entry, 0)
             .map_err(map_op(maps::SERVICES, "update"))
+    }
+
+    fn set_vip_filter_word(&mut self, word: u32, value: u64) -> Result<(), DataplaneError> {
+        self.maps
+            .vip_filter
+            .set(word, value, 0)
+            .map_err(map_op(maps::VIP_FILTER, "update"))
+    }
+
+    /// Recomputes a filter word from the addresses `LB_VIP_ADDRS` still holds (after one left:
+    /// its bit may be another address's too).
+    fn rebuild_vip_filter_word(&mut self, word: u32) -> Result<(), DataplaneError> {
+        let mut value = 0u64;
+        for addr in self.vip_addrs()? {
+            let (w, bit) = filter_position(&addr);
+            if w == word {
+                value |= bit;
+            }
+        }
+        if self.maps.vip_filter_word(word)? != value {
+            self.set_vip_filter_word(word, value)?;
+        }
+        Ok(())
     }
 
     /// Removes a service, and its address from `LB_VIP_ADDRS` when no other service uses it.
@@ -406,12 +437,11 @@ impl Dataplane {
             return Ok(());
         }
         match self.maps.vip_addrs.remove(&addr) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            Err(e) => Err(map_op(maps::VIP_ADDRS, "delete")(e)),
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(map_op(maps::VIP_ADDRS, "delete")(e)),
         }
+        self.rebuild_vip_filter_word(filter_position(&addr).0)
     }
 
     /// The VIP addresses the data plane answers for (`LB_VIP_ADDRS`).
@@ -550,6 +580,12 @@ fn is_busy(e: &DataplaneError) -> bool {
         source: aya::programs::ProgramError::SyscallError(sys),
         ..
     } if matches!(sys.io_error.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)))
+}
+
+/// The filter word and bit of a VIP address in `LB_VIP_FILTER`.
+fn filter_position(addr: &VipAddrKey) -> (u32, u64) {
+    let bit = vip_filter_bit(&addr.addr, addr.family);
+    (bit >> 6, 1u64 << (bit & 63))
 }
 
 fn missing_map(map: &'static str) -> DataplaneError {

@@ -14,9 +14,10 @@ use lb_common::{LbConfig, layout::LAYOUT_VERSION, maps};
 use super::DataplaneError;
 
 /// Every map we pin, by name.
-pub(crate) const PINNED_MAPS: [&str; 16] = [
+pub(crate) const PINNED_MAPS: [&str; 17] = [
     maps::SERVICES,
     maps::VIP_ADDRS,
+    maps::VIP_FILTER,
     maps::SERVICE_META,
     maps::BACKENDS,
     maps::SCHEDULE,

@@ -36,6 +36,7 @@ pub(crate) enum Access {
 pub struct MapsView {
     pub(crate) services: HashMap<MapData, VipKey, ServiceEntry>,
     pub(crate) vip_addrs: HashMap<MapData, VipAddrKey, u32>,
+    pub(crate) vip_filter: Array<MapData, u64>,
     pub(crate) service_meta: Array<MapData, ServiceMeta>,
     pub(crate) backends: Array<MapData, BackendEntry>,
     pub(crate) schedule: ScheduleMmap,
@@ -113,6 +114,7 @@ impl MapsView {
         Ok(MapsView {
             services,
             vip_addrs: typed(maps::VIP_ADDRS, source(maps::VIP_ADDRS)?)?,
+            vip_filter: typed(maps::VIP_FILTER, source(maps::VIP_FILTER)?)?,
             service_meta: typed(maps::SERVICE_META, source(maps::SERVICE_META)?)?,
             backends,
             schedule,
@@ -272,6 +274,13 @@ impl MapsView {
     /// What a service entry uses of its slot: the scheduler's table and the hash table after it.
     pub fn slot_contents(&self, entry: &ServiceEntry) -> Result<Vec<u32>, DataplaneError> {
         self.schedule.read(entry.table_offset, entry.slot_span())
+    }
+
+    /// Word `word` of the VIP-address filter (`LB_VIP_FILTER`).
+    pub fn vip_filter_word(&self, word: u32) -> Result<u64, DataplaneError> {
+        self.vip_filter
+            .get(&word, 0)
+            .map_err(map_op(maps::VIP_FILTER, "lookup"))
     }
 
     /// Every tracked flow.

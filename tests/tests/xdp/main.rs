@@ -8,6 +8,7 @@
 mod flow_table;
 mod frames;
 mod icmp;
+mod vip_filter;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
