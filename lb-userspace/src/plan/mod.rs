@@ -25,6 +25,7 @@ pub(crate) mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_common::limits::Capacity;
@@ -68,7 +69,8 @@ pub enum CapacityError {
 
 #[derive(Clone, Debug)]
 struct AppliedService {
-    spec: ServiceSpec,
+    /// The desired state's own spec (shared, not copied).
+    spec: Arc<ServiceSpec>,
     id: u32,
     slot: u32,
     backend_ids: BTreeMap<SocketAddr, u32>,
@@ -209,13 +211,13 @@ impl Planner {
             services: self
                 .services
                 .iter()
-                .map(|(n, s)| (n.clone(), s.spec.clone()))
+                .map(|(n, s)| (n.clone(), Arc::clone(&s.spec)))
                 .collect(),
         }
     }
 
     pub fn spec(&self, name: &str) -> Option<&ServiceSpec> {
-        self.services.get(name).map(|s| &s.spec)
+        self.services.get(name).map(|s| &*s.spec)
     }
 
     pub fn service_id(&self, name: &str) -> Option<u32> {
@@ -274,7 +276,7 @@ impl Planner {
         &self,
         desired: &'a DesiredState,
         health: &crate::health::HealthView,
-    ) -> impl Iterator<Item = &'a ServiceSpec> {
+    ) -> impl Iterator<Item = &'a Arc<ServiceSpec>> {
         let applied: BTreeMap<&str, ServiceHealth> = self
             .services
             .iter()
@@ -311,7 +313,7 @@ impl Planner {
     /// holds the VIPs of every desired service: an old VIP one of them claims is not deleted.
     pub fn plan_service(
         &self,
-        spec: &ServiceSpec,
+        spec: &Arc<ServiceSpec>,
         health: ServiceHealth,
         claimed: &BTreeSet<VipKey>,
         generation: u32,
@@ -431,7 +433,7 @@ impl Planner {
             steps,
             cleanup,
             applied: AppliedService {
-                spec: spec.clone(),
+                spec: Arc::clone(spec),
                 id: service_id,
                 slot,
                 backend_ids: ids.all,
@@ -699,7 +701,11 @@ pub fn prebuild_for(
         .values()
         .map(|spec| ServiceHealth::of(spec, health))
         .collect();
-    prebuild_tables(desired.services.values().zip(&healths), table_size, seed)
+    prebuild_tables(
+        desired.services.values().map(|s| &**s).zip(&healths),
+        table_size,
+        seed,
+    )
 }
 
 fn prebuild_tables<'a>(
