@@ -20,6 +20,10 @@ use crate::model::fields::ServiceFields;
 use crate::model::{DesiredState, ModelError};
 use crate::report::BackendRef;
 
+mod writer;
+
+pub use writer::StateFileWriter;
+
 /// Version of the document this build writes and reads; bump on an incompatible change.
 pub const STATE_VERSION: u32 = 1;
 /// Where state files live by default.
