@@ -316,6 +316,9 @@ fn serve(
     let apply_started = Instant::now();
     // Adopted maps keep the capacity they were created with.
     let mut applier = Applier::new(dp.maps().capacity(), opts.hash_seed);
+    if !dp.adopted() {
+        applier.on_fresh_maps();
+    }
     // Used only where they fit (adopted maps keep the table size they were created with).
     applier.use_prebuilt(first.prebuilt);
     let restored = restored_health(&first.restored_down);

@@ -98,6 +98,11 @@ impl Applier {
         Ok(adoption)
     }
 
+    /// The maps were created empty for this applier (not adopted): see [`Planner::on_fresh_maps`].
+    pub fn on_fresh_maps(&mut self) {
+        self.planner.on_fresh_maps();
+    }
+
     /// The state the data plane forwards with now.
     pub fn applied_state(&self) -> DesiredState {
         self.planner.applied_state()

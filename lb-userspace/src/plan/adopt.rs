@@ -92,6 +92,8 @@ impl Planner {
         health: &HealthView,
         now: Instant,
     ) -> Result<Adoption, AdoptError> {
+        // Any counter of pinned maps may hold a count.
+        self.conns_zeroed_from = self.capacity.max_backends;
         let by_key: BTreeMap<VipKey, &Arc<ServiceSpec>> = desired
             .services
             .values()

@@ -162,6 +162,11 @@ pub struct Planner {
     retired: Vec<RetiredBackend>,
     /// Tables built ahead by [`Planner::prebuild_tables`], used by the next plans of these services.
     prebuilt: BTreeMap<String, Prebuilt>,
+    /// Backend ids from here up were never given out in these maps, so their `LB_BE_CONNS`
+    /// counters are still the 0 the kernel created them with: a new backend there needs no
+    /// zeroing write (100,000 syscalls at a cold start). Past the last id until told the maps
+    /// are fresh ([`Planner::on_fresh_maps`]).
+    conns_zeroed_from: u32,
 }
 
 impl Planner {
@@ -176,7 +181,14 @@ impl Planner {
             quarantine: Vec::new(),
             retired: Vec::new(),
             prebuilt: BTreeMap::new(),
+            conns_zeroed_from: capacity.max_backends,
         }
+    }
+
+    /// The maps were created empty for this planner (not adopted): no backend id was given out in
+    /// them yet, so every connection counter is 0.
+    pub fn on_fresh_maps(&mut self) {
+        self.conns_zeroed_from = 0;
     }
 
     /// Builds the tables of `services` (with their health) on every CPU, for the plans that follow
@@ -506,7 +518,9 @@ impl Planner {
             };
             let entry = backend_entry(addr, service_id, b.weight, backend_flags(b, health, addr));
             let old = if ids.taken.contains(&id) {
-                steps.push(Step::new(Op::SetBackendConns { id, conns: 0 }, None));
+                if id < self.conns_zeroed_from {
+                    steps.push(Step::new(Op::SetBackendConns { id, conns: 0 }, None));
+                }
                 BackendEntry::default()
             } else if ids.unretired.contains(&id) {
                 retired_entry(*addr, service_id)
@@ -538,6 +552,7 @@ impl Planner {
         }
         for id in &change.backend_ids_taken {
             self.backend_ids.take(*id);
+            self.conns_zeroed_from = self.conns_zeroed_from.max(id.saturating_add(1));
         }
         self.slots.take(applied.slot);
         self.retired.retain(|r| !change.unretired.contains(&r.id));

@@ -477,3 +477,37 @@ fn a_moved_vip_is_deleted_before_the_flip_unless_another_service_claims_it() {
     put(&mut p, &b, now);
     assert!(p.unheld(&[old.vip_key()].into_iter().collect()).is_empty());
 }
+
+#[test]
+fn fresh_maps_need_no_counter_zeroed_until_an_id_comes_back() {
+    let zeroed = |change: &ServiceChange| -> Vec<u32> {
+        ops(change)
+            .iter()
+            .filter_map(|op| match op {
+                Op::SetBackendConns { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    };
+    let now = Instant::now();
+    // Maps of unknown history: every new id's counter is zeroed.
+    let mut unknown = Planner::new(capacity(4), 0);
+    assert_eq!(
+        zeroed(&put(&mut unknown, &service("a", 1, &[0, 1]), now)),
+        [0, 1]
+    );
+
+    let mut fresh = Planner::new(capacity(4), 0);
+    fresh.on_fresh_maps();
+    assert!(zeroed(&put(&mut fresh, &service("a", 1, &[0, 1]), now)).is_empty());
+    // Id 1 is retired and released: given out again, its counter may hold a count.
+    put(&mut fresh, &service("a", 1, &[0]), now);
+    let grace = Duration::from_secs(1);
+    for release in fresh.plan_release(&BTreeSet::new(), grace, now + grace) {
+        fresh.commit_release(release.id);
+    }
+    let again = put(&mut fresh, &service("a", 1, &[0, 2, 3]), now + grace);
+    assert_eq!(fresh.backend_id("a", &addr(2)), Some(1));
+    assert_eq!(fresh.backend_id("a", &addr(3)), Some(2));
+    assert_eq!(zeroed(&again), [1], "id 2 was never given out");
+}
