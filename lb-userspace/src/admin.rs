@@ -389,7 +389,7 @@ pub async fn list_services(
     let snapshot = build_snapshot(schema, &tree, &Default::default());
     let mut rows = Vec::new();
     for name in tree.keys() {
-        let spec: Option<&ServiceSpec> = snapshot.state.services.get(name);
+        let spec: Option<&ServiceSpec> = snapshot.state.services.get(name).map(|s| &**s);
         let prefix = schema.service_path(name);
         let errors = snapshot
             .rejections

@@ -201,7 +201,7 @@ fn check_tree(source: &Source<'_>, root: &Node) -> Result<DesiredState, ConfigEr
             Ok((spec, name_span)) => {
                 names.insert(spec.name.clone(), name_span);
                 vips.insert(spec.vip_key(), spec.name.clone());
-                state.services.insert(spec.name.clone(), spec);
+                state.insert(spec);
             }
             Err(e) => errors.push(e),
         }

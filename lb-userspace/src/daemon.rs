@@ -47,7 +47,7 @@ use crate::report::{
     ServiceNotApplied, StateFileStart, unix_ms,
 };
 use crate::source::{Families, Source, SourceSpec};
-use crate::state_file::{self, SavedState};
+use crate::state_file::{self, SavedState, StateFileWriter};
 use crate::sweeper::{self, FlowTimeouts};
 use crate::tables::Prebuilt;
 use crate::telemetry::{Reload, telemetry};
@@ -316,6 +316,9 @@ fn serve(
     let apply_started = Instant::now();
     // Adopted maps keep the capacity they were created with.
     let mut applier = Applier::new(dp.maps().capacity(), opts.hash_seed);
+    if !dp.adopted() {
+        applier.on_fresh_maps();
+    }
     // Used only where they fit (adopted maps keep the table size they were created with).
     applier.use_prebuilt(first.prebuilt);
     let restored = restored_health(&first.restored_down);
@@ -377,7 +380,8 @@ fn serve(
         adopt_pending,
         waiting: first.waiting,
         adoption,
-        state_warned: false,
+        state_file: StateFileWriter::spawn(opts.state_file.clone())
+            .context("starting the state file's writer thread")?,
         reports: None,
         flows: 0,
         swept_total: 0,
@@ -440,8 +444,8 @@ struct Ctx<'a> {
     waiting: bool,
     /// What this run adopted from the pins (for `lb status`).
     adoption: Option<AdoptionReport>,
-    /// A failure to write the state file was logged (once until a write succeeds).
-    state_warned: bool,
+    /// Writes the state file off the runtime (the last state queued is written when it is dropped).
+    state_file: StateFileWriter,
     /// The last report, for the metrics server (`None` until the first one is built).
     reports: Option<watch::Sender<DaemonReport>>,
     /// Flows in the table at the last sweep.
@@ -859,26 +863,15 @@ fn build_report(ctx: &Ctx<'_>, source: &dyn Source) -> DaemonReport {
     }
 }
 
-/// Writes the state forwarded and the health found to the state file; a failure is logged once
-/// (forwarding goes on: only a restart without the source would miss it).
+/// Hands the state forwarded and the health found to the state file's writer (its thread logs a
+/// failure).
 fn save_state(ctx: &mut Ctx<'_>) {
     let saved = SavedState {
         desired: ctx.desired.clone(),
         down: down_backends(ctx),
         written_unix_ms: unix_ms(SystemTime::now()),
     };
-    match state_file::write(&ctx.opts.state_file, &saved) {
-        Ok(()) => ctx.state_warned = false,
-        Err(e) if !ctx.state_warned => {
-            ctx.state_warned = true;
-            warn!(
-                "writing the state file {} failed: {e}; a restart while the source is unreachable \
-                 would not find this state",
-                ctx.opts.state_file.display()
-            );
-        }
-        Err(_) => {}
-    }
+    ctx.state_file.write(saved);
 }
 
 /// Builds the report and hands it to the metrics server.

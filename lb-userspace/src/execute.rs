@@ -2,6 +2,7 @@
 //! before it (their undo ops, newest first), so a service is either written in full or left as it
 //! was.
 
+use lb_common::BackendEntry;
 use tracing::warn;
 
 use crate::dataplane::{DataplaneError, MapWriter};
@@ -20,11 +21,21 @@ pub fn write<W: MapWriter + ?Sized>(w: &mut W, op: &Op) -> Result<(), DataplaneE
 }
 
 /// Every step, or none: on the first failure the steps already written are undone and the
-/// failure is returned.
+/// failure is returned. Consecutive backend entries go in one batch (`MapWriter::put_backends`).
 pub fn write_steps<W: MapWriter + ?Sized>(w: &mut W, steps: &[Step]) -> Result<(), DataplaneError> {
-    for (i, step) in steps.iter().enumerate() {
-        if let Err(e) = write(w, &step.op) {
-            for done in steps[..i].iter().rev() {
+    let mut i = 0;
+    while i < steps.len() {
+        let batch = backend_batch(&steps[i..]);
+        let (next, written) = if batch.len() > 1 {
+            (i + batch.len(), w.put_backends(&batch))
+        } else {
+            (i + 1, write(w, &steps[i].op))
+        };
+        if let Err(e) = written {
+            // A failed batch may be written in part: all of it is taken back too (taking back an
+            // entry that was not written writes what it holds).
+            let done = if batch.len() > 1 { next } else { i };
+            for done in steps[..done].iter().rev() {
                 if let Some(undo) = &done.undo
                     && let Err(undo_err) = write(w, undo)
                 {
@@ -33,8 +44,20 @@ pub fn write_steps<W: MapWriter + ?Sized>(w: &mut W, steps: &[Step]) -> Result<(
             }
             return Err(e);
         }
+        i = next;
     }
     Ok(())
+}
+
+/// The backend entries `steps` start with.
+fn backend_batch(steps: &[Step]) -> Vec<(u32, BackendEntry)> {
+    steps
+        .iter()
+        .map_while(|step| match &step.op {
+            Op::PutBackend { id, entry } => Some((*id, *entry)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Every op, even past a failure (each stands alone); returns the first failure.
@@ -236,6 +259,44 @@ mod tests {
         ];
         assert_eq!(w.written, expected);
         assert_eq!(w.refused.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_batch_of_backends_is_taken_back_whole_with_the_steps_before_it() {
+        let mut w = RecordingWriter::default();
+        w.fail_when(|op| *op == put(3, 5));
+        let steps = [
+            Step::new(Op::SetBackendConns { id: 9, conns: 0 }, None),
+            Step::new(put(1, 5), Some(put(1, 1))),
+            Step::new(put(2, 5), Some(put(2, 2))),
+            Step::new(put(3, 5), Some(put(3, 3))),
+            Step::new(put(4, 5), Some(put(4, 4))),
+            Step::new(
+                Op::WriteTable {
+                    offset: 0,
+                    ids: vec![1, 2],
+                },
+                None,
+            ),
+        ];
+        assert!(write_steps(&mut w, &steps).is_err());
+        let expected = [
+            Op::SetBackendConns { id: 9, conns: 0 },
+            put(1, 5),
+            put(2, 5),
+            put(4, 4),
+            put(3, 3),
+            put(2, 2),
+            put(1, 1),
+        ];
+        assert_eq!(w.written, expected);
+        w.succeed();
+        w.written.clear();
+        assert!(write_steps(&mut w, &steps).is_ok());
+        assert_eq!(
+            w.written,
+            steps.iter().map(|s| s.op.clone()).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -20,22 +20,20 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+mod backend_series;
+
 use crate::dataplane::MapsView;
 use crate::report::{DaemonReport, SourceStatus, ZkConnection};
-use crate::status::{BackendMapState, Status, collect_without_flows};
+use crate::status::{Status, collect_without_flows};
 
 /// The content type of a scrape.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -153,7 +151,6 @@ pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt
         apply.clone(),
     );
 
-    let mut rows = Vec::new();
     for s in &status.services {
         let l = labels(&[("service", &s.name)]);
         svc_packets.get_or_create(&l).inc_by(s.packets);
@@ -163,22 +160,6 @@ pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt
         svc_panic
             .get_or_create(&l)
             .set(i64::from(daemon.health.panic.contains(&s.name)));
-        rows.extend(s.backends.iter().map(|b| {
-            BackendRow {
-                service: s.name.clone(),
-                backend: b.addr.clone(),
-                packets: b.packets,
-                bytes: b.bytes,
-                new_flows: b.new_flows,
-                active_conns: gauge(b.active_conns),
-                up: i64::from(
-                    !b.socket_addr()
-                        .is_some_and(|addr| daemon.is_down(&s.name, addr)),
-                ),
-                draining: i64::from(b.state == BackendMapState::Draining),
-                weight: i64::from(b.weight),
-            }
-        }));
     }
     for (name, &v) in &status.counters {
         match name.strip_prefix("drop_") {
@@ -243,87 +224,12 @@ pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt
         );
         held.set(gauge(zk.held_backends as u64));
     }
-    r.register_collector(Box::new(BackendRows(rows)));
     let mut out = String::with_capacity(256 * 1024);
-    encode(&mut out, &r)?;
+    encode_registry(&mut out, &r)?;
+    // After the registry's families, as the collector that wrote them before did.
+    backend_series::encode(&mut out, status, daemon)?;
+    encode_eof(&mut out)?;
     Ok(out)
-}
-
-/// One backend's series.
-#[derive(Debug)]
-struct BackendRow {
-    service: String,
-    backend: String,
-    packets: u64,
-    bytes: u64,
-    new_flows: u64,
-    active_conns: i64,
-    up: i64,
-    draining: i64,
-    weight: i64,
-}
-
-/// A per-backend family: name, help, and its value in a row.
-type Series<T> = (&'static str, &'static str, fn(&BackendRow) -> T);
-
-/// The per-backend families, encoded straight from the rows: at 100,000 backends a family per
-/// metric in the registry (a hash map of label sets each) made a scrape take seconds.
-#[derive(Debug)]
-struct BackendRows(Vec<BackendRow>);
-
-impl Collector for BackendRows {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let counters: [Series<u64>; 3] = [
-            ("backend_packets", "Packets sent to the backend", |b| {
-                b.packets
-            }),
-            ("backend_bytes", "Bytes sent to the backend", |b| b.bytes),
-            (
-                "backend_new_flows",
-                "New flows scheduled to the backend",
-                |b| b.new_flows,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for b in &self.0 {
-                let labels = [
-                    ("service", b.service.as_str()),
-                    ("backend", b.backend.as_str()),
-                ];
-                ConstCounter::new(value(b)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let gauges: [Series<i64>; 4] = [
-            (
-                "backend_active_connections",
-                "Open connections on the backend (counted by the data plane)",
-                |b| b.active_conns,
-            ),
-            (
-                "backend_up",
-                "1 when the backend passes its health check (or has none), 0 when it is down",
-                |b| b.up,
-            ),
-            (
-                "backend_draining",
-                "1 when the backend takes no new flows (draining or weight 0)",
-                |b| b.draining,
-            ),
-            ("backend_weight", "Configured weight", |b| b.weight),
-        ];
-        for (name, help, value) in gauges {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for b in &self.0 {
-                let labels = [
-                    ("service", b.service.as_str()),
-                    ("backend", b.backend.as_str()),
-                ];
-                ConstGauge::new(value(b)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Binds the metrics listener; `None` (with a warning) when it cannot: metrics are not worth
@@ -451,7 +357,7 @@ fn scrape(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{BackendStatus, ServiceStatus};
+    use crate::status::{BackendMapState, BackendStatus, ServiceStatus};
 
     /// One request on a new connection to a server without maps; returns the whole response.
     async fn exchange(request: &str) -> String {

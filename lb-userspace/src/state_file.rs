@@ -20,6 +20,10 @@ use crate::model::fields::ServiceFields;
 use crate::model::{DesiredState, ModelError};
 use crate::report::BackendRef;
 
+mod writer;
+
+pub use writer::StateFileWriter;
+
 /// Version of the document this build writes and reads; bump on an incompatible change.
 pub const STATE_VERSION: u32 = 1;
 /// Where state files live by default.
@@ -112,7 +116,7 @@ pub fn encode(saved: &SavedState) -> Vec<u8> {
         state_version: STATE_VERSION,
         written_unix_ms: saved.written_unix_ms,
         services: (saved.desired.services.values())
-            .map(ServiceFields::from_spec)
+            .map(|s| ServiceFields::from_spec(s))
             .collect(),
         down: saved.down.clone(),
     };
@@ -203,7 +207,7 @@ fn desired_state(services: &[ServiceFields]) -> Result<DesiredState, (String, St
                 .ok_or_else(|| missing(format!("services[{i}].backends[{j}].addr")))?;
             spec.backends.insert(addr, backend.to_spec(addr));
         }
-        if desired.services.insert(name.to_owned(), spec).is_some() {
+        if desired.insert(spec).is_some() {
             return Err((
                 format!("services[{i}].name"),
                 format!("service \"{name}\" is listed twice"),

@@ -18,9 +18,7 @@ fn service(name: &str, vip: &str, backends: &[BackendSpec]) -> ServiceSpec {
 }
 
 fn state(services: Vec<ServiceSpec>) -> DesiredState {
-    DesiredState {
-        services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
-    }
+    DesiredState::of(services)
 }
 
 fn ips(list: &[&str]) -> BTreeSet<IpAddr> {

@@ -10,6 +10,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_common::VipKey;
@@ -95,6 +96,11 @@ impl Applier {
             .adopt(pinned, desired, health, Instant::now())?;
         self.generation = adoption.generation;
         Ok(adoption)
+    }
+
+    /// The maps were created empty for this applier (not adopted): see [`Planner::on_fresh_maps`].
+    pub fn on_fresh_maps(&mut self) {
+        self.planner.on_fresh_maps();
     }
 
     /// The state the data plane forwards with now.
@@ -203,18 +209,19 @@ impl Applier {
         }
         // Many services at once (a cold start, a resync): their tables are built on every CPU
         // first.
-        let to_put: Vec<&ServiceSpec> = [&names.added, &names.changed, &health_changed, &retry]
-            .into_iter()
-            .flatten()
-            .filter_map(|name| desired.services.get(name))
-            .collect();
+        let to_put: Vec<&Arc<ServiceSpec>> =
+            [&names.added, &names.changed, &health_changed, &retry]
+                .into_iter()
+                .flatten()
+                .filter_map(|name| desired.services.get(name))
+                .collect();
         if to_put.len() >= PREBUILD_MIN_SERVICES && !self.planner.has_prebuilt() {
             let healths: Vec<ServiceHealth> = to_put
                 .iter()
                 .map(|spec| ServiceHealth::of(spec, health))
                 .collect();
             self.planner
-                .prebuild_tables(to_put.iter().copied().zip(&healths));
+                .prebuild_tables(to_put.iter().map(|s| &***s).zip(&healths));
         }
         let puts = [
             (names.added, &mut report.added),
@@ -283,7 +290,7 @@ impl Applier {
     fn put_service(
         &mut self,
         w: &mut impl MapWriter,
-        spec: &ServiceSpec,
+        spec: &Arc<ServiceSpec>,
         health: ServiceHealth,
         claimed: &BTreeSet<VipKey>,
     ) -> Result<(), ApplyError> {

@@ -1,6 +1,7 @@
 //! Applying against the recording fake: per-service isolation, rollback without leaks, retries.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lb_common::{BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry};
@@ -11,12 +12,7 @@ use crate::model::HealthCheckSpec;
 use crate::plan::tests::{addr, capacity, down, service};
 
 fn state(services: &[&ServiceSpec]) -> DesiredState {
-    DesiredState {
-        services: services
-            .iter()
-            .map(|s| (s.name.clone(), (*s).clone()))
-            .collect(),
-    }
+    DesiredState::of(services.iter().map(|s| (*s).clone()))
 }
 
 fn failed_names(report: &ApplyReport) -> Vec<&str> {
@@ -406,7 +402,7 @@ fn an_adopted_service_that_changed_keeps_its_ids_and_writes_only_the_difference(
 
     let mut changed = desired.clone();
     let c = changed.services.get_mut("c").expect("c");
-    *c = c.clone().with_backend(BackendSpec::new(addr(7)));
+    *c = Arc::new(ServiceSpec::clone(c).with_backend(BackendSpec::new(addr(7))));
     let mut w2 = RecordingWriter::over(w.maps.clone());
     let report = after.apply_with_health(&mut w2, &changed, &health);
     assert_eq!(report.changed, ["c"]);
@@ -438,7 +434,7 @@ fn maps_that_differ_from_the_desired_state_are_rewritten_on_their_ids() {
     before.apply_with_health(&mut w, &desired, &health);
     // While no daemon ran, backend 2's weight changed in the source: the maps still hold weight 3.
     let mut newer = desired.clone();
-    let b = newer.services.get_mut("b").expect("b");
+    let b = Arc::make_mut(newer.services.get_mut("b").expect("b"));
     b.backends.get_mut(&addr(2)).expect("backend 2").weight = 9;
 
     let mut after = Applier::new(big(), 7);

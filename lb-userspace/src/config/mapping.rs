@@ -87,7 +87,7 @@ pub fn check_mapping(text: &str, origin: &str) -> Result<Vec<MappedService>, Con
         .into_iter()
         .zip(extra)
         .filter_map(|(name, fields)| {
-            let spec = state.services.get(&name)?.clone();
+            let spec = ServiceSpec::clone(state.services.get(&name)?);
             Some(MappedService {
                 registry_name: fields.registry_name.unwrap_or_else(|| name.clone()),
                 endpoint: fields.endpoint,

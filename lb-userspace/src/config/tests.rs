@@ -107,7 +107,7 @@ fn minimal_service_takes_defaults() {
     )
     .expect("valid");
     assert_eq!(
-        state.services["web"],
+        *state.services["web"],
         ServiceSpec::new("web", addr("198.18.100.1:80"))
     );
 }

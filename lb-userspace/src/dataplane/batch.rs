@@ -132,3 +132,47 @@ fn for_each_batch(
 pub(crate) fn per_cpu_elem_size<T>(cpus: usize) -> usize {
     std::mem::size_of::<T>().next_multiple_of(8) * cpus
 }
+
+/// `BPF_MAP_UPDATE_BATCH` (kernel 5.6 and later).
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Writes `values` (`value_size` bytes each) at the indices `keys` of an array map in one syscall
+/// per 8,192 elements. On an error some elements may be written already.
+pub(crate) fn update_array(
+    fd: BorrowedFd<'_>,
+    keys: &[u32],
+    values: &[u8],
+    value_size: usize,
+) -> Result<(), MapError> {
+    debug_assert_eq!(keys.len() * value_size, values.len());
+    for (keys, values) in keys
+        .chunks(ELEMENTS_PER_CALL as usize)
+        .zip(values.chunks(ELEMENTS_PER_CALL as usize * value_size))
+    {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points at `count` keys and `count` values of `value_size` bytes, which
+        // outlive the call; the kernel only reads them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(SyscallError {
+                call: "bpf_map_update_batch",
+                io_error: std::io::Error::last_os_error(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}

@@ -8,6 +8,13 @@ use super::{Dataplane, DataplaneError};
 /// Every write `apply` makes to the maps.
 pub trait MapWriter {
     fn put_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<(), DataplaneError>;
+    /// Many backend entries at once (a cold start writes 100,000); on an error some of them may
+    /// be written.
+    fn put_backends(&mut self, entries: &[(u32, BackendEntry)]) -> Result<(), DataplaneError> {
+        entries
+            .iter()
+            .try_for_each(|(id, entry)| self.put_backend(*id, entry))
+    }
     fn set_backend_conns(&mut self, id: u32, conns: u64) -> Result<(), DataplaneError>;
     /// Backend ids into the schedule pool at `offset`.
     fn write_table(&mut self, offset: u32, ids: &[u32]) -> Result<(), DataplaneError>;
@@ -20,6 +27,9 @@ pub trait MapWriter {
 impl MapWriter for Dataplane {
     fn put_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<(), DataplaneError> {
         Dataplane::put_backend(self, id, entry)
+    }
+    fn put_backends(&mut self, entries: &[(u32, BackendEntry)]) -> Result<(), DataplaneError> {
+        Dataplane::put_backends(self, entries)
     }
     fn set_backend_conns(&mut self, id: u32, conns: u64) -> Result<(), DataplaneError> {
         Dataplane::set_backend_conns(self, id, conns)

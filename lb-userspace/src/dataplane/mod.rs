@@ -467,6 +467,34 @@ impl Dataplane {
             .map_err(map_op(maps::BACKENDS, "update"))
     }
 
+    /// Writes many backend entries in a few syscalls (`BPF_MAP_UPDATE_BATCH`); on an error some
+    /// of them may be written.
+    pub fn put_backends(&mut self, entries: &[(u32, BackendEntry)]) -> Result<(), DataplaneError> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        let len = self.maps.capacity().max_backends;
+        if let Some((id, _)) = entries.iter().find(|(id, _)| *id >= len) {
+            return Err(DataplaneError::OutOfRange {
+                map: maps::BACKENDS,
+                index: u64::from(*id),
+                len: 1,
+                capacity: u64::from(len),
+            });
+        }
+        let ids: Vec<u32> = entries.iter().map(|(id, _)| *id).collect();
+        let values: Vec<u8> = entries
+            .iter()
+            .flat_map(|(_, entry)| bytemuck::bytes_of(entry).iter().copied())
+            .collect();
+        batch::update_array(
+            self.maps.backends.map().fd().as_fd(),
+            &ids,
+            &values,
+            std::mem::size_of::<BackendEntry>(),
+        )
+        .map_err(map_op(maps::BACKENDS, "batch update"))
+    }
+
     /// Writes backend ids into the schedule pool at `offset` (one memory copy).
     pub fn write_table(&mut self, offset: u32, ids: &[u32]) -> Result<(), DataplaneError> {
         self.maps.schedule.write(offset, ids)

@@ -319,13 +319,20 @@ impl MapsView {
         self.flow_table.release(key, seen)
     }
 
-    /// Every backend slot, its connection count and its traffic (summed over CPUs), index by
-    /// index: three batch reads of the whole arrays instead of three lookups per slot.
+    /// Every backend slot up to the last valid one (ids are given out lowest first, so the slots
+    /// beyond are unused), its connection count and its traffic (summed over CPUs), index by
+    /// index: batch reads of the arrays instead of three lookups per slot.
     pub fn backend_slots(&self) -> Result<Vec<BackendSlot>, DataplaneError> {
         let len = self.capacity.max_backends;
-        let entries = read_all::<BackendEntry>(&self.backends, len, maps::BACKENDS)?;
-        let conns = read_all::<u64>(&self.backend_conns, len, maps::BACKEND_CONNS)?;
-        let stats = read_traffic(&self.backend_stats, len, maps::BACKEND_STATS)?;
+        let mut entries = read_all::<BackendEntry>(&self.backends, len, maps::BACKENDS)?;
+        let used = entries
+            .iter()
+            .rposition(|b| b.flags & BACKEND_F_VALID != 0)
+            .map_or(0, |last| last + 1);
+        entries.truncate(used);
+        let used = used as u32;
+        let conns = read_all::<u64>(&self.backend_conns, used, maps::BACKEND_CONNS)?;
+        let stats = read_traffic(&self.backend_stats, used, maps::BACKEND_STATS)?;
         Ok(entries
             .into_iter()
             .zip(conns)

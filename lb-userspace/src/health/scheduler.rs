@@ -198,9 +198,7 @@ mod tests {
     }
 
     fn state(services: Vec<ServiceSpec>) -> DesiredState {
-        DesiredState {
-            services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
-        }
+        DesiredState::of(services)
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use lb_common::{IPPROTO_TCP, Scheduler, VipKey};
 
@@ -22,10 +23,13 @@ pub const MAX_PANIC_THRESHOLD: u8 = 100;
 /// Longest service name: it must fit `ServiceMeta.name` with a terminating zero.
 pub const MAX_SERVICE_NAME_LEN: usize = 63;
 
-/// Every service, by name.
+/// Every service, by name. Each spec is shared (`Arc`): at fleet size (100,000 backends) a state
+/// passes through the source, the guard, the daemon and the planner on every change, and a copy or
+/// comparison of it must cost per service, not per backend (an unchanged service is the same
+/// allocation, which `==` sees at once).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    pub services: BTreeMap<String, ServiceSpec>,
+    pub services: BTreeMap<String, Arc<ServiceSpec>>,
 }
 
 /// One VIP and how it is balanced.
@@ -280,6 +284,21 @@ impl BackendSpec {
 }
 
 impl DesiredState {
+    /// The state of `services`, by name.
+    pub fn of(services: impl IntoIterator<Item = ServiceSpec>) -> DesiredState {
+        DesiredState {
+            services: services
+                .into_iter()
+                .map(|s| (s.name.clone(), Arc::new(s)))
+                .collect(),
+        }
+    }
+
+    /// Adds (or replaces) a service; returns the one it replaced.
+    pub fn insert(&mut self, spec: ServiceSpec) -> Option<Arc<ServiceSpec>> {
+        self.services.insert(spec.name.clone(), Arc::new(spec))
+    }
+
     /// Checks every service and that no two services share a VIP.
     pub fn validate(&self) -> Result<(), ModelError> {
         validate::desired_state(self)

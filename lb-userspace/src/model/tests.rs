@@ -23,9 +23,7 @@ fn web6() -> ServiceSpec {
 }
 
 fn state(services: impl IntoIterator<Item = ServiceSpec>) -> DesiredState {
-    DesiredState {
-        services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
-    }
+    DesiredState::of(services)
 }
 
 #[test]

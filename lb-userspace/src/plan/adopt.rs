@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use lb_common::{BACKEND_F_VALID, BackendEntry, ServiceEntry, ServiceMeta, VipKey};
@@ -91,7 +92,9 @@ impl Planner {
         health: &HealthView,
         now: Instant,
     ) -> Result<Adoption, AdoptError> {
-        let by_key: BTreeMap<VipKey, &ServiceSpec> = desired
+        // Any counter of pinned maps may hold a count.
+        self.conns_zeroed_from = self.capacity.max_backends;
+        let by_key: BTreeMap<VipKey, &Arc<ServiceSpec>> = desired
             .services
             .values()
             .map(|s| (s.vip_key(), s))
@@ -185,7 +188,7 @@ impl Planner {
     /// `spec` on `p`'s ids; the pinned backends it does not hold are returned to retire.
     fn adopted(
         &self,
-        spec: &ServiceSpec,
+        spec: &Arc<ServiceSpec>,
         p: &PinnedService,
         held: Vec<(u32, SocketAddr)>,
         health: &HealthView,
@@ -202,7 +205,7 @@ impl Planner {
         }
         let health = ServiceHealth::of(spec, health);
         let mut applied = AppliedService {
-            spec: spec.clone(),
+            spec: Arc::clone(spec),
             id: p.entry.id,
             slot: p.entry.table_offset / self.capacity.table_size,
             backend_ids,
@@ -263,7 +266,7 @@ impl Planner {
             |ip| SocketAddr::new(ip, u16::from_be(p.key.port_be)),
         );
         AppliedService {
-            spec: ServiceSpec::new(format!("(pinned {vip})"), vip),
+            spec: Arc::new(ServiceSpec::new(format!("(pinned {vip})"), vip)),
             id: p.entry.id,
             slot: p.entry.table_offset / self.capacity.table_size,
             backend_ids: held.into_iter().map(|(id, addr)| (addr, id)).collect(),

@@ -60,12 +60,7 @@ mod tests {
     }
 
     fn state(services: &[ServiceSpec]) -> DesiredState {
-        DesiredState {
-            services: services
-                .iter()
-                .map(|s| (s.name.clone(), s.clone()))
-                .collect(),
-        }
+        DesiredState::of(services.iter().cloned())
     }
 
     fn names(list: &[&str]) -> Vec<String> {

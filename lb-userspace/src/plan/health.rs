@@ -19,7 +19,12 @@ pub struct ServiceHealth {
 impl ServiceHealth {
     /// What `health` means for `spec`, panic threshold included (pure; unit-tested).
     pub fn of(spec: &ServiceSpec, health: &HealthView) -> ServiceHealth {
-        let check = spec.health_check.as_ref();
+        // Unchecked backends are never down (and all healthy is never panic): at fleet size this
+        // is asked of every service on every change.
+        let Some(check) = spec.health_check.as_ref() else {
+            return ServiceHealth::default();
+        };
+        let check = Some(check);
         let down: BTreeSet<SocketAddr> = spec
             .backends
             .keys()

@@ -25,6 +25,7 @@ pub(crate) mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_common::limits::Capacity;
@@ -68,7 +69,8 @@ pub enum CapacityError {
 
 #[derive(Clone, Debug)]
 struct AppliedService {
-    spec: ServiceSpec,
+    /// The desired state's own spec (shared, not copied).
+    spec: Arc<ServiceSpec>,
     id: u32,
     slot: u32,
     backend_ids: BTreeMap<SocketAddr, u32>,
@@ -160,6 +162,11 @@ pub struct Planner {
     retired: Vec<RetiredBackend>,
     /// Tables built ahead by [`Planner::prebuild_tables`], used by the next plans of these services.
     prebuilt: BTreeMap<String, Prebuilt>,
+    /// Backend ids from here up were never given out in these maps, so their `LB_BE_CONNS`
+    /// counters are still the 0 the kernel created them with: a new backend there needs no
+    /// zeroing write (100,000 syscalls at a cold start). Past the last id until told the maps
+    /// are fresh ([`Planner::on_fresh_maps`]).
+    conns_zeroed_from: u32,
 }
 
 impl Planner {
@@ -174,7 +181,14 @@ impl Planner {
             quarantine: Vec::new(),
             retired: Vec::new(),
             prebuilt: BTreeMap::new(),
+            conns_zeroed_from: capacity.max_backends,
         }
+    }
+
+    /// The maps were created empty for this planner (not adopted): no backend id was given out in
+    /// them yet, so every connection counter is 0.
+    pub fn on_fresh_maps(&mut self) {
+        self.conns_zeroed_from = 0;
     }
 
     /// Builds the tables of `services` (with their health) on every CPU, for the plans that follow
@@ -209,13 +223,13 @@ impl Planner {
             services: self
                 .services
                 .iter()
-                .map(|(n, s)| (n.clone(), s.spec.clone()))
+                .map(|(n, s)| (n.clone(), Arc::clone(&s.spec)))
                 .collect(),
         }
     }
 
     pub fn spec(&self, name: &str) -> Option<&ServiceSpec> {
-        self.services.get(name).map(|s| &s.spec)
+        self.services.get(name).map(|s| &*s.spec)
     }
 
     pub fn service_id(&self, name: &str) -> Option<u32> {
@@ -274,7 +288,7 @@ impl Planner {
         &self,
         desired: &'a DesiredState,
         health: &crate::health::HealthView,
-    ) -> impl Iterator<Item = &'a ServiceSpec> {
+    ) -> impl Iterator<Item = &'a Arc<ServiceSpec>> {
         let applied: BTreeMap<&str, ServiceHealth> = self
             .services
             .iter()
@@ -311,7 +325,7 @@ impl Planner {
     /// holds the VIPs of every desired service: an old VIP one of them claims is not deleted.
     pub fn plan_service(
         &self,
-        spec: &ServiceSpec,
+        spec: &Arc<ServiceSpec>,
         health: ServiceHealth,
         claimed: &BTreeSet<VipKey>,
         generation: u32,
@@ -431,7 +445,7 @@ impl Planner {
             steps,
             cleanup,
             applied: AppliedService {
-                spec: spec.clone(),
+                spec: Arc::clone(spec),
                 id: service_id,
                 slot,
                 backend_ids: ids.all,
@@ -504,7 +518,9 @@ impl Planner {
             };
             let entry = backend_entry(addr, service_id, b.weight, backend_flags(b, health, addr));
             let old = if ids.taken.contains(&id) {
-                steps.push(Step::new(Op::SetBackendConns { id, conns: 0 }, None));
+                if id < self.conns_zeroed_from {
+                    steps.push(Step::new(Op::SetBackendConns { id, conns: 0 }, None));
+                }
                 BackendEntry::default()
             } else if ids.unretired.contains(&id) {
                 retired_entry(*addr, service_id)
@@ -536,6 +552,7 @@ impl Planner {
         }
         for id in &change.backend_ids_taken {
             self.backend_ids.take(*id);
+            self.conns_zeroed_from = self.conns_zeroed_from.max(id.saturating_add(1));
         }
         self.slots.take(applied.slot);
         self.retired.retain(|r| !change.unretired.contains(&r.id));
@@ -699,7 +716,11 @@ pub fn prebuild_for(
         .values()
         .map(|spec| ServiceHealth::of(spec, health))
         .collect();
-    prebuild_tables(desired.services.values().zip(&healths), table_size, seed)
+    prebuild_tables(
+        desired.services.values().map(|s| &**s).zip(&healths),
+        table_size,
+        seed,
+    )
 }
 
 fn prebuild_tables<'a>(

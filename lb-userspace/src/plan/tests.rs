@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_common::limits::Capacity;
@@ -61,7 +62,12 @@ fn claimed(specs: &[&ServiceSpec]) -> BTreeSet<VipKey> {
 /// Plans and commits `spec` with every backend healthy.
 fn put(p: &mut Planner, spec: &ServiceSpec, now: Instant) -> ServiceChange {
     let change = p
-        .plan_service(spec, ServiceHealth::default(), &claimed(&[spec]), 1)
+        .plan_service(
+            &Arc::new(spec.clone()),
+            ServiceHealth::default(),
+            &claimed(&[spec]),
+            1,
+        )
         .expect("fits");
     p.commit(change.clone(), now);
     change
@@ -83,7 +89,12 @@ fn a_new_service_writes_backends_then_its_table_then_metadata_then_the_flip() {
     let p = Planner::new(capacity(8), 0);
     let spec = service("web", 1, &[0, 1]);
     let change = p
-        .plan_service(&spec, ServiceHealth::default(), &claimed(&[&spec]), 7)
+        .plan_service(
+            &Arc::new(spec.clone()),
+            ServiceHealth::default(),
+            &claimed(&[&spec]),
+            7,
+        )
         .expect("fits");
     let kinds: Vec<&str> = ops(&change)
         .iter()
@@ -188,16 +199,26 @@ fn with_every_slot_quarantined_the_planner_says_how_long_to_wait() {
     }
     let spec = service("a", 1, &[0, 1]);
     assert_eq!(
-        p.plan_service(&spec, ServiceHealth::default(), &claimed(&[&spec]), 1)
-            .map(|_| ()),
+        p.plan_service(
+            &Arc::new(spec.clone()),
+            ServiceHealth::default(),
+            &claimed(&[&spec]),
+            1
+        )
+        .map(|_| ()),
         Err(CapacityError::NoFreeSlot { slots: 12 })
     );
     let wait = p.release_quarantine(t0).expect("a slot frees up");
     assert!(wait <= SLOT_QUARANTINE, "{wait:?}");
     assert_eq!(p.release_quarantine(t0 + wait), None);
     assert!(
-        p.plan_service(&spec, ServiceHealth::default(), &claimed(&[&spec]), 1)
-            .is_ok()
+        p.plan_service(
+            &Arc::new(spec.clone()),
+            ServiceHealth::default(),
+            &claimed(&[&spec]),
+            1
+        )
+        .is_ok()
     );
 }
 
@@ -261,7 +282,12 @@ fn released_retired_ids_are_reused() {
     // Both ids are in use until the release is committed.
     let spec = service("a", 1, &[0, 2]);
     assert!(matches!(
-        p.plan_service(&spec, ServiceHealth::default(), &claimed(&[&spec]), 1),
+        p.plan_service(
+            &Arc::new(spec.clone()),
+            ServiceHealth::default(),
+            &claimed(&[&spec]),
+            1
+        ),
         Err(CapacityError::TooManyBackends {
             needed: 1,
             free: 0,
@@ -307,7 +333,12 @@ fn capacity_errors_name_the_flag_and_take_nothing() {
     let before = p.free_counts();
     let e = service("e", 5, &[0]);
     let err = p
-        .plan_service(&e, ServiceHealth::default(), &claimed(&[&e]), 1)
+        .plan_service(
+            &Arc::new(e.clone()),
+            ServiceHealth::default(),
+            &claimed(&[&e]),
+            1,
+        )
         .map(|_| ())
         .expect_err("a fifth service");
     assert_eq!(err, CapacityError::TooManyServices { max: 4 });
@@ -315,7 +346,12 @@ fn capacity_errors_name_the_flag_and_take_nothing() {
 
     let a = service("a", 1, &[0, 1, 2, 3]);
     let err = p
-        .plan_service(&a, ServiceHealth::default(), &claimed(&[&a]), 1)
+        .plan_service(
+            &Arc::new(a.clone()),
+            ServiceHealth::default(),
+            &claimed(&[&a]),
+            1,
+        )
         .map(|_| ())
         .expect_err("four backends");
     assert!(err.to_string().contains("--max-backends"), "{err}");
@@ -329,7 +365,12 @@ fn capacity_errors_name_the_flag_and_take_nothing() {
     );
     let a = service("a", 1, &[0, 1, 2]);
     let err = small
-        .plan_service(&a, ServiceHealth::default(), &claimed(&[&a]), 1)
+        .plan_service(
+            &Arc::new(a.clone()),
+            ServiceHealth::default(),
+            &claimed(&[&a]),
+            1,
+        )
         .map(|_| ())
         .expect_err("three backends in a table of two");
     assert_eq!(
@@ -354,7 +395,7 @@ fn down_backends_keep_their_entry_flagged_but_leave_the_table_unless_in_panic() 
     put(&mut p, &spec, now);
     let health = ServiceHealth::of(&spec, &down(&spec, &[1]));
     let change = p
-        .plan_service(&spec, health, &claimed(&[&spec]), 2)
+        .plan_service(&Arc::new(spec.clone()), health, &claimed(&[&spec]), 2)
         .expect("fits");
     // Only b1's entry changes (flagged down), and the table leaves it out.
     let b1 = p.backend_id("a", &addr(1)).expect("b1");
@@ -389,7 +430,7 @@ fn down_backends_keep_their_entry_flagged_but_leave_the_table_unless_in_panic() 
     let health = ServiceHealth::of(&spec, &down(&spec, &[0, 1, 2]));
     assert!(health.panic);
     let change = p
-        .plan_service(&spec, health, &claimed(&[&spec]), 2)
+        .plan_service(&Arc::new(spec.clone()), health, &claimed(&[&spec]), 2)
         .expect("fits");
     assert!(matches!(&change.steps[0].op, Op::WriteTable { ids, .. } if ids[..4] == [0, 1, 2, 3]));
 }
@@ -402,7 +443,12 @@ fn a_moved_vip_is_deleted_before_the_flip_unless_another_service_claims_it() {
     put(&mut p, &old, now);
     let moved = service("a", 2, &[0]);
     let change = p
-        .plan_service(&moved, ServiceHealth::default(), &claimed(&[&moved]), 2)
+        .plan_service(
+            &Arc::new(moved.clone()),
+            ServiceHealth::default(),
+            &claimed(&[&moved]),
+            2,
+        )
         .expect("fits");
     let n = change.steps.len();
     assert!(
@@ -414,7 +460,12 @@ fn a_moved_vip_is_deleted_before_the_flip_unless_another_service_claims_it() {
     // Another desired service takes VIP 1 over: it stays for it.
     let b = service("b", 1, &[1]);
     let change = p
-        .plan_service(&moved, ServiceHealth::default(), &claimed(&[&moved, &b]), 2)
+        .plan_service(
+            &Arc::new(moved.clone()),
+            ServiceHealth::default(),
+            &claimed(&[&moved, &b]),
+            2,
+        )
         .expect("fits");
     assert!(!ops(&change).contains(&&Op::DeleteService { key: old.vip_key() }));
     assert_eq!(change.vacated(), Some(old.vip_key()));
@@ -425,4 +476,38 @@ fn a_moved_vip_is_deleted_before_the_flip_unless_another_service_claims_it() {
     );
     put(&mut p, &b, now);
     assert!(p.unheld(&[old.vip_key()].into_iter().collect()).is_empty());
+}
+
+#[test]
+fn fresh_maps_need_no_counter_zeroed_until_an_id_comes_back() {
+    let zeroed = |change: &ServiceChange| -> Vec<u32> {
+        ops(change)
+            .iter()
+            .filter_map(|op| match op {
+                Op::SetBackendConns { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    };
+    let now = Instant::now();
+    // Maps of unknown history: every new id's counter is zeroed.
+    let mut unknown = Planner::new(capacity(4), 0);
+    assert_eq!(
+        zeroed(&put(&mut unknown, &service("a", 1, &[0, 1]), now)),
+        [0, 1]
+    );
+
+    let mut fresh = Planner::new(capacity(4), 0);
+    fresh.on_fresh_maps();
+    assert!(zeroed(&put(&mut fresh, &service("a", 1, &[0, 1]), now)).is_empty());
+    // Id 1 is retired and released: given out again, its counter may hold a count.
+    put(&mut fresh, &service("a", 1, &[0]), now);
+    let grace = Duration::from_secs(1);
+    for release in fresh.plan_release(&BTreeSet::new(), grace, now + grace) {
+        fresh.commit_release(release.id);
+    }
+    let again = put(&mut fresh, &service("a", 1, &[0, 2, 3]), now + grace);
+    assert_eq!(fresh.backend_id("a", &addr(2)), Some(1));
+    assert_eq!(fresh.backend_id("a", &addr(3)), Some(2));
+    assert_eq!(zeroed(&again), [1], "id 2 was never given out");
 }

@@ -55,7 +55,7 @@ mod tests {
                 .map(|(name, vip)| {
                     let mut s = ServiceSpec::new(*name, vip.parse().unwrap());
                     s.backends.clear();
-                    ((*name).to_owned(), s)
+                    ((*name).to_owned(), std::sync::Arc::new(s))
                 })
                 .collect(),
         }

@@ -26,9 +26,7 @@ fn saved() -> SavedState {
     let v6 = ServiceSpec::new("v6", "[2001:db8::100]:443".parse().unwrap())
         .with_backend(BackendSpec::new("[2001:db8::11]:443".parse().unwrap()));
     SavedState {
-        desired: DesiredState {
-            services: [web, v6].into_iter().map(|s| (s.name.clone(), s)).collect(),
-        },
+        desired: DesiredState::of([web, v6]),
         down: vec![BackendRef {
             service: "web".to_owned(),
             backend: "198.18.2.12:80".parse().unwrap(),

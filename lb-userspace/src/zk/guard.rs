@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::model::{BackendSpec, DesiredState};
@@ -88,6 +89,11 @@ impl MassRemovalGuard {
             let Some(before) = self.last_output.services.get(name) else {
                 continue;
             };
+            // The very spec let through last time, nothing held: no backend vanished, nothing
+            // to put back (at fleet size most services of an update are such).
+            if Arc::ptr_eq(before, spec) && held.get(name).is_none_or(BTreeMap::is_empty) {
+                continue;
+            }
             let service_held = held.entry(name.clone()).or_default();
             // A backend that came back is no longer held.
             service_held.retain(|addr, _| !spec.backends.contains_key(addr));
@@ -132,7 +138,9 @@ impl MassRemovalGuard {
                 });
             }
             for h in service_held.values() {
-                spec.backends.insert(h.backend.addr, h.backend.clone());
+                Arc::make_mut(spec)
+                    .backends
+                    .insert(h.backend.addr, h.backend.clone());
             }
         }
         held.retain(|_, backends| !backends.is_empty());
@@ -168,9 +176,7 @@ mod tests {
             b.state = *st;
             spec = spec.with_backend(b);
         }
-        DesiredState {
-            services: [("web".to_owned(), spec)].into(),
-        }
+        DesiredState::of([spec])
     }
 
     fn active(lasts: &[u8]) -> DesiredState {

@@ -9,8 +9,13 @@
 //!   newcomer keeps its own last good version if it had one.
 //!
 //! Every refusal comes back as a [`Rejection`] (znode path and reason) for the caller to log and count.
+//!
+//! A [`SnapshotBuilder`] remembers each service it built from its own node alone (no fallback to
+//! the last good version): told which services changed since, it builds only those, so a change at
+//! fleet size (100,000 backends) validates one service's nodes, not all of them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use lb_common::VipKey;
 
@@ -60,25 +65,86 @@ const NOT_APPLIED: &str = "service not applied (no good version yet)";
 /// Builds the desired state from `raw`, using `previous` (the state built last time) for the last
 /// good version of services whose node is bad and for who held a VIP first.
 pub fn build_snapshot(schema: &Schema, raw: &RawTree, previous: &DesiredState) -> Snapshot {
-    let mut out = Snapshot::default();
-    let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
-    for (name, node) in raw {
-        if let Some(candidate) = build_service(schema, name, node, previous, &mut out) {
+    SnapshotBuilder::default().build(schema, raw, previous, None)
+}
+
+/// [`build_snapshot`] that builds again only what changed: services whose last build used nothing
+/// but their own nodes are taken as they were unless named as changed.
+#[derive(Debug, Default)]
+pub struct SnapshotBuilder {
+    /// Services built from their own nodes alone, as of the last build.
+    built: BTreeMap<String, BuiltService>,
+}
+
+/// One service as its own nodes make it, with what they were refused and warned about.
+#[derive(Clone, Debug)]
+struct BuiltService {
+    spec: Arc<ServiceSpec>,
+    rejections: Vec<Rejection>,
+    warnings: Vec<Warning>,
+}
+
+impl SnapshotBuilder {
+    /// The snapshot of `raw` (as [`build_snapshot`]). `changed` names the services whose nodes may
+    /// differ from the last build's `raw`; `None`: any may (a full read).
+    pub fn build(
+        &mut self,
+        schema: &Schema,
+        raw: &RawTree,
+        previous: &DesiredState,
+        changed: Option<&BTreeSet<String>>,
+    ) -> Snapshot {
+        let mut kept = std::mem::take(&mut self.built);
+        let mut out = Snapshot::default();
+        let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
+        for (name, node) in raw {
+            let unchanged = changed.is_some_and(|c| !c.contains(name));
+            if let Some(built) = kept.remove(name).filter(|_| unchanged) {
+                out.rejections.extend(built.rejections.iter().cloned());
+                out.warnings.extend(built.warnings.iter().cloned());
+                candidates.insert(
+                    name.clone(),
+                    Candidate {
+                        spec: Arc::clone(&built.spec),
+                        is_last_good: false,
+                    },
+                );
+                self.built.insert(name.clone(), built);
+                continue;
+            }
+            let mut own = Snapshot::default();
+            let candidate = build_service(schema, name, node, previous, &mut own);
+            out.rejections.extend(own.rejections.iter().cloned());
+            out.warnings.extend(own.warnings.iter().cloned());
+            let Some(candidate) = candidate else {
+                continue;
+            };
+            // A service whose node was refused stands on its last good version (`previous`):
+            // built again every time. Any other is what its nodes alone make.
+            if !candidate.is_last_good {
+                let built = BuiltService {
+                    spec: Arc::clone(&candidate.spec),
+                    rejections: own.rejections,
+                    warnings: own.warnings,
+                };
+                self.built.insert(name.clone(), built);
+            }
             candidates.insert(name.clone(), candidate);
         }
+        resolve_vip_claims(schema, &mut candidates, previous, &mut out.rejections);
+        out.state.services = candidates
+            .into_iter()
+            .map(|(name, c)| (name, c.spec))
+            .collect();
+        out
     }
-    resolve_vip_claims(schema, &mut candidates, previous, &mut out.rejections);
-    out.state.services = candidates
-        .into_iter()
-        .map(|(name, c)| (name, c.spec))
-        .collect();
-    out
 }
 
 /// A service that made it through its own validation, before VIP claims are settled.
 struct Candidate {
-    spec: ServiceSpec,
-    /// The spec came from `previous` already (it cannot fall back any further).
+    spec: Arc<ServiceSpec>,
+    /// The spec came from `previous` already (it cannot fall back any further): its node was
+    /// refused.
     is_last_good: bool,
 }
 
@@ -150,11 +216,14 @@ fn build_service(
     if let Err(e) = spec.validate() {
         let (fallback, is_last_good) = reject_service(e.to_string(), out)?;
         return Some(Candidate {
-            spec: last_good.cloned().unwrap_or(fallback),
+            spec: last_good.cloned().unwrap_or_else(|| Arc::new(fallback)),
             is_last_good,
         });
     }
-    Some(Candidate { spec, is_last_good })
+    Some(Candidate {
+        spec: Arc::new(spec),
+        is_last_good,
+    })
 }
 
 /// Reads one backend node and checks it against its service (port, family, address kind).

@@ -27,7 +27,7 @@ use super::backoff::Backoff;
 use super::client::{ZkError, ZkTarget};
 use super::guard::{GuardConfig, GuardEvent, MassRemovalGuard};
 use super::registry::{self, Registry};
-use super::snapshot::{RawService, RawTree, Rejection, Warning, build_snapshot};
+use super::snapshot::{RawService, RawTree, Rejection, SnapshotBuilder, Warning};
 use crate::log_values::List;
 use crate::model::DesiredState;
 use crate::report::unix_ms;
@@ -99,6 +99,7 @@ impl ZkSource {
             status_tx,
             built: DesiredState::default(),
             raw: None,
+            snapshots: SnapshotBuilder::default(),
             logged_rejections: BTreeSet::new(),
             logged_warnings: BTreeSet::new(),
         };
@@ -139,6 +140,8 @@ struct Worker {
     built: DesiredState,
     /// The tree as last read (our schema only): a change re-reads just the services it touched.
     raw: Option<RawTree>,
+    /// Builds the state of `raw`, again only for the services a partial read re-read.
+    snapshots: SnapshotBuilder,
     guard: MassRemovalGuard,
     logged_rejections: BTreeSet<Rejection>,
     logged_warnings: BTreeSet<Warning>,
@@ -360,12 +363,13 @@ impl Worker {
                         last_read = Some(Instant::now());
                         // Events from here on belong to the next read.
                         let covering = std::mem::replace(&mut changed, Changed::none());
+                        let partial = self.reads_partially(&covering);
                         match self.read(client, &covering).await {
                             Ok(Some(raw)) => {
                                 dirty = None;
                                 read_failures = 0;
                                 missing_logged = false;
-                                self.publish_tree(&raw, covering == Changed::All);
+                                self.publish_tree(&raw, partial);
                                 self.raw = self.config.registry.is_none().then_some(raw);
                             }
                             Ok(None) => {
@@ -397,6 +401,16 @@ impl Worker {
         }
     }
 
+    /// The services [`Worker::read`] reads for `changed` when it does not read the whole tree.
+    fn reads_partially<'a>(&self, changed: &'a Changed) -> Option<&'a BTreeSet<String>> {
+        match changed {
+            Changed::Services(names) if self.raw.is_some() && self.config.registry.is_none() => {
+                Some(names)
+            }
+            _ => None,
+        }
+    }
+
     /// Reads the tree in the configured layout.
     /// Reads what `changed` covers: the whole tree, or (our schema, after a full read) only the
     /// changed services, merged into the tree last read. `None`: `<root>/services` is missing.
@@ -409,7 +423,7 @@ impl Worker {
         if let Some(registry) = &self.config.registry {
             return registry::read_instances(client, schema, registry).await;
         }
-        if let (Some(_), Changed::Services(names)) = (&self.raw, changed) {
+        if let Some(names) = self.reads_partially(changed) {
             let names: Vec<String> = names.iter().cloned().collect();
             let mut read = read_services(client, schema, &names).await?;
             // Merged in place: the tree is not copied (100,000 backends at fleet size).
@@ -444,7 +458,7 @@ impl Worker {
                 warn!(znode = %dir, "no services: the node does not exist yet");
                 *logged = true;
             }
-            self.publish_tree(&RawTree::new(), true);
+            self.publish_tree(&RawTree::new(), None);
             return;
         }
         if !*logged {
@@ -462,11 +476,13 @@ impl Worker {
         });
     }
 
-    /// Builds and publishes the state of `raw`; `full`: it was read whole (counted as a full read).
-    fn publish_tree(&mut self, raw: &RawTree, full: bool) {
+    /// Builds and publishes the state of `raw`. `partial`: the services a partial read re-read
+    /// (the rest of `raw` is as last built); `None`: it was read whole (counted as a full read).
+    fn publish_tree(&mut self, raw: &RawTree, partial: Option<&BTreeSet<String>>) {
         let schema = &self.config.target.schema;
+        let full = partial.is_none();
         let snapshot = match &self.config.registry {
-            None => build_snapshot(schema, raw, &self.built),
+            None => self.snapshots.build(schema, raw, &self.built, partial),
             Some(registry) => registry::build_snapshot(registry, schema, raw, &self.built),
         };
         let mut new_rejections = 0;

@@ -376,7 +376,9 @@ fn through_toml(case: &Case) -> Decoded {
     }
     let text = toml::to_string(&json!({"services": [service]})).expect("a TOML form");
     match parse_config(&text, "web.toml") {
-        Ok(mut state) => Decoded::Spec(state.services.remove("web").expect("the service")),
+        Ok(mut state) => Decoded::Spec(ServiceSpec::clone(
+            &state.services.remove("web").expect("the service"),
+        )),
         Err(ConfigError::Invalid { field, .. } | ConfigError::Model { field, .. }) => {
             let field = field.strip_prefix("services[0]").unwrap_or(&field);
             Decoded::Rejected(field.strip_prefix('.').unwrap_or(field).to_owned())

@@ -310,7 +310,7 @@ pub fn build_snapshot(
             }
             continue;
         }
-        out.state.services.insert(name.clone(), spec);
+        out.state.insert(spec);
     }
     out
 }

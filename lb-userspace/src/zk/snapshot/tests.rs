@@ -1,4 +1,6 @@
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use lb_common::Scheduler;
 
@@ -314,4 +316,92 @@ fn the_state_does_not_depend_on_read_order() {
         build(&a, &DesiredState::default()),
         build(&b, &DesiredState::default())
     );
+}
+
+/// A sequence of trees, each differing from the last in the services named: bad backend nodes,
+/// unknown fields, a service node going bad and good again, a VIP taken over, a service deleted.
+fn evolving_trees() -> Vec<(RawTree, BTreeSet<String>)> {
+    let api = r#"{"vip": "198.18.100.2:80", "extra": 1}"#;
+    let good = |data: &str, weight: u32| {
+        service(
+            data,
+            &[
+                ("198.18.2.11:80", &format!(r#"{{"weight": {weight}}}"#)),
+                ("198.18.2.12:80", "not json"),
+            ],
+        )
+    };
+    let names = |n: &[&str]| {
+        n.iter()
+            .map(|s| (*s).to_owned())
+            .collect::<BTreeSet<String>>()
+    };
+    let t0 = tree(vec![
+        ("web", good(WEB, 1)),
+        ("api", good(api, 1)),
+        ("db", good(r#"{"vip": "198.18.100.3:80"}"#, 1)),
+    ]);
+    let mut t1 = t0.clone();
+    t1.insert("web".into(), good(WEB, 5));
+    let mut t2 = t1.clone();
+    t2.insert("api".into(), good("{not json", 1));
+    let mut t3 = t2.clone();
+    t3.insert("db".into(), good(WEB, 2));
+    let mut t4 = t3.clone();
+    t4.insert("api".into(), good(api, 3));
+    let mut t5 = t4.clone();
+    t5.remove("web");
+    vec![
+        (t0, names(&["web", "api", "db"])),
+        (t1, names(&["web"])),
+        (t2, names(&["api"])),
+        (t3, names(&["db"])),
+        (t4, names(&["api"])),
+        (t5, names(&["web"])),
+    ]
+}
+
+#[test]
+fn building_only_the_changed_services_gives_what_a_full_build_gives() {
+    let mut builder = SnapshotBuilder::default();
+    let (mut full_previous, mut previous) = (DesiredState::default(), DesiredState::default());
+    let (mut rejections, mut warnings, mut kept_last_good) = (0, 0, 0);
+    for (i, (raw, changed)) in evolving_trees().into_iter().enumerate() {
+        let full = build(&raw, &full_previous);
+        let changed = (i > 0).then_some(&changed);
+        let partial = builder.build(&schema(), &raw, &previous, changed);
+        assert_eq!(partial, full, "tree {i}");
+        rejections += full.rejections.len();
+        warnings += full.warnings.len();
+        kept_last_good += (full.rejections.iter())
+            .filter(|r| r.outcome == KEPT_LAST_GOOD)
+            .count();
+        (full_previous, previous) = (full.state, partial.state);
+    }
+    assert!(rejections > 0 && warnings > 0 && kept_last_good > 0);
+}
+
+#[test]
+fn a_service_not_named_as_changed_is_not_built_again() {
+    let trees = evolving_trees();
+    let mut builder = SnapshotBuilder::default();
+    let first = builder.build(&schema(), &trees[0].0, &DesiredState::default(), None);
+    let second = builder.build(&schema(), &trees[1].0, &first.state, Some(&trees[1].1));
+    assert!(Arc::ptr_eq(
+        &first.state.services["api"],
+        &second.state.services["api"]
+    ));
+    assert!(!Arc::ptr_eq(
+        &first.state.services["web"],
+        &second.state.services["web"]
+    ));
+    assert_eq!(second.state.services["web"].backends.len(), 1);
+    // Told nothing changed, a builder keeps even what the tree no longer says (it trusts the
+    // caller's list): what a full read corrects.
+    let mut stale = trees[1].0.clone();
+    stale.insert("api".into(), service(WEB, &[]));
+    let kept = builder.build(&schema(), &stale, &second.state, Some(&BTreeSet::new()));
+    assert_eq!(kept.state, second.state);
+    let corrected = builder.build(&schema(), &stale, &second.state, None);
+    assert_eq!(corrected, build(&stale, &second.state));
 }
