@@ -105,20 +105,22 @@ pub struct FlowPlace {
     pub tag: u32,
 }
 
-/// The place of `key` in a table of `buckets` buckets. Both buckets come from one hash (the second
-/// from a remix of it), reduced by multiply-shift so any bucket count works; the tag is the hash
-/// with its low bit set, so it is never [`FLOW_TAG_FREE`] and two flows of one bucket share a tag
-/// only when their whole hashes are equal.
+/// The place of `key` in a table of `buckets` buckets: the first bucket from the hash's high
+/// half, the second from a remix of the whole hash (multiply-shift, so any bucket count works),
+/// the tag from the low half with its low bit set (never [`FLOW_TAG_FREE`]). The tag must not
+/// come from the bits that chose the bucket: flows of one bucket share those, and a tag made of
+/// them would leave only the few other bits to tell them apart (three flows of a 16 Mi table's
+/// bucket sharing a tag were seen to lose one).
 #[inline(always)]
 pub fn flow_place(key: &FlowKey, buckets: u32) -> FlowPlace {
     flow_place_of_hash(flow_table_hash(key), buckets)
 }
 
-/// The hash [`flow_place`] starts from: multiply-xor over the key's five 64-bit words and
+/// The 64-bit hash [`flow_place`] starts from: multiply-xor over the key's five 64-bit words and
 /// MurmurHash3's 64-bit finalizer. Not [`crate::hash::flow_hash`]: the XDP program computes both
 /// for a new flow, and LLVM would share their mixing steps and spill them to the stack.
 #[inline(always)]
-pub fn flow_table_hash(key: &FlowKey) -> u32 {
+pub fn flow_table_hash(key: &FlowKey) -> u64 {
     let ports = u64::from(key.sport_be) | (u64::from(key.dport_be) << 16);
     let words = [
         u64::from(key.src[0]) | (u64::from(key.src[1]) << 32),
@@ -132,26 +134,26 @@ pub fn flow_table_hash(key: &FlowKey) -> u32 {
         h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         h ^= h >> 29;
     }
+    fmix64(h)
+}
+
+/// MurmurHash3's 64-bit finalizer.
+#[inline(always)]
+fn fmix64(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h as u32
+    h ^ (h >> 33)
 }
 
 /// [`flow_place`] from its hash.
 #[inline(always)]
-pub fn flow_place_of_hash(h: u32, buckets: u32) -> FlowPlace {
-    let mut h2 = h ^ (h >> 16);
-    h2 = h2.wrapping_mul(0x7feb_352d);
-    h2 ^= h2 >> 15;
-    h2 = h2.wrapping_mul(0x846c_a68b);
-    h2 ^= h2 >> 16;
-    let reduce = |x: u32| ((u64::from(x) * u64::from(buckets)) >> 32) as u32;
+pub fn flow_place_of_hash(h: u64, buckets: u32) -> FlowPlace {
+    let reduce = |x: u64| (((x >> 32) * u64::from(buckets)) >> 32) as u32;
     FlowPlace {
-        buckets: [reduce(h), reduce(h2)],
-        tag: h | 1,
+        buckets: [reduce(h), reduce(fmix64(h ^ 0x5851_f42d_4c95_7f2d))],
+        tag: (h as u32) | 1,
     }
 }
 
@@ -207,18 +209,24 @@ mod tests {
             let buckets = flow_buckets(flows);
             assert!(flow_capacity(buckets) >= flows);
             let mut load = std::vec![0u8; buckets as usize];
+            let mut tags = std::collections::HashSet::new();
             let mut overflow = 0;
+            let mut shared_tags = 0;
             for i in 0..flows {
                 let p = flow_place(&key(i.wrapping_mul(2_654_435_761)), buckets);
                 let [a, b] = p.buckets.map(|b| b as usize);
                 let t = if load[a] <= load[b] { a } else { b };
                 if (load[t] as usize) < FLOW_WAYS {
                     load[t] += 1;
+                    shared_tags += usize::from(!tags.insert((t, p.tag)));
                 } else {
                     overflow += 1;
                 }
             }
             assert_eq!(overflow, 0, "{flows} flows in {buckets} buckets");
+            // Tags independent of the bucket: two flows of one bucket share one about once in
+            // 2^31 pairs (the lookup tries two ways with the flow's tag).
+            assert_eq!(shared_tags, 0, "flows of one bucket with the same tag");
         }
     }
 }
