@@ -236,8 +236,10 @@ fn markdown(
           frame at fixed offsets and builds the balancer's `FlowKey`; a SYN inserts (kernel maps: \
           `BPF_NOEXIST` update, lookup on failure; set-associative: `flow_table::insert`), an ACK \
           looks up. Insert rows: a new flow per repetition (the wrapper's `vary_flow`); hit rows: \
-          the same flows again, replayed from the same per-CPU sequence, so every hit is a different \
-          flow. Tables interleaved round by round (order alternating), after one warm-up round.\n";
+          in each round a table first inserts that round's flows, then looks up the flows it \
+          inserted the round before (replayed from the same per-CPU sequence), so every hit is a \
+          different flow, inserted one run earlier. Tables interleaved round by round (order \
+          alternating), after one warm-up round of inserts.\n";
     s += "- States: empty = a fresh table (the rows insert at most 1/20 of it); with room = filled \
           to half its size first (the rows add at most 1/4); full = then filled with 1.5 × its size \
           (LRUs) or 2 × its ways (set-associative: every way of both buckets taken), so every \
@@ -253,7 +255,9 @@ fn markdown(
     s += "\n\n## Checks: what every measured run counted (`LB_BENCH_FT_STATS`)\n\n";
     s += "Insert rows: every SYN inserted (the full set-associative table: every SYN evicted); \
           hit rows: every ACK found its flow. Sums over the measured rounds; `failed` on the \
-          set-associative table with 2 CPUs: claims lost to the other CPU (reported, not errors).\n\n";
+          set-associative table with 2 CPUs: claims lost to the other CPU (the flow is not \
+          stored and would be forwarded without state; reported, and a hit row may miss exactly \
+          those flows).\n\n";
     s += checks;
     s
 }
