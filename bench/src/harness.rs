@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, ProgramArray},
     programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
 };
@@ -60,11 +60,34 @@ pub struct BenchFrame<'a> {
     pub vary_flow: bool,
 }
 
-/// The bench programs, next to a loaded data plane.
+/// The bench programs, next to a loaded data plane (or alone: [`XdpBench::load_alone`]).
 pub struct XdpBench<'a> {
-    dp: &'a mut Dataplane,
+    dp: Option<&'a mut Dataplane>,
     bench: Ebpf,
     frame: Vec<u8>,
+}
+
+impl XdpBench<'static> {
+    /// Loads the bench object alone, its maps as `loader` sizes them, with the wrapper's
+    /// programs and `programs` (programs of the bench object that need no data plane).
+    pub fn load_alone(
+        loader: &mut EbpfLoader<'_>,
+        programs: &[&'static str],
+    ) -> anyhow::Result<Self> {
+        let mut bench = loader
+            .load(BENCH_OBJECT)
+            .context("loading the bench object")?;
+        for program in [PROG_RESET, PROG_RESET_ONLY].iter().chain(programs) {
+            xdp_program(&mut bench, program)?
+                .load()
+                .with_context(|| format!("loading the bench program {program}"))?;
+        }
+        Ok(XdpBench {
+            dp: None,
+            bench,
+            frame: Vec::new(),
+        })
+    }
 }
 
 impl<'a> XdpBench<'a> {
@@ -77,10 +100,21 @@ impl<'a> XdpBench<'a> {
                 .with_context(|| format!("loading the bench program {program}"))?;
         }
         Ok(XdpBench {
-            dp,
+            dp: Some(dp),
             bench,
             frame: Vec::new(),
         })
+    }
+
+    /// The bench object (its maps, its programs).
+    pub fn object(&mut self) -> &mut Ebpf {
+        &mut self.bench
+    }
+
+    /// Puts the bench object's own program `name` (loaded) into the jump slot.
+    pub fn set_bench_program(&mut self, name: &'static str) -> anyhow::Result<()> {
+        let fd = program_fd(name, xdp_program(&mut self.bench, name)?)?;
+        put_in_jump_slot(&mut self.bench, name, &fd)
     }
 
     /// Sets the frame every repetition starts from.
@@ -114,7 +148,13 @@ impl<'a> XdpBench<'a> {
     /// Chooses the program `run` measures.
     pub fn set_target(&mut self, target: BenchTarget) -> anyhow::Result<()> {
         let (name, program) = match target {
-            BenchTarget::Balancer => (PROG_BALANCER, self.dp.balancer_program()),
+            BenchTarget::Balancer => (
+                PROG_BALANCER,
+                self.dp
+                    .as_deref_mut()
+                    .context("a bench loaded alone has no balancer")?
+                    .balancer_program(),
+            ),
             BenchTarget::Floor => (PROG_FLOOR, xdp_program(&mut self.bench, PROG_FLOOR)?),
         };
         let fd = program_fd(name, program)?;
@@ -137,13 +177,29 @@ impl<'a> XdpBench<'a> {
         self.run_program(PROG_RESET_ONLY, ifindex, repeat)
     }
 
+    /// [`XdpBench::run`] through a shared reference: several threads may run at once (each on
+    /// the CPU it is pinned to); `reset_only`: [`XdpBench::run_reset_only`].
+    pub fn run_shared(
+        &self,
+        reset_only: bool,
+        ifindex: u32,
+        repeat: u32,
+    ) -> anyhow::Result<BenchRun> {
+        let program = if reset_only {
+            PROG_RESET_ONLY
+        } else {
+            PROG_RESET
+        };
+        self.run_program(program, ifindex, repeat)
+    }
+
     fn run_program(
-        &mut self,
+        &self,
         program: &'static str,
         ifindex: u32,
         repeat: u32,
     ) -> anyhow::Result<BenchRun> {
-        let frame = self.frame.clone();
+        let frame = &self.frame;
         let mut out = vec![0u8; frame.len() + 256];
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
@@ -151,13 +207,18 @@ impl<'a> XdpBench<'a> {
             .flat_map(|w: &u32| w.to_ne_bytes())
             .collect();
         let opts = TestRunOptions {
-            data_in: Some(&frame),
+            data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: if ifindex == 0 { None } else { Some(&ctx) },
             repeat: repeat.max(1),
             ..Default::default()
         };
-        let result = xdp_program(&mut self.bench, program)?
+        let xdp: &Xdp = self
+            .bench
+            .program(program)
+            .and_then(|p| p.try_into().ok())
+            .with_context(|| format!("the bench object has no XDP program {program}"))?;
+        let result = xdp
             .test_run(opts)
             .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
         out.truncate(result.data_size_out as usize);
@@ -169,8 +230,13 @@ impl<'a> XdpBench<'a> {
     }
 
     /// The data plane under test (to write services, read counters).
+    ///
+    /// # Panics
+    /// On a bench loaded alone ([`XdpBench::load_alone`]), which has none.
     pub fn dataplane(&mut self) -> &mut Dataplane {
         self.dp
+            .as_deref_mut()
+            .expect("XdpBench::dataplane on a bench loaded alone")
     }
 }
 

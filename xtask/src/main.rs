@@ -66,6 +66,7 @@ enum Command {
     /// Build, then run the benchmarks of the `lb-bench` crate (`bench/`): `lb-xdp-bench` (ns per
     /// packet of the XDP balancer, BPF_PROG_TEST_RUN, then side by side with Katran built from
     /// `--katran DIR` / `$LB_BENCH_KATRAN`, written to docs/bench/xdp.{md,svg}), then
+    /// `lb-flowtable-bench` (the flow-table alternatives alone, docs/bench/flowtable.md), then
     /// `lb-zk-bench` (ZooKeeper control plane: write → map latency, cold start of 1,000 services)
     /// and `lb-nexthop-bench` (10,000 next hops through netlink). With `--e2e`, only `lb-e2e-bench`.
     Bench {
@@ -79,6 +80,10 @@ enum Command {
         /// HAProxy in the lab; writes `docs/bench/e2e.md` and `e2e.svg`).
         #[arg(long, conflicts_with_all = ["zk_only", "no_zk"])]
         e2e: bool,
+        /// Skip the flow-table benchmark (`lb-flowtable-bench`: 1 Mi and 16 Mi entries, a few
+        /// GB of maps).
+        #[arg(long)]
+        no_flowtable: bool,
         /// Passed on to the XDP benchmark, or with `--e2e` to the end-to-end one (e.g. `--rounds 5`, or for the XDP one `--katran DIR`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -138,6 +143,7 @@ fn main() -> anyhow::Result<()> {
             zk_only,
             no_zk,
             e2e,
+            no_flowtable,
             args,
         } => {
             build(&root)?;
@@ -147,6 +153,9 @@ fn main() -> anyhow::Result<()> {
             }
             if !zk_only {
                 run_bin(&cargo::release_bin(&root, "lb-xdp-bench"), &args, &root)?;
+                if !no_flowtable {
+                    run_bin(&cargo::release_bin(&root, "lb-flowtable-bench"), &[], &root)?;
+                }
             }
             if !no_zk {
                 run_bin(&cargo::release_bin(&root, "lb-zk-bench"), &[], &root)?;

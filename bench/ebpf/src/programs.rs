@@ -2,7 +2,7 @@
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
-use crate::{floor, reset};
+use crate::{floor, flowtable, reset};
 
 /// Restores the template frame, then tail-calls the program under test.
 #[xdp]
@@ -20,6 +20,30 @@ pub fn lb_reset_only(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_floor(ctx: XdpContext) -> u32 {
     floor::floor(&ctx)
+}
+
+/// The flow-table bench: an LRU hash with shared LRU lists.
+#[xdp]
+pub fn lb_ft_lru(ctx: XdpContext) -> u32 {
+    flowtable::lru(&ctx)
+}
+
+/// The flow-table bench: an LRU hash with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`).
+#[xdp]
+pub fn lb_ft_lru_percpu(ctx: XdpContext) -> u32 {
+    flowtable::lru_percpu(&ctx)
+}
+
+/// The flow-table bench: Katran's per-CPU LRU hashes in an array of maps.
+#[xdp]
+pub fn lb_ft_katran(ctx: XdpContext) -> u32 {
+    flowtable::katran(&ctx)
+}
+
+/// The flow-table bench: the set-associative table (`lb_ebpf::flow_table`).
+#[xdp]
+pub fn lb_ft_setassoc(ctx: XdpContext) -> u32 {
+    flowtable::setassoc(&ctx)
 }
 
 #[unsafe(link_section = "license")]

@@ -265,7 +265,7 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
         rounds: args.rounds,
         katran_missing,
         command,
-        machine: machine(),
+        machine: report::machine(),
     };
     write_docs(&args.docs, &results, &method, &lb_rows)
 }
@@ -300,22 +300,6 @@ fn write_docs(
         .with_context(|| format!("writing {}", svg.display()))?;
     println!("wrote {} and {}", md.display(), svg.display());
     Ok(())
-}
-
-/// Kernel release and CPU model, for the notes.
-fn machine() -> String {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown kernel".to_owned(), |s| s.trim().to_owned());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    format!("Linux {kernel}, {cpu}")
 }
 
 struct Measure<'a, 'b> {
