@@ -78,24 +78,29 @@ fn main() -> anyhow::Result<ExitCode> {
         "## Flow-table operation, ns (BPF_PROG_TEST_RUN)\n\n{table}\n{}",
         notes.join("\n")
     );
-    let problems: Vec<String> = rows
+    // (table, what failed): the kernel LRUs' failed checks are findings about them (an LRU
+    // evicts entries it inserted a moment ago); only lb's own table failing one is an error.
+    let problems: Vec<(Table, String)> = rows
         .iter()
         .flat_map(|r| {
             Table::ALL.iter().zip(&r.cells).flat_map(move |(t, c)| {
                 c.problems.iter().map(move |p| {
-                    format!(
-                        "{} {} CPU {} {}, {}: {p}",
-                        flowtable::size_name(r.entries),
-                        r.cpus,
-                        r.state.name(),
-                        r.op.name(),
-                        t.name()
+                    (
+                        *t,
+                        format!(
+                            "{} {} CPU {} {}, {}: {p}",
+                            flowtable::size_name(r.entries),
+                            r.cpus,
+                            r.state.name(),
+                            r.op.name(),
+                            t.name()
+                        ),
                     )
                 })
             })
         })
         .collect();
-    for p in &problems {
+    for (_, p) in &problems {
         eprintln!("lb-flowtable-bench: check failed: {p}");
     }
     let md = markdown(&args, &command, &date, &table, &checks, &notes, &rows);
@@ -104,7 +109,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let path = args.docs.join("flowtable.md");
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
-    Ok(if problems.is_empty() {
+    Ok(if problems.iter().all(|(t, _)| *t != Table::SetAssoc) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
