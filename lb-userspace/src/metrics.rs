@@ -122,14 +122,14 @@ pub fn render(status: &Status, daemon: &DaemonReport) -> Result<String, std::fmt
     let capacity = Gauge::<i64>::default();
     r.register(
         "flow_table_capacity",
-        "Entries the flow table holds at most (--flow-table-size); beyond it the LRU evicts",
+        "Connections the flow table is rated for (--flow-table-size); none is evicted up to it",
         capacity.clone(),
     );
     capacity.set(i64::from(status.flow_table_capacity));
     let evictions = Counter::<u64>::default();
     r.register(
         "flow_evictions",
-        "Flows the LRU flow table evicted to make room (inferred at each sweep; raise --flow-table-size)",
+        "Flows the flow table evicted to make room (flow_evicted, read at each sweep; raise --flow-table-size)",
         evictions.clone(),
     );
     let generation = Gauge::<i64>::default();

@@ -46,7 +46,7 @@ pub struct DaemonReport {
     pub last_apply_ms: Option<f64>,
     /// Flows in the table at the last sweep.
     pub flows: u64,
-    /// Flows the LRU flow table evicted to make room since start (inferred at each sweep).
+    /// Flows the flow table evicted to make room (`flow_evicted`, read at each sweep).
     pub flow_evictions: u64,
     /// Set while the daemon forwards the state file's state because its source could not deliver
     /// one at start-up; cleared by the source's first state.

@@ -31,7 +31,7 @@ pub struct Status {
     pub counters: BTreeMap<String, u64>,
     /// Entries in the flow table (established, half-open and closing).
     pub flows: usize,
-    /// Entries the flow table holds at most (`--flow-table-size`); the LRU evicts beyond it.
+    /// Connections the flow table is rated for (`--flow-table-size`); beyond it the oldest flow of a full bucket pair is evicted.
     #[serde(default)]
     pub flow_table_capacity: u32,
     /// What the running daemon reports; absent without one.
