@@ -260,15 +260,30 @@ struct PathSpec {
     full: bool,
 }
 
-/// Runs every path; `katran` is `None` when Katran could not be built or loaded.
+/// How much to measure.
+pub struct Plan<'a> {
+    /// Measurements per path and contender; the median is reported.
+    pub rounds: u32,
+    /// Repetitions per measurement.
+    pub repeat: u32,
+    /// Only the paths whose name contains this (tables are still filled as for every path).
+    pub paths: Option<&'a str>,
+}
+
+/// Runs every path of `plan`; `katran` is `None` when Katran could not be built or loaded.
 pub fn run(
     bench: &mut XdpBench<'_>,
     lb: &mut LbContender,
     katran: Option<&mut KatranContender>,
     ifindex: u32,
-    rounds: u32,
-    repeat: u32,
+    plan: Plan<'_>,
 ) -> anyhow::Result<Vec<PathResult>> {
+    let Plan {
+        rounds,
+        repeat,
+        paths,
+    } = plan;
+    let wanted = |spec: &PathSpec| paths.is_none_or(|p| spec.name.contains(p));
     let repeat = repeat.min(MAX_REPEAT);
     // Flows inserted into the large table before it is filled: less than half of it.
     let room_repeat = repeat.min(LARGE_TABLE / 2 / (rounds + 1));
@@ -295,7 +310,9 @@ pub fn run(
         repeat: room_repeat,
         full: false,
     };
-    results.push(m.path(&mut contenders, &spec)?);
+    if wanted(&spec) {
+        results.push(m.path(&mut contenders, &spec)?);
+    }
 
     for (table, full, established) in [
         (
@@ -321,7 +338,9 @@ pub fn run(
             repeat,
             full: true,
         };
-        results.push(m.path(&mut contenders, &spec)?);
+        if wanted(&spec) {
+            results.push(m.path(&mut contenders, &spec)?);
+        }
         let spec = PathSpec {
             name: established,
             kind: Kind::Established,
@@ -331,7 +350,9 @@ pub fn run(
             repeat,
             full: false,
         };
-        results.push(m.path(&mut contenders, &spec)?);
+        if wanted(&spec) {
+            results.push(m.path(&mut contenders, &spec)?);
+        }
     }
 
     let not_vip = lb_tests::xdp::frames::Tcp::v4(
@@ -355,7 +376,9 @@ pub fn run(
         repeat,
         full: false,
     };
-    results.push(m.path(&mut contenders, &spec)?);
+    if wanted(&spec) {
+        results.push(m.path(&mut contenders, &spec)?);
+    }
 
     const ORDER: [&str; 6] = [
         "established flow, 1 Mi table",

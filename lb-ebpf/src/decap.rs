@@ -15,6 +15,7 @@ use crate::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_IPIP, IPPROTO_IPV6, IPV6_HLEN, Ipv4Hdr,
         Ipv6Hdr, VlanHdr, parse_l2, ptr_at, read_at, words_v4, words_v6,
     },
+    stack::Aligned8,
     stats::count_decap,
 };
 
@@ -52,12 +53,12 @@ pub fn decap(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn is_local(addr: [u32; 4], family: u8) -> bool {
-    let key = DecapKey {
+    let key = Aligned8(DecapKey {
         addr,
         family,
         _pad: [0; 3],
-    };
-    LB_DECAP_ADDRS.get_ptr(key).is_some()
+    });
+    LB_DECAP_ADDRS.get_ptr(&key.0).is_some()
 }
 
 /// Whether tunnel packets from `src` (network order, IPv4 in the first 4 bytes) are accepted.

@@ -7,12 +7,9 @@
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{AF_INET, Counter};
 
-use crate::{
-    csum::ipv4_header_checksum,
-    parse::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
-        Ipv4Hdr, Ipv6Hdr, Packet, ptr_at,
-    },
+use crate::parse::{
+    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN, Packet,
+    ptr_at,
 };
 
 /// Where the encapsulated packet leaves (a route lookup's result, or fixed for the bench floor).
@@ -59,18 +56,38 @@ pub fn encapsulate(
     }
 }
 
+/// Stores `v` at byte `off` of the frame's first bytes (`base` is a bounds-checked packet pointer).
+/// One store instruction: the objects are generated with unaligned accesses allowed (`build.rs`).
 #[inline(always)]
-fn write_eth(ctx: &XdpContext, hop: &NextHop, ether_type: u16) -> Result<(), Counter> {
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::DropEncapFailed)?;
-    // SAFETY: bounds checked; alignment 1.
-    unsafe {
-        *eth = EthHdr {
-            dst: hop.dmac,
-            src: hop.smac,
-            ether_type: ether_type.to_be_bytes(),
-        }
-    };
-    Ok(())
+fn put<T>(base: *mut u8, off: usize, v: T) {
+    // SAFETY: the caller checked that `off + size_of::<T>()` bytes lie in the frame.
+    unsafe { core::ptr::write_unaligned(base.add(off).cast::<T>(), v) }
+}
+
+/// The Ethernet header toward the next hop: 14 bytes in four stores.
+#[inline(always)]
+fn write_eth(eth: *mut u8, hop: &NextHop, ether_type: u16) {
+    let d = hop.dmac;
+    let s = hop.smac;
+    put(eth, 0, u32::from_ne_bytes([d[0], d[1], d[2], d[3]]));
+    put(eth, 4, u32::from_ne_bytes([d[4], d[5], s[0], s[1]]));
+    put(eth, 8, u32::from_ne_bytes([s[2], s[3], s[4], s[5]]));
+    put(eth, 12, ether_type.to_be());
+}
+
+/// Folds the one's-complement sum of an IPv4 header's 16-bit words, given as five native-order
+/// 32-bit words (the sum does not depend on byte order, RFC 1071), into its checksum field value.
+#[inline(always)]
+fn ipv4_checksum(words: [u32; 5]) -> u16 {
+    let mut sum = 0u64;
+    for w in words {
+        sum += u64::from(w & 0xffff) + u64::from(w >> 16);
+    }
+    // Three folds always suffice for 10 words.
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
 
 #[inline(always)]
@@ -81,26 +98,22 @@ fn write_ipv4(
     dst: u32,
     hop: &NextHop,
 ) -> Result<(), Counter> {
-    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(Counter::DropEncapFailed)?;
-    write_eth(ctx, hop, ETH_P_IP)?;
+    let frame = ptr_at::<[u8; ETH_HLEN + IPV4_HLEN]>(ctx, 0).ok_or(Counter::DropEncapFailed)?;
+    let base = frame.cast::<u8>();
+    write_eth(base, hop, ETH_P_IP);
     let tot_len = (pkt.ip_len + IPV4_HLEN) as u16;
-    let mut hdr = Ipv4Hdr {
-        ver_ihl: 0x45,
-        tos: pkt.first_word[1],
-        tot_len: tot_len.to_be_bytes(),
-        id: [0; 2],
-        frag_off: IP_DF.to_be_bytes(),
-        ttl: pkt.ttl,
-        proto: IPPROTO_IPIP,
-        check: [0; 2],
-        src: src.to_ne_bytes(),
-        dst: dst.to_ne_bytes(),
-    };
-    // SAFETY: `Ipv4Hdr` is 20 bytes of `u8`s without padding.
-    let bytes: &[u8; IPV4_HLEN] = unsafe { &*(&hdr as *const Ipv4Hdr as *const [u8; IPV4_HLEN]) };
-    hdr.check = ipv4_header_checksum(bytes);
-    // SAFETY: bounds checked; alignment 1.
-    unsafe { *ip = hdr };
+    // The header as five words in memory order: version/IHL, TOS, total length; id, flags (DF);
+    // TTL, protocol, checksum (0 until computed); source; destination.
+    let w0 = 0x45 | (u32::from(pkt.first_word[1]) << 8) | (u32::from(tot_len.to_be()) << 16);
+    let w1 = u32::from(IP_DF.to_be()) << 16;
+    let w2 = u32::from(pkt.ttl) | (u32::from(IPPROTO_IPIP) << 8);
+    let check = ipv4_checksum([w0, w1, w2, src, dst]);
+    let ip = ETH_HLEN;
+    put(base, ip, w0);
+    put(base, ip + 4, w1);
+    put(base, ip + 8, w2 | (u32::from(check) << 16));
+    put(base, ip + 12, src);
+    put(base, ip + 16, dst);
     Ok(())
 }
 
@@ -112,31 +125,23 @@ fn write_ipv6(
     dst: &[u32; 4],
     hop: &NextHop,
 ) -> Result<(), Counter> {
-    let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN).ok_or(Counter::DropEncapFailed)?;
-    write_eth(ctx, hop, ETH_P_IPV6)?;
-    let hdr = Ipv6Hdr {
-        // Version, traffic class and flow label of the inner packet (Katran-style): ECMP on the way
-        // to the backend hashes the flow consistently.
-        vtc_flow: pkt.first_word,
-        payload_len: (pkt.ip_len as u16).to_be_bytes(),
-        next_header: IPPROTO_IPV6,
-        hop_limit: pkt.ttl,
-        src: words_to_bytes(src),
-        dst: words_to_bytes(dst),
-    };
-    // SAFETY: bounds checked; alignment 1.
-    unsafe { *ip = hdr };
+    let frame = ptr_at::<[u8; ETH_HLEN + IPV6_HLEN]>(ctx, 0).ok_or(Counter::DropEncapFailed)?;
+    let base = frame.cast::<u8>();
+    write_eth(base, hop, ETH_P_IPV6);
+    let ip = ETH_HLEN;
+    // Version, traffic class and flow label of the inner packet (Katran-style): ECMP on the way to
+    // the backend hashes the flow consistently.
+    put(base, ip, u32::from_ne_bytes(pkt.first_word));
+    put(
+        base,
+        ip + 4,
+        u32::from((pkt.ip_len as u16).to_be())
+            | (u32::from(IPPROTO_IPV6) << 16)
+            | (u32::from(pkt.ttl) << 24),
+    );
+    for i in 0..4 {
+        put(base, ip + 8 + 4 * i, src[i]);
+        put(base, ip + 24 + 4 * i, dst[i]);
+    }
     Ok(())
-}
-
-#[inline(always)]
-fn words_to_bytes(w: &[u32; 4]) -> [u8; 16] {
-    let a = w[0].to_ne_bytes();
-    let b = w[1].to_ne_bytes();
-    let c = w[2].to_ne_bytes();
-    let d = w[3].to_ne_bytes();
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
-        d[3],
-    ]
 }

@@ -25,6 +25,7 @@ use lb_ebpf::{
         self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr,
         Packet, VlanHdr, parse_l2, ptr_at, read_at, words_v4, words_v6,
     },
+    stack::Aligned8,
 };
 
 use crate::{
@@ -296,14 +297,14 @@ fn steer_v6(ctx: &XdpContext, l3_off: usize) -> Result<u64, Counter> {
 /// The quoted packet went VIP (`vip`, `ports.sport`) → client (`client`, `ports.dport`).
 #[inline(always)]
 fn steer(family: u8, vip: [u32; 4], client: [u32; 4], ports: &Ports) -> Result<u64, Counter> {
-    let vip_key = VipKey {
+    let vip_key = Aligned8(VipKey {
         addr: vip,
         port_be: u16::from_ne_bytes(ports.sport),
         proto: IPPROTO_TCP,
         family,
-    };
+    });
     // SAFETY: the value is copied out at once; userspace replaces entries whole.
-    let svc = unsafe { LB_SERVICES.get(&vip_key).copied() }.ok_or(Counter::DropVipUnbalanced)?;
+    let svc = unsafe { LB_SERVICES.get(&vip_key.0).copied() }.ok_or(Counter::DropVipUnbalanced)?;
     let key = FlowKey {
         src: client,
         dst: vip,

@@ -17,3 +17,5 @@ pub mod encap;
 pub mod flow_table;
 #[cfg(target_arch = "bpf")]
 pub mod parse;
+#[cfg(target_arch = "bpf")]
+pub mod stack;

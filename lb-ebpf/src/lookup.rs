@@ -8,19 +8,20 @@ use lb_common::{
 use crate::{
     maps::{LB_BACKENDS, LB_CONFIG, LB_SERVICES, LB_VIP_ADDRS, LB_VIP_FILTER},
     parse::Packet,
+    stack::Aligned8,
 };
 
 /// The service whose VIP the packet is addressed to.
 #[inline(always)]
 pub fn service_of(pkt: &Packet) -> Option<ServiceEntry> {
-    let key = VipKey {
+    let key = Aligned8(VipKey {
         addr: pkt.dst,
         port_be: pkt.dport_be,
         proto: IPPROTO_TCP,
         family: pkt.family,
-    };
+    });
     // SAFETY: the value is copied out at once; userspace replaces entries whole.
-    unsafe { LB_SERVICES.get(key).copied() }
+    unsafe { LB_SERVICES.get(&key.0).copied() }
 }
 
 /// Could `addr` be a VIP address? False for most addresses that are not (one array read, no
@@ -42,10 +43,11 @@ pub fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
     let tail = u32::from_ne_bytes([family, 0, 0, 0]);
     // SAFETY: `VipAddrKey` is `repr(C)`, 20 bytes of plain integers without implicit padding
     // (bytemuck `Pod` in lb-common); `transmute` checks the sizes match.
-    let key: VipAddrKey =
-        unsafe { core::mem::transmute([addr[0], addr[1], addr[2], addr[3], tail]) };
+    let key: Aligned8<VipAddrKey> = Aligned8(unsafe {
+        core::mem::transmute::<[u32; 5], VipAddrKey>([addr[0], addr[1], addr[2], addr[3], tail])
+    });
     // SAFETY: only the presence of the key is read.
-    unsafe { LB_VIP_ADDRS.get(&key).is_some() }
+    unsafe { LB_VIP_ADDRS.get(&key.0).is_some() }
 }
 
 #[inline(always)]

@@ -29,7 +29,7 @@ use aya_log_ebpf::debug;
 use lb_common::{Counter, ServiceEntry};
 
 // The modules of the library are reached as `crate::parse` etc., like the binary's own.
-use lb_ebpf::{encap, flow_table, parse};
+use lb_ebpf::{encap, flow_table, parse, stack};
 
 use crate::{
     parse::Packet,

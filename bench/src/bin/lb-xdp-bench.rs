@@ -60,6 +60,11 @@ struct Args {
     /// Where the Markdown table and the SVG chart go.
     #[arg(long, default_value_os_t = workspace_root().join("docs/bench"))]
     docs: PathBuf,
+    /// Only the side-by-side paths whose name contains this text (e.g. `established`): lb's own
+    /// table is skipped and nothing is written to `--docs` (for quick comparisons while working
+    /// on one path).
+    #[arg(long)]
+    paths: Option<String>,
 }
 
 /// The workspace this binary was built from (`bench/..`).
@@ -110,6 +115,9 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
     // As `lb run` does: established flows read the daemon's clock, not the kernel's.
     dp.start_clock()?;
     let mut bench = XdpBench::load(&mut dp)?;
+    if let Some(only) = &args.paths {
+        return side_by_side_only(args, &mut bench, ifindex, only);
+    }
     let mut m = Measure {
         bench: &mut bench,
         args,
@@ -256,8 +264,11 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
         &mut lb,
         katran.as_mut(),
         ifindex,
-        args.rounds,
-        args.repeat,
+        side_by_side::Plan {
+            rounds: args.rounds,
+            repeat: args.repeat,
+            paths: None,
+        },
     )?;
     println!("## Katran and lb, ns per packet (BPF_PROG_TEST_RUN)\n");
     println!("{}", report::table(&results));
@@ -268,6 +279,33 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
         machine: report::machine(),
     };
     write_docs(&args.docs, &results, &method, &lb_rows)
+}
+
+/// `--paths`: the side-by-side table of the matching paths alone, to stdout.
+fn side_by_side_only(
+    args: &Args,
+    bench: &mut XdpBench<'_>,
+    ifindex: u32,
+    only: &str,
+) -> anyhow::Result<()> {
+    let mut katran = prepare_katran(args)
+        .inspect_err(|e| eprintln!("lb-xdp-bench: Katran not measured, lb alone: {e:#}"))
+        .ok();
+    let mut lb = LbContender::load()?;
+    let results = side_by_side::run(
+        bench,
+        &mut lb,
+        katran.as_mut(),
+        ifindex,
+        side_by_side::Plan {
+            rounds: args.rounds,
+            repeat: args.repeat,
+            paths: Some(only),
+        },
+    )?;
+    ensure!(!results.is_empty(), "--paths {only:?} matches no path");
+    println!("{}", report::table(&results));
+    Ok(())
 }
 
 /// Builds Katran from `--katran` into `target/katran/`, loads it for this thread's CPU and
