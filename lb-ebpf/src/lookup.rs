@@ -11,17 +11,19 @@ use crate::{
     stack::Aligned8,
 };
 
-/// The service whose VIP the packet is addressed to.
+/// The service whose VIP the packet is addressed to, in place: no 40-byte copy in the caller's
+/// frame. Userspace replaces an entry whole (a hash map update makes a new element), and the old
+/// element stays valid until every program that may hold it has returned (RCU).
 #[inline(always)]
-pub fn service_of(pkt: &Packet) -> Option<ServiceEntry> {
+pub fn service_of(pkt: &Packet) -> Option<&'static ServiceEntry> {
     let key = Aligned8(VipKey {
         addr: pkt.dst,
         port_be: pkt.dport_be,
         proto: IPPROTO_TCP,
         family: pkt.family,
     });
-    // SAFETY: the value is copied out at once; userspace replaces entries whole.
-    unsafe { LB_SERVICES.get(&key.0).copied() }
+    // SAFETY: a hash map value lives until the program returns (see above); it is only read.
+    unsafe { LB_SERVICES.get(&key.0) }
 }
 
 /// Could `addr` be a VIP address? False for most addresses that are not (one array read, no
