@@ -89,7 +89,7 @@ fn balance(ctx: &XdpContext) -> u64 {
         count(Counter::PassNotVip);
         return u64::from(XDP_PASS);
     };
-    match forward(ctx, &pkt, svc) {
+    match forward(ctx, &pkt, &svc) {
         Ok(verdict) => u64::from(verdict),
         Err(Counter::DropMtu) => (TOO_BIG << 32) | u64::from(svc.id),
         Err(reason) => {
