@@ -56,8 +56,12 @@ pub const FLOWS_PER_BUCKET: u32 = 5;
 pub const FLOW_TABLE_SEED: u32 = 0x6c62_666c;
 /// A tag that marks a way as free (a used way's tag has its low bit set).
 pub const FLOW_TAG_FREE: u32 = 0;
-/// `FlowBucket::ages` are `now_ns >> FLOW_AGE_SHIFT` (about a second; wraps after 146 years).
-pub const FLOW_AGE_SHIFT: u32 = 30;
+/// `FlowBucket::ages` are `now_ns >> FLOW_AGE_SHIFT` (about a millisecond): fine enough that
+/// under a flood of new flows the ones inserted a run earlier are not taken for the oldest (with
+/// one-second ages a full table evicted among flows of the same second at random, 1-2 % of flows
+/// inserted milliseconds before). The u32 wraps after 52 days, so ages are compared by their
+/// distance from now ([`flow_staleness`]), not by value.
+pub const FLOW_AGE_SHIFT: u32 = 20;
 
 /// One way of a bucket: a flow and its state.
 #[repr(C)]
@@ -163,6 +167,15 @@ pub const fn flow_age(now_ns: u64) -> u32 {
     (now_ns >> FLOW_AGE_SHIFT) as u32
 }
 
+/// How long ago (in age units) a way stamped `age` was touched, seen at `now_age`: the wrapping
+/// distance, 0 for a stamp from the future (the daemon's clock may be a tick ahead of the
+/// kernel's). Right for stamps up to 26 days old; the sweeper frees idle flows long before.
+#[inline(always)]
+pub const fn flow_staleness(now_age: u32, age: u32) -> u32 {
+    let d = now_age.wrapping_sub(age) as i32;
+    if d < 0 { 0 } else { d as u32 }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -179,6 +192,18 @@ mod tests {
             family: 2,
             _pad: [0; 2],
         }
+    }
+
+    #[test]
+    fn staleness_is_the_distance_from_now_across_the_wrap() {
+        assert_eq!(flow_staleness(1000, 400), 600);
+        assert_eq!(
+            flow_staleness(5, u32::MAX - 4),
+            10,
+            "stamped before the wrap"
+        );
+        assert_eq!(flow_staleness(400, 401), 0, "a stamp a tick ahead of now");
+        assert_eq!(flow_age(3 << FLOW_AGE_SHIFT), 3);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use core::ptr::NonNull;
 
 use lb_common::{
     FLOW_F_COUNTED, FlowBucket, FlowEntry, FlowKey, FlowPlace,
-    flow::{FLOW_TAG_FREE, FLOW_WAYS, flow_age, flow_place},
+    flow::{FLOW_TAG_FREE, FLOW_WAYS, flow_age, flow_place, flow_staleness},
 };
 
 use aya_ebpf::maps::Array;
@@ -34,8 +34,8 @@ pub trait Buckets {
     fn map() -> &'static Array<FlowBucket>;
     /// A global function that returns [`scan_match`] of bucket `index`.
     fn matching(index: u32, tag: u32, from: u32) -> u64;
-    /// A global function that returns [`scan_victim`] of buckets `i0` and `i1`.
-    fn victim(i0: u32, i1: u32) -> u64;
+    /// A global function that returns [`scan_victim`] of buckets `i0` and `i1` at `now_age`.
+    fn victim(i0: u32, i1: u32, now_age: u32) -> u64;
 }
 
 /// A way of the table.
@@ -188,41 +188,43 @@ const SECOND: u64 = 1 << 8;
 /// [`scan_victim`]: the way is free (else its flow is evicted).
 const FREE: u64 = 1 << 9;
 
-/// A bucket's free ways and first free way, and its way touched longest ago and that way's age.
+/// A bucket's free ways and first free way, and its way touched longest ago (the first of
+/// equals) and how long ago, at `now_age`.
 #[inline(always)]
-fn scan(b: *mut FlowBucket) -> (u64, u64, u64, u64) {
+fn scan(b: *mut FlowBucket, now_age: u32) -> (u64, u64, u64, u64) {
     let mut free = 0u64;
     let mut first_free = 0u64;
     let mut oldest = 0u64;
-    let mut oldest_age = u64::MAX;
+    let mut staleness = 0u64;
     for w in (0..FLOW_WAYS).rev() {
         // SAFETY: map value pointer; `w` < FLOW_WAYS.
-        let (tag, age) = unsafe { ((*b).tags[w], u64::from((*b).ages[w])) };
+        let (tag, age) = unsafe { ((*b).tags[w], (*b).ages[w]) };
+        let stale = u64::from(flow_staleness(now_age, age));
         if tag == FLOW_TAG_FREE {
             free += 1;
             first_free = w as u64;
-        } else if age <= oldest_age {
-            oldest_age = age;
+        } else if stale >= staleness {
+            staleness = stale;
             oldest = w as u64;
         }
     }
-    (free, first_free, oldest, oldest_age)
+    (free, first_free, oldest, staleness)
 }
 
 /// The way a new flow takes in buckets `b0` / `b1`: a free way of the one with more free ways,
 /// else the way touched longest ago in either. Returns `FREE?` | `SECOND?` | way.
 #[inline(always)]
-pub fn scan_victim(b0: Option<*mut FlowBucket>, b1: Option<*mut FlowBucket>) -> u64 {
+pub fn scan_victim(b0: Option<*mut FlowBucket>, b1: Option<*mut FlowBucket>, now_age: u32) -> u64 {
     let (Some(b0), Some(b1)) = (b0, b1) else {
         return 0;
     };
-    let (free0, first0, old0, age0) = scan(b0);
-    let (free1, first1, old1, age1) = scan(b1);
+    let (free0, first0, old0, stale0) = scan(b0, now_age);
+    let (free1, first1, old1, stale1) = scan(b1, now_age);
     if free0 > 0 && free0 >= free1 {
         FREE | first0
     } else if free1 > 0 {
         FREE | SECOND | first1
-    } else if age1 < age0 {
+    } else if stale1 > stale0 {
         SECOND | old1
     } else {
         old0
@@ -275,7 +277,7 @@ pub fn insert<T: Buckets>(
     if let Some(w) = find::<T>(place, key) {
         return Insert::Exists(w);
     }
-    let victim = T::victim(place.buckets[0], place.buckets[1]);
+    let victim = T::victim(place.buckets[0], place.buckets[1], flow_age(now_ns));
     let index = if victim & SECOND == 0 {
         place.buckets[0]
     } else {

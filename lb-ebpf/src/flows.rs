@@ -24,8 +24,8 @@ impl Buckets for LbFlows {
     }
 
     #[inline(always)]
-    fn victim(i0: u32, i1: u32) -> u64 {
-        lb_flow_victim(i0, i1)
+    fn victim(i0: u32, i1: u32, now_age: u32) -> u64 {
+        lb_flow_victim(i0, i1, now_age)
     }
 }
 
@@ -39,6 +39,6 @@ pub extern "C" fn lb_flow_match(index: u32, tag: u32, from: u32) -> u64 {
 /// `scan_victim` of two `LB_FLOWS` buckets, as a global function (verified once, on its own).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn lb_flow_victim(i0: u32, i1: u32) -> u64 {
-    scan_victim(LB_FLOWS.get_ptr_mut(i0), LB_FLOWS.get_ptr_mut(i1))
+pub extern "C" fn lb_flow_victim(i0: u32, i1: u32, now_age: u32) -> u64 {
+    scan_victim(LB_FLOWS.get_ptr_mut(i0), LB_FLOWS.get_ptr_mut(i1), now_age)
 }

@@ -191,8 +191,8 @@ impl Buckets for BenchFlows {
     }
 
     #[inline(always)]
-    fn victim(i0: u32, i1: u32) -> u64 {
-        lb_bench_ft_victim(i0, i1)
+    fn victim(i0: u32, i1: u32, now_age: u32) -> u64 {
+        lb_bench_ft_victim(i0, i1, now_age)
     }
 }
 
@@ -206,10 +206,11 @@ pub extern "C" fn lb_bench_ft_match(index: u32, tag: u32, from: u32) -> u64 {
 /// `scan_victim` of two `LB_BENCH_FT_SETASSOC` buckets, as a global function.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn lb_bench_ft_victim(i0: u32, i1: u32) -> u64 {
+pub extern "C" fn lb_bench_ft_victim(i0: u32, i1: u32, now_age: u32) -> u64 {
     scan_victim(
         LB_BENCH_FT_SETASSOC.get_ptr_mut(i0),
         LB_BENCH_FT_SETASSOC.get_ptr_mut(i1),
+        now_age,
     )
 }
 
@@ -221,6 +222,8 @@ pub fn setassoc(ctx: &XdpContext) -> u32 {
     // SAFETY: a read-only global, set at load.
     let buckets = unsafe { core::ptr::read_volatile(&LB_BENCH_FT_BUCKETS) };
     let place = flow_table::place(&key, buckets);
+    // As the balancer does: both buckets' first lines are loaded at once, so their misses overlap.
+    flow_table::warm::<BenchFlows>(&place);
     if !syn {
         return verdict(match flow_table::find::<BenchFlows>(&place, &key) {
             Some(_) => FtOutcome::Hit,
