@@ -258,18 +258,7 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
             (None, Some(format!("{e:#}")))
         }
     };
-    let mut lb = LbContender::load()?;
-    let results = side_by_side::run(
-        m.bench,
-        &mut lb,
-        katran.as_mut(),
-        ifindex,
-        side_by_side::Plan {
-            rounds: args.rounds,
-            repeat: args.repeat,
-            paths: None,
-        },
-    )?;
+    let results = side_by_side(args, m.bench, katran.as_mut(), ifindex, None)?;
     println!("## Katran and lb, ns per packet (BPF_PROG_TEST_RUN)\n");
     println!("{}", report::table(&results));
     let method = Method {
@@ -279,6 +268,28 @@ fn run(args: &Args, ifindex: u32) -> anyhow::Result<()> {
         machine: report::machine(),
     };
     write_docs(&args.docs, &results, &method, &lb_rows)
+}
+
+/// lb (a fresh pair of data planes) and Katran, if loaded, on the paths `paths` picks (all: `None`).
+fn side_by_side(
+    args: &Args,
+    bench: &mut XdpBench<'_>,
+    katran: Option<&mut KatranContender>,
+    ifindex: u32,
+    paths: Option<&str>,
+) -> anyhow::Result<Vec<side_by_side::PathResult>> {
+    let mut lb = LbContender::load()?;
+    side_by_side::run(
+        bench,
+        &mut lb,
+        katran,
+        ifindex,
+        side_by_side::Plan {
+            rounds: args.rounds,
+            repeat: args.repeat,
+            paths,
+        },
+    )
 }
 
 /// `--paths`: the side-by-side table of the matching paths alone, to stdout.
@@ -291,18 +302,7 @@ fn side_by_side_only(
     let mut katran = prepare_katran(args)
         .inspect_err(|e| eprintln!("lb-xdp-bench: Katran not measured, lb alone: {e:#}"))
         .ok();
-    let mut lb = LbContender::load()?;
-    let results = side_by_side::run(
-        bench,
-        &mut lb,
-        katran.as_mut(),
-        ifindex,
-        side_by_side::Plan {
-            rounds: args.rounds,
-            repeat: args.repeat,
-            paths: Some(only),
-        },
-    )?;
+    let results = side_by_side(args, bench, katran.as_mut(), ifindex, Some(only))?;
     ensure!(!results.is_empty(), "--paths {only:?} matches no path");
     println!("{}", report::table(&results));
     Ok(())

@@ -39,13 +39,7 @@ fn a_service_is_read_from_its_slot_unless_the_slot_is_being_written() {
         let slot = vip_slot(&key);
         assert!(slot < VIP_TABLE_SLOTS);
         let held = f.dp.maps().vip_slot(slot).unwrap();
-        let (_, entry) =
-            f.dp.maps()
-                .services()
-                .unwrap()
-                .into_iter()
-                .find(|(k, _)| *k == key)
-                .expect("VIP4's service");
+        let entry = service_entry(&f, &key);
         assert_eq!((held.key, held.entry), (key, entry), "the slot holds VIP4");
         assert_eq!(held.seq & 1, 0, "a finished write leaves the sequence even");
 
@@ -104,17 +98,20 @@ fn a_service_is_read_from_its_slot_unless_the_slot_is_being_written() {
     });
 }
 
+/// The service of `key` as `LB_SERVICES` holds it.
+fn service_entry(f: &Fixture, key: &VipKey) -> ServiceEntry {
+    f.dp.maps()
+        .services()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, e)| e)
+        .expect("the service")
+}
+
 /// The backend ids VIP4's service uses (from its table).
 fn f_ids(f: &Fixture) -> Vec<u32> {
-    let key = key_of(VIP4);
-    let (_, entry) =
-        f.dp.maps()
-            .services()
-            .unwrap()
-            .into_iter()
-            .find(|(k, _)| *k == key)
-            .expect("VIP4's service");
-    let mut ids = f.dp.maps().table(&entry).unwrap();
+    let mut ids = f.dp.maps().table(&service_entry(f, &key_of(VIP4))).unwrap();
     ids.sort_unstable();
     ids.dedup();
     ids
