@@ -30,8 +30,10 @@ pub static LB_VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS,
 #[map]
 pub static LB_SVC_META: Array<ServiceMeta> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
+/// `BPF_F_MMAPABLE`: `lb status`, scrapes and adoption copy it through a read-only mapping.
 #[map]
-pub static LB_BACKENDS: Array<BackendEntry> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static LB_BACKENDS: Array<BackendEntry> =
+    Array::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
 
 /// The pool of service tables: backend ids, `SCHEDULE_IDS_PER_ENTRY` (2) per element so the pool is
 /// one dense `u32` array. Userspace writes tables through an mmap of it, hence `BPF_F_MMAPABLE`.
@@ -52,8 +54,9 @@ pub static LB_PERSIST: LruHashMap<PersistKey, PersistEntry> =
     LruHashMap::with_max_entries(DEFAULT_PERSIST_TABLE_SIZE, 0);
 
 /// Shared across CPUs (least-conn must see every CPU's connections), so updated atomically.
+/// `BPF_F_MMAPABLE` for the same readers as `LB_BACKENDS`.
 #[map]
-pub static LB_BE_CONNS: Array<u64> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static LB_BE_CONNS: Array<u64> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
 
 #[map]
 pub static LB_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);

@@ -43,6 +43,17 @@ pub enum DataplaneError {
         expected: u32,
     },
 
+    #[error(
+        "the maps pinned in {dir} have layout version {found}, this `lb` reads version \
+         {expected}: run the `lb` of the daemon that pinned them (`lb version` prints a binary's \
+         layout), or restart that daemon with this build after `lb detach`"
+    )]
+    OtherLayout {
+        dir: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+
     #[error("pinning the XDP link on {iface} at {path} failed: {reason}")]
     PinLink {
         iface: String,

@@ -8,6 +8,7 @@ mod flow_table;
 mod forwarding;
 mod kernel_log;
 mod map_writer;
+mod mapped_array;
 mod mmap;
 mod pins;
 mod schedule;

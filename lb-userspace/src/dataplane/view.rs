@@ -18,7 +18,8 @@ use lb_common::{
 use crate::plan::{PinnedService, PinnedState};
 
 use super::{
-    DataplaneError, batch, error::map_op, flow_table::FlowTableMmap, schedule::ScheduleMmap,
+    DataplaneError, batch, error::map_op, flow_table::FlowTableMmap, mapped_array::MappedArray,
+    schedule::ScheduleMmap,
 };
 
 /// What a view may write.
@@ -39,6 +40,8 @@ pub struct MapsView {
     pub(crate) vip_filter: Array<MapData, u64>,
     pub(crate) service_meta: Array<MapData, ServiceMeta>,
     pub(crate) backends: Array<MapData, BackendEntry>,
+    /// `LB_BACKENDS` mapped read-only: whole-array reads are one copy.
+    backends_mapped: MappedArray<BackendEntry>,
     pub(crate) schedule: ScheduleMmap,
     // Kept so the view owns every map; read and swept through `flow_table`.
     #[allow(dead_code)]
@@ -48,6 +51,8 @@ pub struct MapsView {
     #[allow(dead_code)]
     pub(crate) persist: HashMap<MapData, PersistKey, PersistEntry>,
     pub(crate) backend_conns: Array<MapData, u64>,
+    /// `LB_BE_CONNS` mapped read-only (the program updates it atomically; reads copy it).
+    conns_mapped: MappedArray<u64>,
     #[allow(dead_code)]
     pub(crate) cursors: PerCpuArray<MapData, u32>,
     pub(crate) stats: PerCpuArray<MapData, u64>,
@@ -110,6 +115,18 @@ impl MapsView {
             flow_buckets,
             access != Access::ReadOnly,
         )?;
+        let backends_mapped = MappedArray::new(
+            backends.map().fd().as_fd(),
+            maps::BACKENDS,
+            capacity.max_backends,
+        )?;
+        let backend_conns: Array<_, u64> =
+            typed(maps::BACKEND_CONNS, source(maps::BACKEND_CONNS)?)?;
+        let conns_mapped = MappedArray::new(
+            backend_conns.map().fd().as_fd(),
+            maps::BACKEND_CONNS,
+            capacity.max_backends,
+        )?;
 
         Ok(MapsView {
             services,
@@ -117,11 +134,13 @@ impl MapsView {
             vip_filter: typed(maps::VIP_FILTER, source(maps::VIP_FILTER)?)?,
             service_meta: typed(maps::SERVICE_META, source(maps::SERVICE_META)?)?,
             backends,
+            backends_mapped,
             schedule,
             flows,
             flow_table,
             persist,
-            backend_conns: typed(maps::BACKEND_CONNS, source(maps::BACKEND_CONNS)?)?,
+            backend_conns,
+            conns_mapped,
             cursors: typed(maps::CURSORS, source(maps::CURSORS)?)?,
             stats: typed(maps::STATS, source(maps::STATS)?)?,
             service_stats: typed(maps::SERVICE_STATS, source(maps::SERVICE_STATS)?)?,
@@ -149,6 +168,16 @@ impl MapsView {
         if !pin_dir.exists() {
             return Err(DataplaneError::NoPinDir {
                 dir: pin_dir.to_path_buf(),
+            });
+        }
+        // Maps of another layout would be misread (or fail to map): say which binary reads them.
+        if let Some(found) = super::pinned_layout_version(pin_dir)
+            && found != lb_common::layout::LAYOUT_VERSION
+        {
+            return Err(DataplaneError::OtherLayout {
+                dir: pin_dir.to_path_buf(),
+                found,
+                expected: lb_common::layout::LAYOUT_VERSION,
             });
         }
         Self::from_source(
@@ -300,11 +329,7 @@ impl MapsView {
 
     /// Every backend's active-connection count, indexed by backend id.
     pub fn all_backend_conns(&self) -> Result<Vec<u64>, DataplaneError> {
-        read_all(
-            &self.backend_conns,
-            self.capacity.max_backends,
-            maps::BACKEND_CONNS,
-        )
+        Ok(self.conns_mapped.read(self.capacity.max_backends))
     }
 
     pub fn set_backend_conns(&mut self, id: u32, conns: u64) -> Result<(), DataplaneError> {
@@ -321,17 +346,16 @@ impl MapsView {
 
     /// Every backend slot up to the last valid one (ids are given out lowest first, so the slots
     /// beyond are unused), its connection count and its traffic (summed over CPUs), index by
-    /// index: batch reads of the arrays instead of three lookups per slot.
+    /// index: entries and counts copied from the arrays' mappings, traffic in batch reads.
     pub fn backend_slots(&self) -> Result<Vec<BackendSlot>, DataplaneError> {
-        let len = self.capacity.max_backends;
-        let mut entries = read_all::<BackendEntry>(&self.backends, len, maps::BACKENDS)?;
+        let mut entries = self.backends_mapped.read(self.capacity.max_backends);
         let used = entries
             .iter()
             .rposition(|b| b.flags & BACKEND_F_VALID != 0)
             .map_or(0, |last| last + 1);
         entries.truncate(used);
         let used = used as u32;
-        let conns = read_all::<u64>(&self.backend_conns, used, maps::BACKEND_CONNS)?;
+        let conns = self.conns_mapped.read(used);
         let stats = read_traffic(&self.backend_stats, used, maps::BACKEND_STATS)?;
         Ok(entries
             .into_iter()
@@ -362,8 +386,7 @@ impl MapsView {
                 })
             })
             .collect::<Result<Vec<_>, DataplaneError>>()?;
-        let entries =
-            read_all::<BackendEntry>(&self.backends, self.capacity.max_backends, maps::BACKENDS)?;
+        let entries = self.backends_mapped.read(self.capacity.max_backends);
         let backends: BTreeMap<u32, BackendEntry> = (0u32..)
             .zip(entries)
             .filter(|(_, b)| b.flags & BACKEND_F_VALID != 0)
