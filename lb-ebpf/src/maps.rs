@@ -68,9 +68,13 @@ pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 pub static LB_SVC_STATS: PerCpuArray<TrafficStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
+/// Per CPU as a plain array, CPU-major: CPU c's counters are elements
+/// `c * LB_BE_STATS_STRIDE ..` (`stats::backend_traffic`). Userspace sizes it to max backends ×
+/// possible CPUs (the default here is one CPU's) and reads it through a mapping: a per-CPU array
+/// costs the kernel one allocation per element at creation and one copy per element per read.
 #[map]
-pub static LB_BE_STATS: PerCpuArray<TrafficStats> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static LB_BE_STATS: Array<TrafficStats> =
+    Array::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
 
 /// Mapped into `lb run`'s memory (`BPF_F_MMAPABLE`): its clock thread stores `now_ns` there.
 #[map]

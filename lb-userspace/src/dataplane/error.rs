@@ -184,6 +184,18 @@ pub enum DataplaneError {
     #[error("invalid capacity: {0}")]
     Capacity(&'static str),
 
+    #[error(
+        "{map} holds {entries} elements, not its {per_cpu} backend slots for each of the {cpus} \
+         possible CPUs: the maps are not this layout's; drain this host, `lb detach`, then start \
+         `lb run` again"
+    )]
+    PerCpuShape {
+        map: &'static str,
+        entries: u32,
+        per_cpu: u32,
+        cpus: u32,
+    },
+
     #[error("forwarding kernel logs failed: {0}")]
     KernelLog(String),
 

@@ -1,7 +1,7 @@
-//! A `BPF_F_MMAPABLE` array of plain values (`LB_BACKENDS`, `LB_BE_CONNS`) mapped read-only, so
-//! `lb status`, scrapes, sweeps and adoption copy the slots they need in one `memcpy` instead of
-//! having the kernel copy and check them element by element (`BPF_MAP_LOOKUP_BATCH`). Writes still
-//! go through map updates.
+//! A `BPF_F_MMAPABLE` array of plain values (`LB_BACKENDS`, `LB_BE_CONNS`, `LB_BE_STATS`) mapped
+//! read-only, so `lb status`, scrapes, sweeps and adoption copy the slots they need in one
+//! `memcpy` instead of having the kernel copy and check them element by element
+//! (`BPF_MAP_LOOKUP_BATCH`). Writes still go through map updates.
 
 use std::marker::PhantomData;
 use std::os::fd::BorrowedFd;
@@ -39,13 +39,23 @@ impl<T: bytemuck::Pod> MappedArray<T> {
     /// Copies of elements `0..len` (at most the array's length), as they are now: an element
     /// being rewritten meanwhile may be seen half old, half new, as with a batch lookup.
     pub(crate) fn read(&self, len: u32) -> Vec<T> {
-        let len = len.min(self.len) as usize;
+        self.read_range(0, len)
+    }
+
+    /// Copies of elements `start..start + len`, cut at the array's end.
+    pub(crate) fn read_range(&self, start: u32, len: u32) -> Vec<T> {
+        let start = start.min(self.len);
+        let len = len.min(self.len - start) as usize;
         let mut out = vec![T::zeroed(); len];
         // SAFETY: the mapping covers `self.len` values of `T` (the kernel checked its size at
-        // mmap), `len` ≤ that, and `T` is plain data.
+        // mmap), `start + len` ≤ that, and `T` is plain data.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                self.mapping.base().cast::<T>().cast_const(),
+                self.mapping
+                    .base()
+                    .cast::<T>()
+                    .cast_const()
+                    .add(start as usize),
                 out.as_mut_ptr(),
                 len,
             );

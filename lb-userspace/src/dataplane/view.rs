@@ -57,7 +57,12 @@ pub struct MapsView {
     pub(crate) cursors: PerCpuArray<MapData, u32>,
     pub(crate) stats: PerCpuArray<MapData, u64>,
     pub(crate) service_stats: PerCpuArray<MapData, TrafficStats>,
-    pub(crate) backend_stats: PerCpuArray<MapData, TrafficStats>,
+    /// Per CPU as a plain array (`max_backends` slots per CPU, CPU-major); zeroed through it.
+    pub(crate) backend_stats: Array<MapData, TrafficStats>,
+    /// `LB_BE_STATS` mapped read-only: every CPU's slots read in one copy each.
+    backend_stats_mapped: MappedArray<TrafficStats>,
+    /// The possible CPUs, each with its part of `LB_BE_STATS`.
+    cpus: u32,
     pub(crate) config: Array<MapData, LbConfig>,
     pub(crate) decap_addrs: HashMap<MapData, DecapKey, u32>,
     pub(crate) decap_stats: PerCpuArray<MapData, u64>,
@@ -120,6 +125,23 @@ impl MapsView {
             maps::BACKENDS,
             capacity.max_backends,
         )?;
+        let backend_stats: Array<_, TrafficStats> =
+            typed(maps::BACKEND_STATS, source(maps::BACKEND_STATS)?)?;
+        let cpus = u32::try_from(super::possible_cpus()?).unwrap_or(u32::MAX);
+        let stats_entries = max_entries(maps::BACKEND_STATS, &backend_stats)?;
+        if u64::from(stats_entries) != u64::from(capacity.max_backends) * u64::from(cpus) {
+            return Err(DataplaneError::PerCpuShape {
+                map: maps::BACKEND_STATS,
+                entries: stats_entries,
+                per_cpu: capacity.max_backends,
+                cpus,
+            });
+        }
+        let backend_stats_mapped = MappedArray::new(
+            backend_stats.map().fd().as_fd(),
+            maps::BACKEND_STATS,
+            stats_entries,
+        )?;
         let backend_conns: Array<_, u64> =
             typed(maps::BACKEND_CONNS, source(maps::BACKEND_CONNS)?)?;
         let conns_mapped = MappedArray::new(
@@ -144,7 +166,9 @@ impl MapsView {
             cursors: typed(maps::CURSORS, source(maps::CURSORS)?)?,
             stats: typed(maps::STATS, source(maps::STATS)?)?,
             service_stats: typed(maps::SERVICE_STATS, source(maps::SERVICE_STATS)?)?,
-            backend_stats: typed(maps::BACKEND_STATS, source(maps::BACKEND_STATS)?)?,
+            backend_stats,
+            backend_stats_mapped,
+            cpus,
             config: typed(maps::CONFIG, source(maps::CONFIG)?)?,
             decap_addrs: typed(maps::DECAP_ADDRS, source(maps::DECAP_ADDRS)?)?,
             decap_stats: typed(maps::DECAP_STATS, source(maps::DECAP_STATS)?)?,
@@ -292,7 +316,36 @@ impl MapsView {
 
     /// Traffic of a backend, summed over CPUs.
     pub fn backend_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError> {
-        sum_traffic(&self.backend_stats, id, maps::BACKEND_STATS)
+        if id >= self.capacity.max_backends {
+            return Err(DataplaneError::OutOfRange {
+                map: maps::BACKEND_STATS,
+                index: u64::from(id),
+                len: 1,
+                capacity: u64::from(self.capacity.max_backends),
+            });
+        }
+        Ok(self.all_backend_stats(id + 1).pop().unwrap_or_default())
+    }
+
+    /// Traffic of backends `0..len`, summed over CPUs: one copy of each CPU's slots.
+    fn all_backend_stats(&self, len: u32) -> Vec<TrafficStats> {
+        let per_cpu = self.capacity.max_backends;
+        let len = len.min(per_cpu);
+        let mut total = vec![TrafficStats::default(); len as usize];
+        for cpu in 0..self.cpus {
+            let part = self
+                .backend_stats_mapped
+                .read_range(cpu.saturating_mul(per_cpu), len);
+            for (sum, one) in total.iter_mut().zip(&part) {
+                sum.add(one);
+            }
+        }
+        total
+    }
+
+    /// Elements of `LB_BE_STATS` (every CPU's slots).
+    pub(crate) fn backend_stats_entries(&self) -> u32 {
+        self.capacity.max_backends.saturating_mul(self.cpus)
     }
 
     /// The table a service entry points at.
@@ -346,7 +399,7 @@ impl MapsView {
 
     /// Every backend slot up to the last valid one (ids are given out lowest first, so the slots
     /// beyond are unused), its connection count and its traffic (summed over CPUs), index by
-    /// index: entries and counts copied from the arrays' mappings, traffic in batch reads.
+    /// index: copied from the arrays' mappings.
     pub fn backend_slots(&self) -> Result<Vec<BackendSlot>, DataplaneError> {
         let mut entries = self.backends_mapped.read(self.capacity.max_backends);
         let used = entries
@@ -356,7 +409,7 @@ impl MapsView {
         entries.truncate(used);
         let used = used as u32;
         let conns = self.conns_mapped.read(used);
-        let stats = read_traffic(&self.backend_stats, used, maps::BACKEND_STATS)?;
+        let stats = self.all_backend_stats(used);
         Ok(entries
             .into_iter()
             .zip(conns)
