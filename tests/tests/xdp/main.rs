@@ -1359,6 +1359,8 @@ fn pinned_maps_are_readable_without_the_daemon() {
     let bigger = LoadOptions {
         capacity: Capacity {
             max_services: tiny_capacity().max_services * 2,
+            // LB_BE_STATS's per-CPU stride stays the pinned maps' max backends.
+            max_backends: tiny_capacity().max_backends * 2,
             ..tiny_capacity()
         },
         ..opts.clone()
