@@ -6,7 +6,7 @@
 //! fails when a shared type's size changes, as a reminder.
 
 /// The layout of the maps this build creates and can adopt.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 #[cfg(test)]
 mod tests {
@@ -32,13 +32,16 @@ mod tests {
             size_of::<DecapKey>(),
             size_of::<DecapSrcKey>(),
             size_of::<VipAddrKey>(),
+            size_of::<VipSlot>(),
             Counter::COUNT as usize,
         ];
         assert_eq!(
             (LAYOUT_VERSION, sizes),
             (
-                7,
-                [20, 40, 88, 32, 40, 16, 512, 24, 16, 32, 48, 20, 17, 20, 30]
+                8,
+                [
+                    20, 40, 88, 32, 40, 16, 512, 24, 16, 32, 48, 20, 17, 20, 64, 30
+                ]
             ),
             "a shared type changed: bump LAYOUT_VERSION, then update this test"
         );

@@ -28,7 +28,7 @@ pub use flow::{
     FlowSlot,
 };
 pub use persist::{PersistEntry, PersistKey};
-pub use service::{Scheduler, ServiceEntry, ServiceMeta, VipAddrKey, VipKey};
+pub use service::{Scheduler, ServiceEntry, ServiceMeta, VipAddrKey, VipKey, VipSlot};
 pub use stats::{Counter, TrafficStats};
 
 /// Implements `aya::Pod` for shared types (userspace only). bytemuck already proved them hole-free.
@@ -40,6 +40,7 @@ mod user_pod {
     aya_pod!(
         crate::VipKey,
         crate::VipAddrKey,
+        crate::VipSlot,
         crate::ServiceEntry,
         crate::ServiceMeta,
         crate::BackendEntry,

@@ -6,6 +6,8 @@ pub const SERVICES: &str = "LB_SERVICES";
 pub const VIP_ADDRS: &str = "LB_VIP_ADDRS";
 /// A bitmap of the VIP addresses' hashes (`service::vip_filter_bit`), checked before any lookup.
 pub const VIP_FILTER: &str = "LB_VIP_FILTER";
+/// A direct-mapped copy of `LB_SERVICES` (`service::VipSlot`), read before it.
+pub const VIP_TABLE: &str = "LB_VIP_TABLE";
 pub const SERVICE_META: &str = "LB_SVC_META";
 pub const BACKENDS: &str = "LB_BACKENDS";
 pub const SCHEDULE: &str = "LB_SCHEDULE";

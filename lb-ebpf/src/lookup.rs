@@ -2,16 +2,19 @@
 
 use lb_common::{
     BACKEND_F_DOWN, BACKEND_F_DRAINING, BACKEND_F_VALID, BackendEntry, FlowKey, IPPROTO_TCP,
-    LbConfig, ServiceEntry, VipAddrKey, VipKey, service::vip_filter_bit,
+    LbConfig, ServiceEntry, VipAddrKey, VipKey,
+    service::{vip_filter_bit, vip_slot},
 };
 
 use crate::{
-    maps::{LB_BACKENDS, LB_CONFIG, LB_SERVICES, LB_VIP_ADDRS, LB_VIP_FILTER},
+    maps::{LB_BACKENDS, LB_CONFIG, LB_SERVICES, LB_VIP_ADDRS, LB_VIP_FILTER, LB_VIP_TABLE},
     parse::Packet,
     stack::Aligned8,
 };
 
-/// The service whose VIP the packet is addressed to.
+/// The service whose VIP the packet is addressed to: from its `LB_VIP_TABLE` slot when the slot
+/// holds it (a few loads and compares), else from `LB_SERVICES` (a helper call that hashes the
+/// key).
 #[inline(always)]
 pub fn service_of(pkt: &Packet) -> Option<ServiceEntry> {
     let key = Aligned8(VipKey {
@@ -20,8 +23,43 @@ pub fn service_of(pkt: &Packet) -> Option<ServiceEntry> {
         proto: IPPROTO_TCP,
         family: pkt.family,
     });
+    if let Some(entry) = from_vip_table(&key.0) {
+        return Some(entry);
+    }
     // SAFETY: the value is copied out at once; userspace replaces entries whole.
     unsafe { LB_SERVICES.get(&key.0).copied() }
+}
+
+/// The service of `key` from its `LB_VIP_TABLE` slot: a seqlock read (see `VipSlot`). `None` when
+/// the slot holds another VIP or none, or userspace changed it meanwhile.
+#[inline(always)]
+fn from_vip_table(key: &VipKey) -> Option<ServiceEntry> {
+    let slot = LB_VIP_TABLE.get_ptr(vip_slot(key))?;
+    // Volatile reads: LLVM keeps them in program order, and x86 does not reorder loads.
+    // SAFETY: `slot` is a map value pointer; `VipSlot` is `repr(C)` u32 words (no padding).
+    let word = |i: usize| unsafe { core::ptr::read_volatile(slot.cast::<u32>().add(i)) };
+    let seq = word(0);
+    if seq & 1 != 0 {
+        return None;
+    }
+    let want = (key as *const VipKey).cast::<u32>();
+    let mut diff = 0;
+    for i in 0..5 {
+        // SAFETY: `VipKey` is five u32 words (repr(C), no padding).
+        diff |= word(1 + i) ^ unsafe { *want.add(i) };
+    }
+    if diff != 0 {
+        return None;
+    }
+    let mut entry = [0u32; 10];
+    for (i, w) in entry.iter_mut().enumerate() {
+        *w = word(6 + i);
+    }
+    if word(0) != seq {
+        return None;
+    }
+    // SAFETY: `ServiceEntry` is `repr(C)`, ten u32 fields; `transmute` checks the size.
+    Some(unsafe { core::mem::transmute::<[u32; 10], ServiceEntry>(entry) })
 }
 
 /// Could `addr` be a VIP address? False for most addresses that are not (one array read, no

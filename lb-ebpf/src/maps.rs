@@ -8,14 +8,14 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendEntry, Counter, DecapCounter, DecapKey, DecapSrcKey, FlowBucket, LbConfig, PersistEntry,
-    PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipAddrKey, VipKey,
+    PersistKey, ServiceEntry, ServiceMeta, TrafficStats, VipAddrKey, VipKey, VipSlot,
     flow::flow_buckets,
     limits::{
         DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_VIP_ADDRS,
         DEFAULT_PERSIST_TABLE_SIZE, DEFAULT_TABLE_SIZE, MAX_DECAP_ADDRS, MAX_DECAP_ALLOW_PREFIXES,
         SCHEDULE_IDS_PER_ENTRY, SPARE_TABLE_SLOTS,
     },
-    service::VIP_FILTER_WORDS,
+    service::{VIP_FILTER_WORDS, VIP_TABLE_SLOTS},
 };
 
 #[map]
@@ -25,6 +25,10 @@ pub static LB_SERVICES: HashMap<VipKey, ServiceEntry> =
 /// `lb_common::service::vip_filter_bit` of every VIP address set (userspace, with `LB_VIP_ADDRS`).
 #[map]
 pub static LB_VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
+/// A direct-mapped copy of `LB_SERVICES` (`lb_common::service::VipSlot`), read first.
+#[map]
+pub static LB_VIP_TABLE: Array<VipSlot> = Array::with_max_entries(VIP_TABLE_SLOTS, 0);
 
 /// Read by userspace only; defined here so one object carries every map.
 #[map]

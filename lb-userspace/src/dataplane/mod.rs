@@ -26,12 +26,12 @@ use aya::{
     },
 };
 use lb_common::{
-    BackendEntry, DecapKey, LbConfig, ServiceEntry, ServiceMeta, VipAddrKey, VipKey,
+    BackendEntry, DecapKey, LbConfig, ServiceEntry, ServiceMeta, VipAddrKey, VipKey, VipSlot,
     flow::flow_buckets,
     layout::LAYOUT_VERSION,
     limits::Capacity,
     maps::{self, PROG_BALANCER, PROG_DECAP},
-    service::vip_filter_bit,
+    service::{vip_filter_bit, vip_slot},
 };
 
 pub use clock::ProgramClock;
@@ -403,7 +403,48 @@ impl Dataplane {
         self.maps
             .services
             .insert(key, entry, 0)
-            .map_err(map_op(maps::SERVICES, "update"))
+            .map_err(map_op(maps::SERVICES, "update"))?;
+        // Then its copy in the direct-mapped table, unless another VIP holds the slot (this one is
+        // then found in LB_SERVICES, as it is meanwhile).
+        let slot = vip_slot(key);
+        let held = self.maps.vip_slot(slot)?;
+        if held.key.family == 0 || held.key == *key {
+            self.write_vip_slot(slot, held, *key, *entry)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces what VIP-table slot `slot` (now `held`) holds by `key` → `entry` in the three
+    /// writes of `VipSlot`'s seqlock: `seq` made odd, the content, `seq` made even. The XDP
+    /// program never uses a slot read across a change (it falls back to `LB_SERVICES`).
+    fn write_vip_slot(
+        &mut self,
+        slot: u32,
+        held: VipSlot,
+        key: VipKey,
+        entry: ServiceEntry,
+    ) -> Result<(), DataplaneError> {
+        // Odd already when a daemon stopped between two writes: readers fall back meanwhile.
+        let odd = held.seq | 1;
+        for value in [
+            VipSlot { seq: odd, ..held },
+            VipSlot {
+                seq: odd,
+                key,
+                entry,
+            },
+            VipSlot {
+                seq: odd.wrapping_add(1),
+                key,
+                entry,
+            },
+        ] {
+            self.maps
+                .vip_table
+                .set(slot, value, 0)
+                .map_err(map_op(maps::VIP_TABLE, "update"))?;
+        }
+        Ok(())
     }
 
     fn set_vip_filter_word(&mut self, word: u32, value: u64) -> Result<(), DataplaneError> {
@@ -431,15 +472,36 @@ impl Dataplane {
 
     /// Removes a service, and its address from `LB_VIP_ADDRS` when no other service uses it.
     pub fn delete_service(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        // Its VIP-table slot first: no packet may find the service there once it is gone.
+        let slot = vip_slot(key);
+        let held = self.maps.vip_slot(slot)?;
+        let in_slot = held.key == *key;
+        if in_slot {
+            self.write_vip_slot(slot, held, VipKey::default(), ServiceEntry::default())?;
+        }
         self.maps
             .services
             .remove(key)
             .map_err(map_op(maps::SERVICES, "delete"))?;
         let addr = VipAddrKey::of(key);
         let mut shared = false;
+        let mut heir = None;
         for k in self.maps.services.keys() {
             let k = k.map_err(map_op(maps::SERVICES, "iterate"))?;
             shared |= VipAddrKey::of(&k) == addr;
+            if in_slot && heir.is_none() && vip_slot(&k) == slot {
+                heir = Some(k);
+            }
+        }
+        // A VIP that shares the freed slot moves in (it was found in LB_SERVICES until now).
+        if let Some(k) = heir {
+            let entry = self
+                .maps
+                .services
+                .get(&k, 0)
+                .map_err(map_op(maps::SERVICES, "lookup"))?;
+            let held = self.maps.vip_slot(slot)?;
+            self.write_vip_slot(slot, held, k, entry)?;
         }
         if shared {
             return Ok(());

@@ -14,10 +14,11 @@ use lb_common::{LbConfig, layout::LAYOUT_VERSION, maps};
 use super::DataplaneError;
 
 /// Every map we pin, by name.
-pub(crate) const PINNED_MAPS: [&str; 17] = [
+pub(crate) const PINNED_MAPS: [&str; 18] = [
     maps::SERVICES,
     maps::VIP_ADDRS,
     maps::VIP_FILTER,
+    maps::VIP_TABLE,
     maps::SERVICE_META,
     maps::BACKENDS,
     maps::SCHEDULE,

@@ -9,7 +9,7 @@ use aya::maps::{
 use lb_common::{
     BACKEND_F_VALID, BackendEntry, Counter, DecapCounter, DecapKey, DecapSrcKey, FlowBucket,
     FlowEntry, FlowKey, LbConfig, PersistEntry, PersistKey, ServiceEntry, ServiceMeta,
-    TrafficStats, VipAddrKey, VipKey,
+    TrafficStats, VipAddrKey, VipKey, VipSlot,
     flow::flow_capacity,
     limits::{Capacity, SCHEDULE_IDS_PER_ENTRY, SPARE_TABLE_SLOTS},
     maps,
@@ -38,6 +38,7 @@ pub struct MapsView {
     pub(crate) services: HashMap<MapData, VipKey, ServiceEntry>,
     pub(crate) vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     pub(crate) vip_filter: Array<MapData, u64>,
+    pub(crate) vip_table: Array<MapData, VipSlot>,
     pub(crate) service_meta: Array<MapData, ServiceMeta>,
     pub(crate) backends: Array<MapData, BackendEntry>,
     /// `LB_BACKENDS` mapped read-only: whole-array reads are one copy.
@@ -154,6 +155,7 @@ impl MapsView {
             services,
             vip_addrs: typed(maps::VIP_ADDRS, source(maps::VIP_ADDRS)?)?,
             vip_filter: typed(maps::VIP_FILTER, source(maps::VIP_FILTER)?)?,
+            vip_table: typed(maps::VIP_TABLE, source(maps::VIP_TABLE)?)?,
             service_meta: typed(maps::SERVICE_META, source(maps::SERVICE_META)?)?,
             backends,
             backends_mapped,
@@ -363,6 +365,13 @@ impl MapsView {
         self.vip_filter
             .get(&word, 0)
             .map_err(map_op(maps::VIP_FILTER, "lookup"))
+    }
+
+    /// Slot `slot` of the direct-mapped service table (`LB_VIP_TABLE`).
+    pub fn vip_slot(&self, slot: u32) -> Result<VipSlot, DataplaneError> {
+        self.vip_table
+            .get(&slot, 0)
+            .map_err(map_op(maps::VIP_TABLE, "lookup"))
     }
 
     /// Every tracked flow.

@@ -9,6 +9,7 @@ mod flow_table;
 mod frames;
 mod icmp;
 mod vip_filter;
+mod vip_table;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
