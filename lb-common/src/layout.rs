@@ -6,7 +6,7 @@
 //! fails when a shared type's size changes, as a reminder.
 
 /// The layout of the maps this build creates and can adopt.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 #[cfg(test)]
 mod tests {
@@ -38,7 +38,7 @@ mod tests {
         assert_eq!(
             (LAYOUT_VERSION, sizes),
             (
-                7,
+                8,
                 [
                     20, 40, 88, 32, 40, 16, 512, 24, 16, 32, 48, 20, 17, 20, 64, 30
                 ]

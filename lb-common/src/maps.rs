@@ -17,7 +17,10 @@ pub const BACKEND_CONNS: &str = "LB_BE_CONNS";
 pub const CURSORS: &str = "LB_CURSORS";
 pub const STATS: &str = "LB_STATS";
 pub const SERVICE_STATS: &str = "LB_SVC_STATS";
+/// Per CPU as a plain array: CPU c's slots start at c × [`BACKEND_STATS_STRIDE`].
 pub const BACKEND_STATS: &str = "LB_BE_STATS";
+/// The program's global holding `LB_BE_STATS`'s slots per CPU (the maps' max backends).
+pub const BACKEND_STATS_STRIDE: &str = "LB_BE_STATS_STRIDE";
 pub const CONFIG: &str = "LB_CONFIG";
 pub const DECAP_ADDRS: &str = "LB_DECAP_ADDRS";
 pub const DECAP_STATS: &str = "LB_DECAP_STATS";

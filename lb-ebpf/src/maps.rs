@@ -34,8 +34,10 @@ pub static LB_VIP_TABLE: Array<VipSlot> = Array::with_max_entries(VIP_TABLE_SLOT
 #[map]
 pub static LB_SVC_META: Array<ServiceMeta> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
+/// `BPF_F_MMAPABLE`: `lb status`, scrapes and adoption copy it through a read-only mapping.
 #[map]
-pub static LB_BACKENDS: Array<BackendEntry> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static LB_BACKENDS: Array<BackendEntry> =
+    Array::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
 
 /// The pool of service tables: backend ids, `SCHEDULE_IDS_PER_ENTRY` (2) per element so the pool is
 /// one dense `u32` array. Userspace writes tables through an mmap of it, hence `BPF_F_MMAPABLE`.
@@ -56,8 +58,9 @@ pub static LB_PERSIST: LruHashMap<PersistKey, PersistEntry> =
     LruHashMap::with_max_entries(DEFAULT_PERSIST_TABLE_SIZE, 0);
 
 /// Shared across CPUs (least-conn must see every CPU's connections), so updated atomically.
+/// `BPF_F_MMAPABLE` for the same readers as `LB_BACKENDS`.
 #[map]
-pub static LB_BE_CONNS: Array<u64> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static LB_BE_CONNS: Array<u64> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
 
 #[map]
 pub static LB_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -69,9 +72,13 @@ pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 pub static LB_SVC_STATS: PerCpuArray<TrafficStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
+/// Per CPU as a plain array, CPU-major: CPU c's counters are elements
+/// `c * LB_BE_STATS_STRIDE ..` (`stats::backend_traffic`). Userspace sizes it to max backends ×
+/// possible CPUs (the default here is one CPU's) and reads it through a mapping: a per-CPU array
+/// costs the kernel one allocation per element at creation and one copy per element per read.
 #[map]
-pub static LB_BE_STATS: PerCpuArray<TrafficStats> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static LB_BE_STATS: Array<TrafficStats> =
+    Array::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
 
 /// Mapped into `lb run`'s memory (`BPF_F_MMAPABLE`): its clock thread stores `now_ns` there.
 #[map]

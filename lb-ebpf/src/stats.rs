@@ -1,6 +1,8 @@
-//! Counters. Per-CPU maps, so plain increments are race free.
+//! Counters. Per-CPU maps (or a CPU's own part of `LB_BE_STATS`), so plain increments are race
+//! free.
 
-use lb_common::{Counter, DecapCounter, TrafficStats};
+use aya_ebpf::{Global, helpers::bpf_get_smp_processor_id};
+use lb_common::{Counter, DecapCounter, TrafficStats, limits::DEFAULT_MAX_BACKENDS};
 
 use crate::maps::{LB_BE_STATS, LB_DECAP_STATS, LB_STATS, LB_SVC_STATS};
 
@@ -48,9 +50,23 @@ pub fn service_traffic(service_id: u32, traffic: Traffic) {
     }
 }
 
+/// Backend slots per CPU in `LB_BE_STATS` (the map's max backends; set by the loader,
+/// `lb_common::maps::BACKEND_STATS_STRIDE`).
+#[unsafe(no_mangle)]
+static LB_BE_STATS_STRIDE: Global<u32> = Global::new(DEFAULT_MAX_BACKENDS);
+
 #[inline(always)]
 pub fn backend_traffic(backend_id: u32, traffic: Traffic) {
-    if let Some(p) = LB_BE_STATS.get_ptr_mut(backend_id) {
+    let stride = LB_BE_STATS_STRIDE.load();
+    if backend_id >= stride {
+        return;
+    }
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // The map holds stride × possible CPUs, so this stays in u32 and in the map (the lookup
+    // checks the bound anyway).
+    let index = cpu.wrapping_mul(stride).wrapping_add(backend_id);
+    if let Some(p) = LB_BE_STATS.get_ptr_mut(index) {
         apply(p, traffic);
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -130,9 +130,43 @@ impl BackendMapState {
 }
 
 pub(crate) fn socket_addr(words: [u32; 4], family: u8, port_be: u16) -> String {
+    let port = u16::from_be(port_be);
     match lb_common::addr::from_words(words, family) {
-        Some(ip) => SocketAddr::new(ip, u16::from_be(port_be)).to_string(),
+        Some(IpAddr::V4(ip)) => v4_socket_addr(ip, port),
+        Some(ip) => SocketAddr::new(ip, port).to_string(),
         None => format!("<family {family}>"),
+    }
+}
+
+/// What `SocketAddrV4`'s `Display` writes, without the formatting machinery: at 100,000 backends
+/// `to_string` was a sixth of `lb status` and of a scrape.
+fn v4_socket_addr(ip: Ipv4Addr, port: u16) -> String {
+    let mut out = String::with_capacity(21);
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_u64(&mut out, u64::from(octet));
+    }
+    out.push(':');
+    push_u64(&mut out, u64::from(port));
+    out
+}
+
+/// `v` in decimal (`write!` costs several times more).
+pub(crate) fn push_u64(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
     }
 }
 
@@ -338,4 +372,37 @@ pub fn render(s: &Status) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use super::socket_addr;
+
+    /// The shortcut for IPv4 writes what `SocketAddr`'s `Display` writes, at every digit count.
+    #[test]
+    fn socket_addresses_read_as_display_writes_them() {
+        let v4 = [
+            Ipv4Addr::new(0, 0, 0, 0),
+            Ipv4Addr::new(198, 18, 2, 11),
+            Ipv4Addr::new(10, 9, 100, 255),
+            Ipv4Addr::new(255, 255, 255, 255),
+        ];
+        let v6 = [
+            Ipv6Addr::LOCALHOST,
+            "2001:db8::1:0:0:1".parse().expect("an address"),
+        ];
+        let ips = v4.map(IpAddr::V4).into_iter().chain(v6.map(IpAddr::V6));
+        for ip in ips {
+            for port in [0u16, 7, 80, 443, 8080, 10000, 65535] {
+                let (words, family) = lb_common::addr::to_words(ip);
+                assert_eq!(
+                    socket_addr(words, family, port.to_be()),
+                    SocketAddr::new(ip, port).to_string()
+                );
+            }
+        }
+        assert_eq!(socket_addr([0; 4], 9, 0), "<family 9>");
+    }
 }

@@ -61,6 +61,13 @@ struct Args {
     /// Weight changes timed on the cold-started daemon (its full state loaded).
     #[arg(long, default_value_t = 20)]
     fleet_changes: usize,
+    /// Copy the cold-start daemon's log here (its phase timings), before the lab is removed.
+    #[arg(long)]
+    daemon_log: Option<std::path::PathBuf>,
+    /// Keep the cold-started daemon and its lab this many seconds after the measurements (to
+    /// profile `lb status` or a scrape by hand); prints its pin directory and namespace.
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
 }
 
 /// Where the cold-start daemon serves /metrics (in its namespace).
@@ -354,8 +361,21 @@ fn cold_start(
     let scrapes = time_scrapes(lab, 5)?;
     let changes = fleet_changes(lab, local_zk, &maps, args)?;
     daemon.check_running()?;
+    if args.hold_secs > 0 {
+        eprintln!(
+            "lb-zk-bench: holding {} s: pin dir {}, namespace {}, metrics {COLD_METRICS}",
+            args.hold_secs,
+            pin_dir.display(),
+            lab.lb_netns(0)
+        );
+        std::thread::sleep(Duration::from_secs(args.hold_secs));
+    }
     drop(daemon);
     let daemon_log = std::fs::read_to_string(&log).unwrap_or_default();
+    if let Some(keep) = &args.daemon_log {
+        std::fs::write(keep, &daemon_log)
+            .with_context(|| format!("copying the daemon's log to {}", keep.display()))?;
+    }
     let sessions = daemon_log.matches("ZooKeeper session open").count();
     let expired = daemon_log.matches("expired").count();
     let (tables_sequential, tables_parallel) = time_table_builds(args)?;

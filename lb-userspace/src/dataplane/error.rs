@@ -43,6 +43,17 @@ pub enum DataplaneError {
         expected: u32,
     },
 
+    #[error(
+        "the maps pinned in {dir} have layout version {found}, this `lb` reads version \
+         {expected}: run the `lb` of the daemon that pinned them (`lb version` prints a binary's \
+         layout), or restart that daemon with this build after `lb detach`"
+    )]
+    OtherLayout {
+        dir: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+
     #[error("pinning the XDP link on {iface} at {path} failed: {reason}")]
     PinLink {
         iface: String,
@@ -172,6 +183,18 @@ pub enum DataplaneError {
 
     #[error("invalid capacity: {0}")]
     Capacity(&'static str),
+
+    #[error(
+        "{map} holds {entries} elements, not its {per_cpu} backend slots for each of the {cpus} \
+         possible CPUs: the maps are not this layout's; drain this host, `lb detach`, then start \
+         `lb run` again"
+    )]
+    PerCpuShape {
+        map: &'static str,
+        entries: u32,
+        per_cpu: u32,
+        cpus: u32,
+    },
 
     #[error("forwarding kernel logs failed: {0}")]
     KernelLog(String),

@@ -8,6 +8,7 @@ mod flow_table;
 mod forwarding;
 mod kernel_log;
 mod map_writer;
+mod mapped_array;
 mod mmap;
 mod pins;
 mod schedule;
@@ -111,6 +112,12 @@ impl Dataplane {
             None => false,
         };
 
+        // Backend slots per CPU in LB_BE_STATS: the pinned maps' when they are adopted.
+        let stats_stride = match (&opts.pin_dir, adopted) {
+            (Some(dir), true) => pins::pinned_max_entries(dir, maps::BACKENDS)?,
+            _ => cap.max_backends,
+        };
+        let stats_entries = backend_stats_entries(stats_stride)?;
         let log_level = if opts.kernel_log {
             kernel_log::LEVEL_DEBUG
         } else {
@@ -128,9 +135,10 @@ impl Dataplane {
             .map_max_entries(maps::BACKEND_CONNS, cap.max_backends)
             .map_max_entries(maps::CURSORS, cap.max_services)
             .map_max_entries(maps::SERVICE_STATS, cap.max_services)
-            .map_max_entries(maps::BACKEND_STATS, cap.max_backends)
+            .map_max_entries(maps::BACKEND_STATS, stats_entries)
             .map_max_entries(maps::NEXTHOP_CACHE, cap.max_backends)
-            .override_global("AYA_LOG_LEVEL", &log_level, false);
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .override_global(maps::BACKEND_STATS_STRIDE, &stats_stride, true);
         let pin_paths: Vec<(&str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => pins::PINNED_MAPS
                 .iter()
@@ -591,8 +599,32 @@ impl Dataplane {
         }
         zero(&mut self.maps.stats, maps::STATS, cpus)?;
         zero(&mut self.maps.service_stats, maps::SERVICE_STATS, cpus)?;
-        zero(&mut self.maps.backend_stats, maps::BACKEND_STATS, cpus)?;
-        zero(&mut self.maps.decap_stats, maps::DECAP_STATS, cpus)
+        zero(&mut self.maps.decap_stats, maps::DECAP_STATS, cpus)?;
+        self.zero_backend_stats()
+    }
+
+    /// Every CPU's slots of `LB_BE_STATS`, in batch updates.
+    fn zero_backend_stats(&mut self) -> Result<(), DataplaneError> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        const CHUNK: u32 = 8192;
+        let size = std::mem::size_of::<lb_common::TrafficStats>();
+        let zeros = vec![0u8; CHUNK as usize * size];
+        let len = self.maps.backend_stats_entries();
+        let mut start = 0u32;
+        while start < len {
+            let end = start.saturating_add(CHUNK).min(len);
+            let ids: Vec<u32> = (start..end).collect();
+            batch::update_array(
+                self.maps.backend_stats.map().fd().as_fd(),
+                &ids,
+                &zeros[..ids.len() * size],
+                size,
+            )
+            .map_err(map_op(maps::BACKEND_STATS, "batch update"))?;
+            start = end;
+        }
+        Ok(())
     }
 
     /// Accepts tunnel packets to this local address in `lb_decap`.
@@ -701,6 +733,17 @@ pub fn now_coarse_ns() -> u64 {
     (ts.tv_sec as u64)
         .wrapping_mul(1_000_000_000)
         .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// Elements of `LB_BE_STATS` for `per_cpu` backend slots on each possible CPU.
+fn backend_stats_entries(per_cpu: u32) -> Result<u32, DataplaneError> {
+    u32::try_from(possible_cpus()?)
+        .ok()
+        .and_then(|cpus| per_cpu.checked_mul(cpus))
+        .ok_or(DataplaneError::Capacity(
+            "max backends × possible CPUs exceeds the 2^32 elements of one array (LB_BE_STATS): \
+             lower --max-backends",
+        ))
 }
 
 /// The CPUs a per-CPU map holds a value for (the possible CPUs).

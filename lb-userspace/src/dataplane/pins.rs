@@ -93,6 +93,20 @@ pub fn pinned_layout_version(dir: &Path) -> Option<u32> {
     config.get(&0, 0).ok().map(|c| c.layout_version)
 }
 
+/// `max_entries` of the map pinned in `dir` as `name`.
+pub(crate) fn pinned_max_entries(dir: &Path, name: &'static str) -> Result<u32, DataplaneError> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| DataplaneError::NotPinned {
+        map: name,
+        path: path.clone(),
+        source,
+    })?;
+    Ok(data
+        .info()
+        .map_err(super::error::map_op(name, "reading map info"))?
+        .max_entries())
+}
+
 /// Our pins (maps and links) that exist in `dir`.
 fn existing(dir: &Path) -> Vec<PathBuf> {
     let maps = PINNED_MAPS.iter().map(|name| dir.join(name));

@@ -18,7 +18,8 @@ use lb_common::{
 use crate::plan::{PinnedService, PinnedState};
 
 use super::{
-    DataplaneError, batch, error::map_op, flow_table::FlowTableMmap, schedule::ScheduleMmap,
+    DataplaneError, batch, error::map_op, flow_table::FlowTableMmap, mapped_array::MappedArray,
+    schedule::ScheduleMmap,
 };
 
 /// What a view may write.
@@ -40,6 +41,8 @@ pub struct MapsView {
     pub(crate) vip_table: Array<MapData, VipSlot>,
     pub(crate) service_meta: Array<MapData, ServiceMeta>,
     pub(crate) backends: Array<MapData, BackendEntry>,
+    /// `LB_BACKENDS` mapped read-only: whole-array reads are one copy.
+    backends_mapped: MappedArray<BackendEntry>,
     pub(crate) schedule: ScheduleMmap,
     // Kept so the view owns every map; read and swept through `flow_table`.
     #[allow(dead_code)]
@@ -49,11 +52,18 @@ pub struct MapsView {
     #[allow(dead_code)]
     pub(crate) persist: HashMap<MapData, PersistKey, PersistEntry>,
     pub(crate) backend_conns: Array<MapData, u64>,
+    /// `LB_BE_CONNS` mapped read-only (the program updates it atomically; reads copy it).
+    conns_mapped: MappedArray<u64>,
     #[allow(dead_code)]
     pub(crate) cursors: PerCpuArray<MapData, u32>,
     pub(crate) stats: PerCpuArray<MapData, u64>,
     pub(crate) service_stats: PerCpuArray<MapData, TrafficStats>,
-    pub(crate) backend_stats: PerCpuArray<MapData, TrafficStats>,
+    /// Per CPU as a plain array (`max_backends` slots per CPU, CPU-major); zeroed through it.
+    pub(crate) backend_stats: Array<MapData, TrafficStats>,
+    /// `LB_BE_STATS` mapped read-only: every CPU's slots read in one copy each.
+    backend_stats_mapped: MappedArray<TrafficStats>,
+    /// The possible CPUs, each with its part of `LB_BE_STATS`.
+    cpus: u32,
     pub(crate) config: Array<MapData, LbConfig>,
     pub(crate) decap_addrs: HashMap<MapData, DecapKey, u32>,
     pub(crate) decap_stats: PerCpuArray<MapData, u64>,
@@ -111,6 +121,35 @@ impl MapsView {
             flow_buckets,
             access != Access::ReadOnly,
         )?;
+        let backends_mapped = MappedArray::new(
+            backends.map().fd().as_fd(),
+            maps::BACKENDS,
+            capacity.max_backends,
+        )?;
+        let backend_stats: Array<_, TrafficStats> =
+            typed(maps::BACKEND_STATS, source(maps::BACKEND_STATS)?)?;
+        let cpus = u32::try_from(super::possible_cpus()?).unwrap_or(u32::MAX);
+        let stats_entries = max_entries(maps::BACKEND_STATS, &backend_stats)?;
+        if u64::from(stats_entries) != u64::from(capacity.max_backends) * u64::from(cpus) {
+            return Err(DataplaneError::PerCpuShape {
+                map: maps::BACKEND_STATS,
+                entries: stats_entries,
+                per_cpu: capacity.max_backends,
+                cpus,
+            });
+        }
+        let backend_stats_mapped = MappedArray::new(
+            backend_stats.map().fd().as_fd(),
+            maps::BACKEND_STATS,
+            stats_entries,
+        )?;
+        let backend_conns: Array<_, u64> =
+            typed(maps::BACKEND_CONNS, source(maps::BACKEND_CONNS)?)?;
+        let conns_mapped = MappedArray::new(
+            backend_conns.map().fd().as_fd(),
+            maps::BACKEND_CONNS,
+            capacity.max_backends,
+        )?;
 
         Ok(MapsView {
             services,
@@ -119,15 +158,19 @@ impl MapsView {
             vip_table: typed(maps::VIP_TABLE, source(maps::VIP_TABLE)?)?,
             service_meta: typed(maps::SERVICE_META, source(maps::SERVICE_META)?)?,
             backends,
+            backends_mapped,
             schedule,
             flows,
             flow_table,
             persist,
-            backend_conns: typed(maps::BACKEND_CONNS, source(maps::BACKEND_CONNS)?)?,
+            backend_conns,
+            conns_mapped,
             cursors: typed(maps::CURSORS, source(maps::CURSORS)?)?,
             stats: typed(maps::STATS, source(maps::STATS)?)?,
             service_stats: typed(maps::SERVICE_STATS, source(maps::SERVICE_STATS)?)?,
-            backend_stats: typed(maps::BACKEND_STATS, source(maps::BACKEND_STATS)?)?,
+            backend_stats,
+            backend_stats_mapped,
+            cpus,
             config: typed(maps::CONFIG, source(maps::CONFIG)?)?,
             decap_addrs: typed(maps::DECAP_ADDRS, source(maps::DECAP_ADDRS)?)?,
             decap_stats: typed(maps::DECAP_STATS, source(maps::DECAP_STATS)?)?,
@@ -151,6 +194,16 @@ impl MapsView {
         if !pin_dir.exists() {
             return Err(DataplaneError::NoPinDir {
                 dir: pin_dir.to_path_buf(),
+            });
+        }
+        // Maps of another layout would be misread (or fail to map): say which binary reads them.
+        if let Some(found) = super::pinned_layout_version(pin_dir)
+            && found != lb_common::layout::LAYOUT_VERSION
+        {
+            return Err(DataplaneError::OtherLayout {
+                dir: pin_dir.to_path_buf(),
+                found,
+                expected: lb_common::layout::LAYOUT_VERSION,
             });
         }
         Self::from_source(
@@ -265,7 +318,36 @@ impl MapsView {
 
     /// Traffic of a backend, summed over CPUs.
     pub fn backend_stats(&self, id: u32) -> Result<TrafficStats, DataplaneError> {
-        sum_traffic(&self.backend_stats, id, maps::BACKEND_STATS)
+        if id >= self.capacity.max_backends {
+            return Err(DataplaneError::OutOfRange {
+                map: maps::BACKEND_STATS,
+                index: u64::from(id),
+                len: 1,
+                capacity: u64::from(self.capacity.max_backends),
+            });
+        }
+        Ok(self.all_backend_stats(id + 1).pop().unwrap_or_default())
+    }
+
+    /// Traffic of backends `0..len`, summed over CPUs: one copy of each CPU's slots.
+    fn all_backend_stats(&self, len: u32) -> Vec<TrafficStats> {
+        let per_cpu = self.capacity.max_backends;
+        let len = len.min(per_cpu);
+        let mut total = vec![TrafficStats::default(); len as usize];
+        for cpu in 0..self.cpus {
+            let part = self
+                .backend_stats_mapped
+                .read_range(cpu.saturating_mul(per_cpu), len);
+            for (sum, one) in total.iter_mut().zip(&part) {
+                sum.add(one);
+            }
+        }
+        total
+    }
+
+    /// Elements of `LB_BE_STATS` (every CPU's slots).
+    pub(crate) fn backend_stats_entries(&self) -> u32 {
+        self.capacity.max_backends.saturating_mul(self.cpus)
     }
 
     /// The table a service entry points at.
@@ -309,11 +391,7 @@ impl MapsView {
 
     /// Every backend's active-connection count, indexed by backend id.
     pub fn all_backend_conns(&self) -> Result<Vec<u64>, DataplaneError> {
-        read_all(
-            &self.backend_conns,
-            self.capacity.max_backends,
-            maps::BACKEND_CONNS,
-        )
+        Ok(self.conns_mapped.read(self.capacity.max_backends))
     }
 
     pub fn set_backend_conns(&mut self, id: u32, conns: u64) -> Result<(), DataplaneError> {
@@ -330,18 +408,17 @@ impl MapsView {
 
     /// Every backend slot up to the last valid one (ids are given out lowest first, so the slots
     /// beyond are unused), its connection count and its traffic (summed over CPUs), index by
-    /// index: batch reads of the arrays instead of three lookups per slot.
+    /// index: copied from the arrays' mappings.
     pub fn backend_slots(&self) -> Result<Vec<BackendSlot>, DataplaneError> {
-        let len = self.capacity.max_backends;
-        let mut entries = read_all::<BackendEntry>(&self.backends, len, maps::BACKENDS)?;
+        let mut entries = self.backends_mapped.read(self.capacity.max_backends);
         let used = entries
             .iter()
             .rposition(|b| b.flags & BACKEND_F_VALID != 0)
             .map_or(0, |last| last + 1);
         entries.truncate(used);
         let used = used as u32;
-        let conns = read_all::<u64>(&self.backend_conns, used, maps::BACKEND_CONNS)?;
-        let stats = read_traffic(&self.backend_stats, used, maps::BACKEND_STATS)?;
+        let conns = self.conns_mapped.read(used);
+        let stats = self.all_backend_stats(used);
         Ok(entries
             .into_iter()
             .zip(conns)
@@ -371,8 +448,7 @@ impl MapsView {
                 })
             })
             .collect::<Result<Vec<_>, DataplaneError>>()?;
-        let entries =
-            read_all::<BackendEntry>(&self.backends, self.capacity.max_backends, maps::BACKENDS)?;
+        let entries = self.backends_mapped.read(self.capacity.max_backends);
         let backends: BTreeMap<u32, BackendEntry> = (0u32..)
             .zip(entries)
             .filter(|(_, b)| b.flags & BACKEND_F_VALID != 0)

@@ -58,9 +58,12 @@ impl Prebuilt {
             .iter()
             .map(|&ordinal| backends.get(ordinal as usize).map(|b| b.id))
             .collect::<Option<Vec<u32>>>()?;
+        // Not `..self.tables.clone()`: that copies the ordinal table (256 KB at 65,537) only to drop it.
         Some(SlotTables {
             ids,
-            ..self.tables.clone()
+            table_len: self.tables.table_len,
+            hash_start: self.tables.hash_start,
+            hash_len: self.tables.hash_len,
         })
     }
 }

@@ -420,6 +420,9 @@ fn control_stats_zero_zeroes_the_counters_and_flows_keep_working() {
     let web = before.service("web").expect("web");
     assert_eq!(web.new_flows, CONNS as u64 + 1, "{web:?}");
     assert!(web.packets >= 3 * CONNS as u64, "{web:?}");
+    // Every CPU's backend counters (LB_BE_STATS, per CPU by hand) add up to the service's.
+    let backend_flows: u64 = web.backends.iter().map(|b| b.new_flows).sum();
+    assert_eq!(backend_flows, web.new_flows, "{web:?}");
     assert_eq!(counter(&before, "flow_new"), CONNS as u64 + 1);
     let rx_before = counter(&before, "rx_packets");
 

@@ -1327,6 +1327,28 @@ fn pinned_maps_are_readable_without_the_daemon() {
     assert_eq!(view.capacity().flow_table_size, 4100);
     assert_eq!(view.backend(5).unwrap(), backend);
     assert_eq!(view.backend_conns(5).unwrap(), 42);
+    // Whole-array reads go through the arrays' mappings: the same values, up to the last valid
+    // slot, and the pinned state adoption reads.
+    let slots = view.backend_slots().unwrap();
+    assert_eq!(slots.len(), 6, "slots 0..=5, 5 the last valid one");
+    assert_eq!(
+        (slots[5].id, slots[5].entry, slots[5].conns),
+        (5, backend, 42)
+    );
+    assert!(
+        slots[..5]
+            .iter()
+            .all(|s| s.entry.flags & BACKEND_F_VALID == 0 && s.conns == 0)
+    );
+    assert_eq!(view.all_backend_conns().unwrap()[5], 42);
+    assert_eq!(
+        view.pinned_state()
+            .unwrap()
+            .backends
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![(5, backend)]
+    );
     assert_eq!(view.services().unwrap(), vec![(vip, svc)]);
     assert_eq!(view.table(&svc).unwrap(), vec![5, 5, 5]);
     assert_eq!(view.counters().unwrap().len(), Counter::COUNT as usize);
@@ -1338,6 +1360,8 @@ fn pinned_maps_are_readable_without_the_daemon() {
     let bigger = LoadOptions {
         capacity: Capacity {
             max_services: tiny_capacity().max_services * 2,
+            // LB_BE_STATS's per-CPU stride stays the pinned maps' max backends.
+            max_backends: tiny_capacity().max_backends * 2,
             ..tiny_capacity()
         },
         ..opts.clone()
@@ -1414,6 +1438,15 @@ fn pinned_maps_are_readable_without_the_daemon() {
             && msg.contains("Drain")
             && msg.contains("lb detach"),
         "{msg}"
+    );
+    // Readers (`lb status`, scrapes) refuse them too, naming both versions, instead of misreading.
+    let err = lb_userspace::dataplane::MapsView::open_pinned(&pin_dir)
+        .err()
+        .expect("a view of pins of another layout");
+    assert!(
+        matches!(err, DataplaneError::OtherLayout { found, expected, .. }
+            if found == LAYOUT_VERSION + 1 && expected == LAYOUT_VERSION),
+        "{err}"
     );
     set_pinned_layout(LAYOUT_VERSION);
     // `lb decap` (nothing of it outlives its process) replaces stale pins.

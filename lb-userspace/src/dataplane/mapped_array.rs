@@ -1,0 +1,65 @@
+//! A `BPF_F_MMAPABLE` array of plain values (`LB_BACKENDS`, `LB_BE_CONNS`, `LB_BE_STATS`) mapped
+//! read-only, so `lb status`, scrapes, sweeps and adoption copy the slots they need in one
+//! `memcpy` instead of having the kernel copy and check them element by element
+//! (`BPF_MAP_LOOKUP_BATCH`). Writes still go through map updates.
+
+use std::marker::PhantomData;
+use std::os::fd::BorrowedFd;
+
+use super::{DataplaneError, mmap::SharedMapping};
+
+/// The first `len` elements of an mmapable array of `T`, read-only. The kernel lays an array's
+/// values out at an 8-byte stride, so `T`'s size must be a multiple of 8 (a compile-time check).
+pub(crate) struct MappedArray<T> {
+    mapping: SharedMapping,
+    len: u32,
+    _values: PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> MappedArray<T> {
+    const STRIDE_IS_SIZE: () = assert!(
+        size_of::<T>().is_multiple_of(8) && align_of::<T>() <= 8,
+        "an array value's size must be a multiple of 8 to be read through an mmap"
+    );
+
+    pub(crate) fn new(
+        fd: BorrowedFd<'_>,
+        map: &'static str,
+        len: u32,
+    ) -> Result<Self, DataplaneError> {
+        let () = Self::STRIDE_IS_SIZE;
+        let mapping = SharedMapping::new(fd, map, len as usize * size_of::<T>(), false)?;
+        Ok(MappedArray {
+            mapping,
+            len,
+            _values: PhantomData,
+        })
+    }
+
+    /// Copies of elements `0..len` (at most the array's length), as they are now: an element
+    /// being rewritten meanwhile may be seen half old, half new, as with a batch lookup.
+    pub(crate) fn read(&self, len: u32) -> Vec<T> {
+        self.read_range(0, len)
+    }
+
+    /// Copies of elements `start..start + len`, cut at the array's end.
+    pub(crate) fn read_range(&self, start: u32, len: u32) -> Vec<T> {
+        let start = start.min(self.len);
+        let len = len.min(self.len - start) as usize;
+        let mut out = vec![T::zeroed(); len];
+        // SAFETY: the mapping covers `self.len` values of `T` (the kernel checked its size at
+        // mmap), `start + len` ≤ that, and `T` is plain data.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.mapping
+                    .base()
+                    .cast::<T>()
+                    .cast_const()
+                    .add(start as usize),
+                out.as_mut_ptr(),
+                len,
+            );
+        }
+        out
+    }
+}
