@@ -7,9 +7,12 @@
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{AF_INET, Counter};
 
-use crate::parse::{
-    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN, Packet,
-    ptr_at,
+use crate::{
+    csum::ipv4_checksum_of_words,
+    parse::{
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN, Packet,
+        ptr_at,
+    },
 };
 
 /// Where the encapsulated packet leaves (a route lookup's result, or fixed for the bench floor).
@@ -75,21 +78,6 @@ fn write_eth(eth: *mut u8, hop: &NextHop, ether_type: u16) {
     put(eth, 12, ether_type.to_be());
 }
 
-/// Folds the one's-complement sum of an IPv4 header's 16-bit words, given as five native-order
-/// 32-bit words (the sum does not depend on byte order, RFC 1071), into its checksum field value.
-#[inline(always)]
-fn ipv4_checksum(words: [u32; 5]) -> u16 {
-    let mut sum = 0u64;
-    for w in words {
-        sum += u64::from(w & 0xffff) + u64::from(w >> 16);
-    }
-    // Three folds always suffice for 10 words.
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
 #[inline(always)]
 fn write_ipv4(
     ctx: &XdpContext,
@@ -107,7 +95,7 @@ fn write_ipv4(
     let w0 = 0x45 | (u32::from(pkt.first_word[1]) << 8) | (u32::from(tot_len.to_be()) << 16);
     let w1 = u32::from(IP_DF.to_be()) << 16;
     let w2 = u32::from(pkt.ttl) | (u32::from(IPPROTO_IPIP) << 8);
-    let check = ipv4_checksum([w0, w1, w2, src, dst]);
+    let check = ipv4_checksum_of_words([w0, w1, w2, src, dst]);
     let ip = ETH_HLEN;
     put(base, ip, w0);
     put(base, ip + 4, w1);

@@ -30,7 +30,7 @@ use lb_ebpf::{
 
 use crate::{
     flow, lookup,
-    maps::{LB_ICMP_RATE, LB_SERVICES, LB_STATS},
+    maps::{LB_ICMP_RATE, LB_STATS},
     route,
     stats::{self, count},
 };
@@ -303,8 +303,7 @@ fn steer(family: u8, vip: [u32; 4], client: [u32; 4], ports: &Ports) -> Result<u
         proto: IPPROTO_TCP,
         family,
     });
-    // SAFETY: the value is copied out at once; userspace replaces entries whole.
-    let svc = unsafe { LB_SERVICES.get(&vip_key.0).copied() }.ok_or(Counter::DropVipUnbalanced)?;
+    let svc = lookup::service(&vip_key).ok_or(Counter::DropVipUnbalanced)?;
     let key = FlowKey {
         src: client,
         dst: vip,

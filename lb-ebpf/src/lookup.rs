@@ -17,12 +17,17 @@ use crate::{
 /// key).
 #[inline(always)]
 pub fn service_of(pkt: &Packet) -> Option<ServiceEntry> {
-    let key = Aligned8(VipKey {
+    service(&Aligned8(VipKey {
         addr: pkt.dst,
         port_be: pkt.dport_be,
         proto: IPPROTO_TCP,
         family: pkt.family,
-    });
+    }))
+}
+
+/// The service of a VIP: its `LB_VIP_TABLE` slot, else `LB_SERVICES`.
+#[inline(always)]
+pub fn service(key: &Aligned8<VipKey>) -> Option<ServiceEntry> {
     if let Some(entry) = from_vip_table(&key.0) {
         return Some(entry);
     }
