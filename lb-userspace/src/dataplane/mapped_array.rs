@@ -46,9 +46,11 @@ impl<T: bytemuck::Pod> MappedArray<T> {
     pub(crate) fn read_range(&self, start: u32, len: u32) -> Vec<T> {
         let start = start.min(self.len);
         let len = len.min(self.len - start) as usize;
-        let mut out = vec![T::zeroed(); len];
+        // Not zeroed first: at 100,000 backends that doubled the pages touched.
+        let mut out: Vec<T> = Vec::with_capacity(len);
         // SAFETY: the mapping covers `self.len` values of `T` (the kernel checked its size at
-        // mmap), `start + len` ≤ that, and `T` is plain data.
+        // mmap), `start + len` ≤ that, `out` has room for `len` values, and `T` is plain data
+        // (any bytes are a valid `T`), so after the copy its first `len` values are initialised.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.mapping
@@ -59,6 +61,7 @@ impl<T: bytemuck::Pod> MappedArray<T> {
                 out.as_mut_ptr(),
                 len,
             );
+            out.set_len(len);
         }
         out
     }
