@@ -705,22 +705,47 @@ fn table_backends(
 
 /// The tables of every service of `desired` with `health`, built on every CPU for a planner of
 /// `table_size` entries per slot and `seed` (before the data plane, or the planner, exists).
+/// `ahead` holds tables built earlier (while the state was read): those that fit their service's
+/// backends are kept, only the others are built. Returns the tables and how many were kept.
 pub fn prebuild_for(
     desired: &DesiredState,
     health: &crate::health::HealthView,
     table_size: u32,
     seed: u32,
-) -> BTreeMap<String, Prebuilt> {
-    let healths: Vec<ServiceHealth> = desired
-        .services
-        .values()
-        .map(|spec| ServiceHealth::of(spec, health))
-        .collect();
-    prebuild_tables(
-        desired.services.values().map(|s| &**s).zip(&healths),
+    mut ahead: BTreeMap<String, Prebuilt>,
+) -> (BTreeMap<String, Prebuilt>, usize) {
+    let mut ready = BTreeMap::new();
+    let mut to_build: Vec<(&ServiceSpec, ServiceHealth)> = Vec::new();
+    for spec in desired.services.values() {
+        let health = ServiceHealth::of(spec, health);
+        let fits = ahead.remove(&spec.name).filter(|built| {
+            let backends: Vec<TableBackend> = table_candidates(spec, &health).collect();
+            built.is_for(spec.scheduler.table_kind(), &backends, table_size)
+        });
+        match fits {
+            Some(built) => {
+                ready.insert(spec.name.clone(), built);
+            }
+            None => to_build.push((spec, health)),
+        }
+    }
+    let kept = ready.len();
+    ready.extend(prebuild_tables(
+        to_build.iter().map(|(spec, health)| (*spec, health)),
         table_size,
         seed,
-    )
+    ));
+    (ready, kept)
+}
+
+/// The tables of one service with none of its backends down, built on this thread (start-up
+/// builds them while the rest of the state is still read; [`prebuild_for`] checks them).
+pub fn prebuild_one(spec: &ServiceSpec, table_size: u32, seed: u32) -> Prebuilt {
+    let job = TableJob {
+        kind: spec.scheduler.table_kind(),
+        backends: table_candidates(spec, &ServiceHealth::default()).collect(),
+    };
+    Prebuilt::build(job, table_size, seed)
 }
 
 fn prebuild_tables<'a>(

@@ -15,7 +15,7 @@ pub use family::Families;
 
 use crate::model::DesiredState;
 use crate::report::SourceStatus;
-use crate::zk::source::ZkSourceConfig;
+use crate::zk::source::{ServiceReadHook, ZkSourceConfig};
 
 /// A future borrowing its source.
 pub type SourceFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -69,11 +69,26 @@ impl SourceSpec {
         }
     }
 
-    /// Starts the source on the current tokio runtime.
-    pub fn open(&self) -> Box<dyn Source> {
+    /// Starts the source on the current tokio runtime. `first_read`: told each service of
+    /// ZooKeeper's first full read as soon as its nodes are in (a file is read at once: unused).
+    pub fn open(&self, first_read: Option<ServiceReadHook>) -> Box<dyn Source> {
         match self {
             SourceSpec::File(path) => Box::new(file::FileSource::open(path.clone())),
-            SourceSpec::ZooKeeper(config) => Box::new(zk::ZooKeeperSource::spawn(config.clone())),
+            SourceSpec::ZooKeeper(config) => Box::new(zk::ZooKeeperSource::spawn(ZkSourceConfig {
+                first_read_hook: first_read,
+                ..config.clone()
+            })),
+        }
+    }
+
+    /// The ZooKeeper tree's layout when the source reads our own schema (where services'
+    /// nodes can be read one by one: [`SourceSpec::open`]'s `first_read`).
+    pub fn own_zk_schema(&self) -> Option<&crate::zk::schema::Schema> {
+        match self {
+            SourceSpec::ZooKeeper(config) if config.registry.is_none() => {
+                Some(&config.target.schema)
+            }
+            _ => None,
         }
     }
 }

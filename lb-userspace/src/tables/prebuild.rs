@@ -34,22 +34,47 @@ pub struct TableJob {
 }
 
 impl Prebuilt {
+    /// Builds `job`'s tables over ordinals.
+    pub fn build(job: TableJob, table_size: u32, seed: u32) -> Prebuilt {
+        let ordinals: Vec<TableBackend> = job
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| TableBackend {
+                id: i as u32,
+                addr: b.addr,
+                weight: b.weight,
+            })
+            .collect();
+        Prebuilt {
+            kind: job.kind,
+            table_size,
+            backends: job.backends.iter().map(|b| (b.addr, b.weight)).collect(),
+            tables: build_slot_tables(job.kind, &ordinals, table_size, seed),
+        }
+    }
+
+    /// Whether this was built for these backends (same addresses, weights and order; ids are not
+    /// looked at), kind and size.
+    pub fn is_for(&self, kind: TableKind, backends: &[TableBackend], table_size: u32) -> bool {
+        kind == self.kind
+            && table_size == self.table_size
+            && backends.len() == self.backends.len()
+            && backends
+                .iter()
+                .zip(&self.backends)
+                .all(|(b, (addr, weight))| b.addr == *addr && b.weight == *weight)
+    }
+
     /// The tables for `backends` (with their real ids), when they are the ones this was built for
-    /// (same addresses, weights and order, same kind and size); `None` otherwise.
+    /// ([`Prebuilt::is_for`]); `None` otherwise.
     pub fn with_ids(
         &self,
         kind: TableKind,
         backends: &[TableBackend],
         table_size: u32,
     ) -> Option<SlotTables> {
-        let same = kind == self.kind
-            && table_size == self.table_size
-            && backends.len() == self.backends.len()
-            && backends
-                .iter()
-                .zip(&self.backends)
-                .all(|(b, (addr, weight))| b.addr == *addr && b.weight == *weight);
-        if !same {
+        if !self.is_for(kind, backends, table_size) {
             return None;
         }
         let ids = self
@@ -71,24 +96,7 @@ impl Prebuilt {
 /// Builds every job's tables, spread over the CPUs (one thread for a single job), in the jobs'
 /// order; `None` where a builder thread failed.
 pub fn prebuild(jobs: Vec<TableJob>, table_size: u32, seed: u32) -> Vec<Option<Prebuilt>> {
-    let build = |job: TableJob| {
-        let ordinals: Vec<TableBackend> = job
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| TableBackend {
-                id: i as u32,
-                addr: b.addr,
-                weight: b.weight,
-            })
-            .collect();
-        Prebuilt {
-            kind: job.kind,
-            table_size,
-            backends: job.backends.iter().map(|b| (b.addr, b.weight)).collect(),
-            tables: build_slot_tables(job.kind, &ordinals, table_size, seed),
-        }
-    };
+    let build = |job: TableJob| Prebuilt::build(job, table_size, seed);
     let threads = std::thread::available_parallelism()
         .map(NonZeroUsize::get)
         .unwrap_or(1)

@@ -140,6 +140,16 @@ impl SnapshotBuilder {
     }
 }
 
+/// What the nodes of one service make of it on their own: no last good version to fall back on,
+/// VIP claims not settled. For work done ahead of a snapshot (start-up builds a service's tables
+/// while the rest of the tree is still read); `None` when the nodes make no valid service.
+pub fn service_alone(schema: &Schema, name: &str, node: &RawService) -> Option<Arc<ServiceSpec>> {
+    let mut scratch = Snapshot::default();
+    build_service(schema, name, node, &DesiredState::default(), &mut scratch)
+        .filter(|c| !c.is_last_good)
+        .map(|c| c.spec)
+}
+
 /// A service that made it through its own validation, before VIP claims are settled.
 struct Candidate {
     spec: Arc<ServiceSpec>,
