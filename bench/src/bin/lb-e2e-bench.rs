@@ -33,8 +33,8 @@ struct Args {
     /// Seconds of the unrecorded warm-up run before each mode's measurements (0: none).
     #[arg(long, default_value_t = 1)]
     warmup_s: u64,
-    /// Only these modes (repeatable: direct, direct-ecmp, floor, lb-rr, lb-maglev, nftables,
-    /// haproxy).
+    /// Only these modes (repeatable: direct, direct-ecmp, floor, lb-rr, lb-maglev,
+    /// lb-rr-1-backend, nftables, haproxy).
     #[arg(long = "mode")]
     modes: Vec<String>,
     /// Where e2e.md and e2e.svg are written.
@@ -184,4 +184,39 @@ fn utc_now() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn every_mode_is_named_in_the_help_and_parsed() {
+        let cmd = Args::command();
+        let help = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "modes")
+            .and_then(|a| a.get_help())
+            .expect("--mode has help")
+            .to_string()
+            .replace('\n', " ");
+        let listed: Vec<&str> = help
+            .split_once('(')
+            .and_then(|(_, l)| l.strip_prefix("repeatable: "))
+            .and_then(|l| l.trim_end_matches('.').strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no \"(repeatable: …)\" in {help:?}"))
+            .split(", ")
+            .collect();
+        let names: Vec<String> = Mode::ALL
+            .iter()
+            .map(|m| m.name().replace(' ', "-"))
+            .collect();
+        assert_eq!(listed, names);
+        for (name, mode) in names.iter().zip(Mode::ALL) {
+            assert_eq!(parse_mode(name).expect("parses"), mode);
+        }
+        assert!(parse_mode("lb rr 1 backend").is_err());
+    }
 }

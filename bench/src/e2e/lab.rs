@@ -144,11 +144,11 @@ impl E2eLab {
                 let pin = self.lab().pin_root_path().join("e2e_floor");
                 ActiveMode::Floor(FloorProgram::attach(&lbns, &pin)?)
             }
-            Mode::LbRr | Mode::LbMaglev => {
+            Mode::LbRr | Mode::LbMaglev | Mode::LbRr1Backend => {
                 let Some(scheduler) = mode.lb_scheduler() else {
                     bail!("{} has no scheduler", mode.name());
                 };
-                self.start_lb(scheduler)?
+                self.start_lb(scheduler, mode.backends())?
             }
             Mode::Nftables => ActiveMode::Nftables(NftBalancer::install(
                 &lbns,
@@ -168,21 +168,29 @@ impl E2eLab {
         })
     }
 
-    /// Undoes `active` (stops an `lb` mode's daemon, which detaches its program).
+    /// Undoes `active` (stops an `lb` mode's daemon, which detaches its program, and deletes its
+    /// service from ZooKeeper: `lb backend put` only adds, and the next `lb` mode may use fewer
+    /// backends).
     pub fn leave(&mut self, active: ActiveMode) -> anyhow::Result<()> {
         let was_lb = matches!(active, ActiveMode::Lb { .. });
         drop(active);
         if was_lb {
             self.zk.lab.stop_lb(LB)?;
+            self.zk.admin(&["service", "rm", SERVICE])?;
         }
         Ok(())
     }
 
-    /// Configures the service with `scheduler` in ZooKeeper, starts `lb run --zk` and waits until
-    /// it serves the service with that scheduler.
-    fn start_lb(&mut self, scheduler: &str) -> anyhow::Result<ActiveMode> {
+    /// Configures the service with `scheduler` over the first `backends` backends in ZooKeeper,
+    /// starts `lb run --zk` and waits until it serves exactly that service with that scheduler.
+    fn start_lb(&mut self, scheduler: &str, backends: usize) -> anyhow::Result<ActiveMode> {
+        ensure!(
+            (1..=BACKENDS).contains(&backends),
+            "the lab has {BACKENDS} backends, not {backends}"
+        );
         let backends = Self::backends()
             .into_iter()
+            .take(backends)
             .map(|b| BackendConfig::active(b, 1))
             .collect();
         let svc = ServiceConfig::new(SERVICE, Self::vip(), scheduler, backends);

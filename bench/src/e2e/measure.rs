@@ -119,6 +119,11 @@ pub fn problems(m: &Measurement) -> Vec<String> {
             ));
         }
     }
+    if m.mode.lb_scheduler().is_some() && m.balancer_count.is_none() {
+        out.push(format!(
+            "{name} ({kind}): no `lb status` packet count of the service was read"
+        ));
+    }
     // `lb` counts every packet (≥ 1 per request), nftables the first packet of each connection.
     if let Some(count) = m.balancer_count
         && (m.close || m.mode != Mode::Nftables)
@@ -155,6 +160,40 @@ mod tests {
     #[test]
     fn a_spread_mode_through_the_lb_passes() {
         assert!(problems(&m(Mode::LbRr, 5000, vec![1700; 3], Some(1000))).is_empty());
+    }
+
+    #[test]
+    fn lb_on_backend_0_alone_passes() {
+        let one = m(Mode::LbRr1Backend, 5000, vec![5000, 3, 0], Some(5000));
+        assert!(problems(&one).is_empty(), "{:?}", problems(&one));
+    }
+
+    #[test]
+    fn lb_1_backend_spreading_over_every_backend_is_caught() {
+        let p = problems(&m(Mode::LbRr1Backend, 5000, vec![1700; 3], Some(5000)));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].contains("b1 got 1700 packets; the mode uses b0 only"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].contains("b2 got 1700 packets; the mode uses b0 only"),
+            "{p:?}"
+        );
+        // Fewer packets to b0 than requests: not all went there.
+        let p = problems(&m(Mode::LbRr1Backend, 5000, vec![900, 0, 0], Some(5000)));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("b0 got 900 packets"), "{p:?}");
+    }
+
+    #[test]
+    fn lb_1_backend_whose_service_did_not_count_is_caught() {
+        let p = problems(&m(Mode::LbRr1Backend, 5000, vec![5000, 0, 0], Some(0)));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("counted 0 packets"), "{p:?}");
+        let p = problems(&m(Mode::LbRr1Backend, 5000, vec![5000, 0, 0], None));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("no `lb status` packet count"), "{p:?}");
     }
 
     #[test]

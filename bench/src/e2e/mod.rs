@@ -1,6 +1,7 @@
 //! The end-to-end bench (`lb-e2e-bench`, `cargo xtask bench --e2e`): real TCP from `wrk` in the
 //! client namespace to nginx on the backends, through each [`mode::Mode`] in turn (no LB, the
-//! `lb_floor` program, `lb run` with two schedulers, nftables, HAProxy), interleaved over rounds.
+//! `lb_floor` program, `lb run` with two schedulers over three backends and round robin over
+//! `floor`'s one, nftables, HAProxy), interleaved over rounds.
 //!
 //! - [`lab`]: the `lb-tests` lab with nginx, and entering / leaving each mode (guards);
 //! - [`servers`] (nginx, HAProxy), [`nftables`], [`floor`] (`lb_floor`), [`route`]: the modes' parts;

@@ -100,12 +100,13 @@ impl Goal {
     }
 }
 
-/// The goals for each `lb` mode: ≥ 0.95 of `floor` on both figures, ≥ 1.5× nftables and
-/// ≥ 2.5× HAProxy new connections per second.
+/// The goals for each `lb` mode over three backends: ≥ 0.95 of `floor` on both figures,
+/// ≥ 1.5× nftables and ≥ 2.5× HAProxy new connections per second. `lb rr 1 backend` is held to
+/// the same 0.95 of `floor` like for like (its path and backend); its lines follow `lb rr`'s.
 pub fn goals(figs: &[ModeFigures]) -> Vec<Goal> {
     let get = |mode: Mode| figs.iter().find(|f| f.mode == mode);
     let mut out = Vec::new();
-    for lb in [Mode::LbRr, Mode::LbMaglev] {
+    for lb in [Mode::LbRr, Mode::LbRr1Backend, Mode::LbMaglev] {
         let Some(l) = get(lb) else { continue };
         let mut goal = |text: String, peer: Option<f64>, mine: f64, target: f64| {
             out.push(Goal {
@@ -114,19 +115,31 @@ pub fn goals(figs: &[ModeFigures]) -> Vec<Goal> {
                 target,
             });
         };
+        let like_for_like = if lb.spreads() {
+            ""
+        } else {
+            " (like for like: floor's path and backend 0, not one of the issue's goals)"
+        };
         let floor = get(Mode::Floor);
         goal(
-            format!("{} conn/s ≥ 0.95 × floor", lb.name()),
+            format!("{} conn/s ≥ 0.95 × floor{like_for_like}", lb.name()),
             floor.map(|f| f.conn_per_s),
             l.conn_per_s,
             0.95,
         );
         goal(
-            format!("{} keep-alive req/s ≥ 0.95 × floor", lb.name()),
+            format!(
+                "{} keep-alive req/s ≥ 0.95 × floor{like_for_like}",
+                lb.name()
+            ),
             floor.map(|f| f.req_per_s),
             l.req_per_s,
             0.95,
         );
+        // nftables and HAProxy spread over every backend: no peers of a one-backend mode.
+        if !lb.spreads() {
+            continue;
+        }
         goal(
             format!("{} conn/s ≥ 1.5 × nftables", lb.name()),
             get(Mode::Nftables).map(|f| f.conn_per_s),
@@ -184,5 +197,45 @@ mod tests {
         assert!(!g[1].met(), "{:?}", g[1]);
         assert!(g[2].met(), "{:?}", g[2]);
         assert!(!g[3].met(), "{:?}", g[3]);
+    }
+
+    #[test]
+    fn lb_on_one_backend_is_compared_with_floor_alone_after_lb_rr() {
+        let figs = [
+            fig(Mode::Floor, 100.0, 200.0),
+            fig(Mode::LbRr, 80.0, 170.0),
+            fig(Mode::LbMaglev, 82.0, 180.0),
+            fig(Mode::LbRr1Backend, 97.0, 180.0),
+            fig(Mode::Nftables, 60.0, 80.0),
+            fig(Mode::Haproxy, 40.0, 50.0),
+        ];
+        let g = goals(&figs);
+        assert_eq!(g.len(), 10, "{g:#?}");
+        // Right after lb rr's four lines, the floor ones alone, labelled as like for like.
+        let like: Vec<usize> = (0..g.len())
+            .filter(|&i| g[i].text.contains("like for like"))
+            .collect();
+        assert_eq!(like, [4, 5], "{g:#?}");
+        assert!(
+            g[4].text
+                .starts_with("lb rr 1 backend conn/s ≥ 0.95 × floor")
+        );
+        assert_eq!((g[4].measured, g[4].met()), (Some(0.97), true));
+        assert!(
+            g[5].text
+                .starts_with("lb rr 1 backend keep-alive req/s ≥ 0.95 × floor")
+        );
+        assert_eq!((g[5].measured, g[5].met()), (Some(0.9), false));
+        // The lines keep their words.
+        assert_eq!(g[0].text, "lb rr conn/s ≥ 0.95 × floor");
+        assert_eq!(g[6].text, "lb maglev conn/s ≥ 0.95 × floor");
+        assert_eq!(g[0].measured, Some(0.8));
+    }
+
+    #[test]
+    fn lb_on_one_backend_without_floor_measures_nothing() {
+        let g = goals(&[fig(Mode::LbRr1Backend, 97.0, 180.0)]);
+        assert_eq!(g.len(), 2, "{g:#?}");
+        assert!(g.iter().all(|g| g.measured.is_none() && !g.met()));
     }
 }
