@@ -42,6 +42,21 @@ impl<T: bytemuck::Pod> MappedArray<T> {
         self.read_range(0, len)
     }
 
+    /// A copy of element `i` as it is now (`None` past the end): for a pass over the array that
+    /// keeps only what it derives from each element.
+    #[inline]
+    pub(crate) fn get(&self, i: u32) -> Option<T> {
+        (i < self.len).then(|| {
+            // SAFETY: `i` < `self.len`, which the mapping covers; `T` is plain data. Volatile:
+            // the kernel may rewrite the element meanwhile (a torn copy is as a batch lookup's).
+            unsafe {
+                std::ptr::read_volatile(
+                    self.mapping.base().cast::<T>().cast_const().add(i as usize),
+                )
+            }
+        })
+    }
+
     /// Copies of elements `start..start + len`, cut at the array's end.
     pub(crate) fn read_range(&self, start: u32, len: u32) -> Vec<T> {
         let start = start.min(self.len);

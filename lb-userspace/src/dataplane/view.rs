@@ -409,28 +409,38 @@ impl MapsView {
     /// Every backend slot up to the last valid one (ids are given out lowest first, so the slots
     /// beyond are unused), its connection count and its traffic (summed over CPUs), index by
     /// index: copied from the arrays' mappings.
+    ///
+    /// One pass over the mappings, element by element: at 100,000 backends, copying each array
+    /// first made most of `lb status`'s page faults.
     pub fn backend_slots(&self) -> Result<Vec<BackendSlot>, DataplaneError> {
-        let mut entries = self.backends_mapped.read(self.capacity.max_backends);
-        let used = entries
-            .iter()
-            .rposition(|b| b.flags & BACKEND_F_VALID != 0)
-            .map_or(0, |last| last + 1);
-        entries.truncate(used);
-        let used = used as u32;
-        let conns = self.conns_mapped.read(used);
-        let stats = self.all_backend_stats(used);
-        Ok(entries
-            .into_iter()
-            .zip(conns)
-            .zip(stats)
-            .enumerate()
-            .map(|(id, ((entry, conns), stats))| BackendSlot {
-                id: id as u32,
-                entry,
-                conns,
-                stats,
+        let per_cpu = self.capacity.max_backends;
+        let used = (0..per_cpu)
+            .rev()
+            .find(|&id| {
+                self.backends_mapped
+                    .get(id)
+                    .is_some_and(|b| b.flags & BACKEND_F_VALID != 0)
             })
-            .collect())
+            .map_or(0, |last| last + 1);
+        let mut slots = Vec::with_capacity(used as usize);
+        for id in 0..used {
+            let mut stats = TrafficStats::default();
+            for cpu in 0..self.cpus {
+                if let Some(one) = self
+                    .backend_stats_mapped
+                    .get(cpu.saturating_mul(per_cpu).saturating_add(id))
+                {
+                    stats.add(&one);
+                }
+            }
+            slots.push(BackendSlot {
+                id,
+                entry: self.backends_mapped.get(id).unwrap_or_default(),
+                conns: self.conns_mapped.get(id).unwrap_or_default(),
+                stats,
+            });
+        }
+        Ok(slots)
     }
 
     /// What the planner needs of these maps to adopt them: every service with its metadata and
