@@ -1,8 +1,9 @@
 //! The control plane's benchmark (`cargo xtask bench` runs it after the XDP benchmark): a lab with
 //! ZooKeeper in the router namespace and `lb run --zk` on the load balancer, measuring
 //!
-//! 1. ZooKeeper write → map applied: `lb backend weight` (the admin client) changes a backend's
-//!    weight, then the pinned `LB_BACKENDS` entry is polled until it shows the new weight;
+//! 1. ZooKeeper write → map applied: a backend node's weight is rewritten (one `set_data`, after
+//!    a `get_data` for its version), then the pinned `LB_BACKENDS` entry is polled until it shows
+//!    the new weight; timed from the write and from the start of the read-modify-write;
 //! 2. cold start: a daemon started against a populated ZooKeeper (1,000 services × 100 backends by
 //!    default), until every service is in `LB_SERVICES` and `lb status` shows them all.
 //!
@@ -135,7 +136,7 @@ fn write_to_map_latency(
     lb_zk: &str,
     changes: usize,
     debounce_ms: u64,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Vec<ChangeLatency>> {
     let vip: SocketAddr = SocketAddr::new(IpAddr::V4(Lab::vip_v4(1)), 80);
     let backends: Vec<SocketAddr> = (0..3).map(|i| Lab::backend_addr(i, false)).collect();
     let target = ZkTarget::new(local_zk, "/lb", None)?;
@@ -222,7 +223,7 @@ struct ColdStart {
     /// /metrics scrapes of that state.
     scrapes: Vec<Duration>,
     /// Weight changes applied on that state.
-    changes: Vec<Duration>,
+    changes: Vec<ChangeLatency>,
     /// ZooKeeper sessions the daemon opened, and log lines about an expiry.
     sessions: usize,
     expired: usize,
@@ -435,7 +436,7 @@ fn fleet_changes(
     local_zk: &str,
     maps: &MapsView,
     args: &Args,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Vec<ChangeLatency>> {
     let service = format!("svc{:05}", args.services / 2);
     let addr = SocketAddr::new(
         IpAddr::V4(backend_ip(
@@ -455,8 +456,17 @@ fn fleet_changes(
     })
 }
 
-/// Times `changes` weight changes of backend `addr` (id `id`) of `service`, each after `quiet`:
-/// from the admin client's write until `maps` shows the new weight.
+/// One weight change, until the map shows it: from the ZooKeeper write itself (one `set_data` of
+/// the backend node: the "write → applied") and from the start of the read-modify-write
+/// around it (`get_data` first, as a tool that keeps the node's other fields does).
+#[derive(Clone, Copy, Debug)]
+struct ChangeLatency {
+    write: Duration,
+    edit: Duration,
+}
+
+/// Times `changes` weight changes of backend `addr` (id `id`) of `service`, each after `quiet`,
+/// until `maps` shows the new weight.
 #[allow(clippy::too_many_arguments)]
 async fn time_weight_changes(
     client: &Client,
@@ -467,14 +477,24 @@ async fn time_weight_changes(
     maps: &MapsView,
     changes: usize,
     quiet: Duration,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Vec<ChangeLatency>> {
+    let path = target.schema.backend_path(service, addr);
     let mut latencies = Vec::with_capacity(changes);
     for i in 0..changes {
         // Always different from the previous weight.
         let weight = 2 + (i % 50) as u32;
         tokio::time::sleep(quiet).await;
-        let start = Instant::now();
-        admin::set_backend_weight(client, target, service, addr, weight).await?;
+        let edit_start = Instant::now();
+        let (_, stat) = client
+            .get_data(&path)
+            .await
+            .with_context(|| format!("reading {path}"))?;
+        let data = serde_json::to_vec(&serde_json::json!({ "weight": weight }))?;
+        let write_start = Instant::now();
+        client
+            .set_data(&path, &data, Some(stat.version))
+            .await
+            .with_context(|| format!("writing {path}"))?;
         Eventually::new(format!("weight {weight} (change {i})"), APPLY_TIMEOUT)
             .every(POLL)
             .poll_async(|| async {
@@ -486,7 +506,11 @@ async fn time_weight_changes(
                 }
             })
             .await??;
-        latencies.push(start.elapsed());
+        let done = Instant::now();
+        latencies.push(ChangeLatency {
+            write: done - write_start,
+            edit: done - edit_start,
+        });
     }
     Ok(latencies)
 }
@@ -653,19 +677,33 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn print_table(args: &Args, latencies: &[(u64, Vec<Duration>)], cold: Option<&ColdStart>) {
-    println!("\n### Control plane (ZooKeeper)\n");
-    println!("| measurement | value |");
-    println!("|---|---|");
-    for (debounce_ms, latencies) in latencies {
-        let mut sorted = latencies.clone();
+/// Two rows for `latencies`: from the write itself, and from the start of the read-modify-write.
+fn print_latencies(applied: &str, latencies: &[ChangeLatency]) {
+    let rows: [(&str, fn(&ChangeLatency) -> Duration); 2] = [
+        ("ZooKeeper write (one `set_data`)", |l| l.write),
+        ("read-modify-write (`get_data` + `set_data`)", |l| l.edit),
+    ];
+    for (from, pick) in rows {
+        let mut sorted: Vec<Duration> = latencies.iter().map(pick).collect();
         sorted.sort();
         println!(
-            "| ZooKeeper write → `LB_BACKENDS` applied, `--zk-debounce-ms {debounce_ms}`: p50 / p99 / max of {} weight changes | {} / {} / {} |",
+            "| {from} → {applied}: p50 / p99 / max of {} weight changes | {} / {} / {} |",
             sorted.len(),
             ms(percentile(&sorted, 50.0)),
             ms(percentile(&sorted, 99.0)),
             ms(sorted.last().copied().unwrap_or_default())
+        );
+    }
+}
+
+fn print_table(args: &Args, latencies: &[(u64, Vec<ChangeLatency>)], cold: Option<&ColdStart>) {
+    println!("\n### Control plane (ZooKeeper)\n");
+    println!("| measurement | value |");
+    println!("|---|---|");
+    for (debounce_ms, latencies) in latencies {
+        print_latencies(
+            &format!("`LB_BACKENDS` applied, `--zk-debounce-ms {debounce_ms}`"),
+            latencies,
         );
     }
     if let Some(c) = cold {
@@ -725,14 +763,9 @@ fn print_table(args: &Args, latencies: &[(u64, Vec<Duration>)], cold: Option<&Co
             ms(percentile(&scrapes, 50.0)),
             ms(scrapes.last().copied().unwrap_or_default())
         );
-        let mut changes = c.changes.clone();
-        changes.sort();
-        println!(
-            "| ZooKeeper write → `LB_BACKENDS` applied on that state (default debounce): p50 / p99 / max of {} weight changes | {} / {} / {} |",
-            changes.len(),
-            ms(percentile(&changes, 50.0)),
-            ms(percentile(&changes, 99.0)),
-            ms(changes.last().copied().unwrap_or_default())
+        print_latencies(
+            "`LB_BACKENDS` applied on that state (default debounce)",
+            &c.changes,
         );
         println!(
             "| ZooKeeper sessions the cold-started daemon opened / log lines about an expiry | {} / {} |",
