@@ -679,12 +679,17 @@ fn ms(d: Duration) -> String {
 
 /// Two rows for `latencies`: from the write itself, and from the start of the read-modify-write.
 fn print_latencies(applied: &str, latencies: &[ChangeLatency]) {
-    let rows: [(&str, fn(&ChangeLatency) -> Duration); 2] = [
-        ("ZooKeeper write (one `set_data`)", |l| l.write),
-        ("read-modify-write (`get_data` + `set_data`)", |l| l.edit),
+    let rows = [
+        (
+            "ZooKeeper write (one `set_data`)",
+            latencies.iter().map(|l| l.write).collect::<Vec<_>>(),
+        ),
+        (
+            "read-modify-write (`get_data` + `set_data`)",
+            latencies.iter().map(|l| l.edit).collect(),
+        ),
     ];
-    for (from, pick) in rows {
-        let mut sorted: Vec<Duration> = latencies.iter().map(pick).collect();
+    for (from, mut sorted) in rows {
         sorted.sort();
         println!(
             "| {from} → {applied}: p50 / p99 / max of {} weight changes | {} / {} / {} |",
