@@ -87,6 +87,7 @@ fn build_until_stopped(
     table_size: u32,
     seed: u32,
 ) {
+    yield_to_the_read();
     loop {
         let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(Job::Build(name, raw)) = job else {
@@ -99,6 +100,17 @@ fn build_until_stopped(
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(name, tables);
         }
+    }
+}
+
+/// Puts this builder thread below every other (`SCHED_IDLE`): the ZooKeeper read (and, on the
+/// same host, the ZooKeeper server) and the data plane's load come first, the builds take what
+/// CPU they leave. A refusal is harmless: the builds then share the CPU as equals.
+fn yield_to_the_read() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a plain syscall on this thread (pid 0) with an initialised parameter struct.
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
     }
 }
 
