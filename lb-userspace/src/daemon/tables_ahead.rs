@@ -58,9 +58,8 @@ impl TablesAhead {
 
     /// The hook to give the ZooKeeper source: queues each service read for a builder.
     pub fn hook(&self) -> ServiceReadHook {
-        let jobs = Mutex::new(self.jobs.clone());
+        let jobs = self.jobs.clone();
         ServiceReadHook(Arc::new(move |name: &str, raw: &RawService| {
-            let jobs = jobs.lock().unwrap_or_else(PoisonError::into_inner);
             // After `finish` no builder listens: the table is built later, as without this.
             let _ = jobs.send(Job::Build(name.to_owned(), raw.clone()));
         }))

@@ -39,7 +39,21 @@ impl<T: bytemuck::Pod> MappedArray<T> {
     /// Copies of elements `0..len` (at most the array's length), as they are now: an element
     /// being rewritten meanwhile may be seen half old, half new, as with a batch lookup.
     pub(crate) fn read(&self, len: u32) -> Vec<T> {
-        self.read_range(0, len)
+        let len = len.min(self.len) as usize;
+        // Not zeroed first: at 100,000 backends that doubled the pages touched.
+        let mut out: Vec<T> = Vec::with_capacity(len);
+        // SAFETY: the mapping covers `self.len` values of `T` (the kernel checked its size at
+        // mmap), `len` ≤ that, `out` has room for `len` values, and `T` is plain data (any bytes
+        // are a valid `T`), so after the copy its first `len` values are initialised.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.mapping.base().cast::<T>().cast_const(),
+                out.as_mut_ptr(),
+                len,
+            );
+            out.set_len(len);
+        }
+        out
     }
 
     /// A copy of element `i` as it is now (`None` past the end): for a pass over the array that
@@ -55,29 +69,5 @@ impl<T: bytemuck::Pod> MappedArray<T> {
                 )
             }
         })
-    }
-
-    /// Copies of elements `start..start + len`, cut at the array's end.
-    pub(crate) fn read_range(&self, start: u32, len: u32) -> Vec<T> {
-        let start = start.min(self.len);
-        let len = len.min(self.len - start) as usize;
-        // Not zeroed first: at 100,000 backends that doubled the pages touched.
-        let mut out: Vec<T> = Vec::with_capacity(len);
-        // SAFETY: the mapping covers `self.len` values of `T` (the kernel checked its size at
-        // mmap), `start + len` ≤ that, `out` has room for `len` values, and `T` is plain data
-        // (any bytes are a valid `T`), so after the copy its first `len` values are initialised.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.mapping
-                    .base()
-                    .cast::<T>()
-                    .cast_const()
-                    .add(start as usize),
-                out.as_mut_ptr(),
-                len,
-            );
-            out.set_len(len);
-        }
-        out
     }
 }

@@ -326,20 +326,19 @@ impl MapsView {
                 capacity: u64::from(self.capacity.max_backends),
             });
         }
-        Ok(self.all_backend_stats(id + 1).pop().unwrap_or_default())
+        Ok(self.backend_traffic(id))
     }
 
-    /// Traffic of backends `0..len`, summed over CPUs: one copy of each CPU's slots.
-    fn all_backend_stats(&self, len: u32) -> Vec<TrafficStats> {
+    /// Traffic of backend `id` (below `max_backends`), summed over its slot of every CPU.
+    fn backend_traffic(&self, id: u32) -> TrafficStats {
         let per_cpu = self.capacity.max_backends;
-        let len = len.min(per_cpu);
-        let mut total = vec![TrafficStats::default(); len as usize];
+        let mut total = TrafficStats::default();
         for cpu in 0..self.cpus {
-            let part = self
+            if let Some(one) = self
                 .backend_stats_mapped
-                .read_range(cpu.saturating_mul(per_cpu), len);
-            for (sum, one) in total.iter_mut().zip(&part) {
-                sum.add(one);
+                .get(cpu.saturating_mul(per_cpu).saturating_add(id))
+            {
+                total.add(&one);
             }
         }
         total
@@ -413,8 +412,7 @@ impl MapsView {
     /// One pass over the mappings, element by element: at 100,000 backends, copying each array
     /// first made most of `lb status`'s page faults.
     pub fn backend_slots(&self) -> Result<Vec<BackendSlot>, DataplaneError> {
-        let per_cpu = self.capacity.max_backends;
-        let used = (0..per_cpu)
+        let used = (0..self.capacity.max_backends)
             .rev()
             .find(|&id| {
                 self.backends_mapped
@@ -424,20 +422,11 @@ impl MapsView {
             .map_or(0, |last| last + 1);
         let mut slots = Vec::with_capacity(used as usize);
         for id in 0..used {
-            let mut stats = TrafficStats::default();
-            for cpu in 0..self.cpus {
-                if let Some(one) = self
-                    .backend_stats_mapped
-                    .get(cpu.saturating_mul(per_cpu).saturating_add(id))
-                {
-                    stats.add(&one);
-                }
-            }
             slots.push(BackendSlot {
                 id,
                 entry: self.backends_mapped.get(id).unwrap_or_default(),
                 conns: self.conns_mapped.get(id).unwrap_or_default(),
-                stats,
+                stats: self.backend_traffic(id),
             });
         }
         Ok(slots)

@@ -741,11 +741,15 @@ pub fn prebuild_for(
 /// The tables of one service with none of its backends down, built on this thread (start-up
 /// builds them while the rest of the state is still read; [`prebuild_for`] checks them).
 pub fn prebuild_one(spec: &ServiceSpec, table_size: u32, seed: u32) -> Prebuilt {
-    let job = TableJob {
+    Prebuilt::build(table_job(spec, &ServiceHealth::default()), table_size, seed)
+}
+
+/// What building `spec`'s tables with `health` takes: its table kind and candidates.
+fn table_job(spec: &ServiceSpec, health: &ServiceHealth) -> TableJob {
+    TableJob {
         kind: spec.scheduler.table_kind(),
-        backends: table_candidates(spec, &ServiceHealth::default()).collect(),
-    };
-    Prebuilt::build(job, table_size, seed)
+        backends: table_candidates(spec, health).collect(),
+    }
 }
 
 fn prebuild_tables<'a>(
@@ -755,13 +759,7 @@ fn prebuild_tables<'a>(
 ) -> BTreeMap<String, Prebuilt> {
     let (names, jobs): (Vec<String>, Vec<TableJob>) = services
         .into_iter()
-        .map(|(spec, health)| {
-            let job = TableJob {
-                kind: spec.scheduler.table_kind(),
-                backends: table_candidates(spec, health).collect(),
-            };
-            (spec.name.clone(), job)
-        })
+        .map(|(spec, health)| (spec.name.clone(), table_job(spec, health)))
         .unzip();
     names
         .into_iter()
