@@ -4,17 +4,31 @@
 //! `--detach-on-exit`. The state file (the last good state) is kept unless `--purge-state`: it
 //! describes the services, not the data plane, and lets a later `lb run` start while its source
 //! is unreachable.
+//!
+//! A run that ended without withdrawing its VIPs from BIRD (`kill -9`, a crash) left them announced,
+//! and its program forwarding them: a detach withdraws them first (the include file its status
+//! file names), waits `--withdraw-grace-s` while the routers move the traffic, then removes the
+//! pins, so the host never attracts traffic it no longer forwards.
 
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use tracing::{info, warn};
 
+use crate::announce::{self, Withdrawal};
 use crate::dataplane::{self, link_path, pinned_links};
 use crate::owner::PinDirLock;
 use crate::report;
 
-pub fn run(iface: &str, pin_dir: &Path, purge_state: Option<&Path>) -> anyhow::Result<()> {
+/// `withdraw_grace`: how long to wait after withdrawing VIPs a stopped run left announced; `None`
+/// leaves BIRD alone (`--no-withdraw`).
+pub fn run(
+    iface: &str,
+    pin_dir: &Path,
+    purge_state: Option<&Path>,
+    withdraw_grace: Option<Duration>,
+) -> anyhow::Result<()> {
     // No capability: unlinking the pins (the link's pin last held) detaches the program; it needs
     // write access to the pin directory and /run/lb only (measured; README).
     if !pin_dir.exists() {
@@ -35,6 +49,9 @@ pub fn run(iface: &str, pin_dir: &Path, purge_state: Option<&Path>) -> anyhow::R
         }
         warn!(pin_dir = %pin_dir.display(), "no link pinned for {iface}; removing what is left");
     }
+    if let Some(grace) = withdraw_grace {
+        withdraw_left_over(pin_dir, grace)?;
+    }
     remove_all(pin_dir, lock);
     info!(iface, pin_dir = %pin_dir.display(), "detached; pins, status file and lock removed");
     if let Some(state) = purge_state {
@@ -43,6 +60,62 @@ pub fn run(iface: &str, pin_dir: &Path, purge_state: Option<&Path>) -> anyhow::R
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => bail!("could not remove the state file {}: {e}", state.display()),
         }
+    }
+    Ok(())
+}
+
+/// Withdraws the VIPs the last run on `pin_dir` announced, if its status file names an
+/// announcement, and waits `grace` when some were; an error (nothing removed yet) when BIRD may
+/// still announce them.
+fn withdraw_left_over(pin_dir: &Path, grace: Duration) -> anyhow::Result<()> {
+    let announce = match report::read(pin_dir) {
+        Ok(report) => report.and_then(|r| r.announce),
+        Err(e) => {
+            warn!(
+                "cannot tell from the status file whether the last run announced VIPs ({e}); if \
+                 it ran with --announce-bird-include, empty that file and run `birdc configure`"
+            );
+            None
+        }
+    };
+    let Some(a) = announce else {
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime that talks to BIRD")?;
+    let outcome = runtime
+        .block_on(announce::withdraw_left_over(&a.include, &a.socket))
+        .with_context(|| {
+            format!(
+                "withdrawing the VIPs the last `lb run` announced (include file {}, BIRD socket \
+                 {}) failed, so BIRD may still attract their traffic here; nothing was detached. \
+                 Fix that and detach again, or pass --no-withdraw to detach anyway",
+                a.include.display(),
+                a.socket.display()
+            )
+        })?;
+    match outcome {
+        Withdrawal::Withdrawn { reply } => {
+            info!(
+                include = %a.include.display(),
+                bird = %reply,
+                grace_s = grace.as_secs_f64(),
+                "VIPs the last run announced withdrawn; forwarding on while the routers move the \
+                 traffic"
+            );
+            std::thread::sleep(grace);
+        }
+        Withdrawal::NothingAnnounced { reply } => {
+            info!(include = %a.include.display(), bird = %reply, "no VIP was announced");
+        }
+        Withdrawal::BirdNotRunning { error } => info!(
+            include = %a.include.display(),
+            socket = %a.socket.display(),
+            %error,
+            "include file emptied; BIRD is not running, so it announces nothing"
+        ),
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ pub use task::{AnnounceHandle, AnnounceState};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -169,6 +169,57 @@ impl Announcer {
                 source,
             })?;
         Ok(bird::configure(&self.opts.socket).await?)
+    }
+}
+
+/// What [`withdraw_left_over`] found and did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// The include file listed VIPs; it lists none now and BIRD has reloaded it (its reply).
+    Withdrawn { reply: String },
+    /// The include file listed no VIP; BIRD was told again all the same (its reply).
+    NothingAnnounced { reply: String },
+    /// The include file is empty now, and BIRD is not running (its socket is missing or refuses
+    /// connections): it has no BGP session, so nothing is announced, and it reads the empty file
+    /// when it starts.
+    BirdNotRunning { error: String },
+}
+
+/// Withdraws what a run that ended without withdrawing (`kill -9`, a crash) left announced: writes
+/// the include file `include` with no VIP and has the BIRD on `socket` reload it. An error means
+/// BIRD may still announce the VIPs (the file could not be written, or a running BIRD did not
+/// take it).
+pub async fn withdraw_left_over(
+    include: &Path,
+    socket: &Path,
+) -> Result<Withdrawal, AnnounceError> {
+    let empty = render_include(&BTreeSet::new());
+    let listed = match std::fs::read_to_string(include) {
+        Ok(text) => text != empty,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        // Unreadable: assume it lists VIPs (the write below says why it fails, if it does).
+        Err(_) => true,
+    };
+    crate::atomic_file::write(include, empty.as_bytes()).map_err(|source| {
+        AnnounceError::Write {
+            path: include.to_path_buf(),
+            source,
+        }
+    })?;
+    match bird::configure(socket).await {
+        Ok(reply) if listed => Ok(Withdrawal::Withdrawn { reply }),
+        Ok(reply) => Ok(Withdrawal::NothingAnnounced { reply }),
+        Err(bird::BirdError::Connect { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(Withdrawal::BirdNotRunning {
+                error: source.to_string(),
+            })
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

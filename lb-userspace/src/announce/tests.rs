@@ -300,3 +300,66 @@ async fn the_task_hands_over_the_first_set_and_reports_a_missing_bird() {
             .contains("\troute")
     );
 }
+
+#[tokio::test]
+async fn a_left_over_announcement_is_withdrawn_and_a_stopped_bird_announces_nothing() {
+    let dir = temp_dir("left-over");
+    let socket = dir.0.join("bird.ctl");
+    let include = dir.0.join("vips.conf");
+    std::fs::write(
+        &include,
+        render_include(&ips(&["198.18.100.1", "2001:db8::1"])),
+    )
+    .unwrap();
+    let bird = fake_bird(&socket, "0003 Reconfigured\n").await;
+    let outcome = withdraw_left_over(&include, &socket).await.unwrap();
+    assert_eq!(bird.await.unwrap(), "configure");
+    assert_eq!(
+        outcome,
+        Withdrawal::Withdrawn {
+            reply: "Reconfigured".into()
+        }
+    );
+    assert_eq!(
+        std::fs::read_to_string(&include).unwrap(),
+        render_include(&BTreeSet::new())
+    );
+    // Again, nothing listed: told all the same.
+    let _ = std::fs::remove_file(&socket);
+    let bird = fake_bird(&socket, "0003 Reconfigured\n").await;
+    let again = withdraw_left_over(&include, &socket).await.unwrap();
+    bird.await.unwrap();
+    assert!(
+        matches!(again, Withdrawal::NothingAnnounced { .. }),
+        "{again:?}"
+    );
+    // BIRD stopped (its socket gone): the file is emptied, nothing is announced without it.
+    let _ = std::fs::remove_file(&socket);
+    std::fs::write(&include, render_include(&ips(&["198.18.100.1"]))).unwrap();
+    let stopped = withdraw_left_over(&include, &socket).await.unwrap();
+    assert!(
+        matches!(stopped, Withdrawal::BirdNotRunning { .. }),
+        "{stopped:?}"
+    );
+    assert!(
+        !std::fs::read_to_string(&include)
+            .unwrap()
+            .contains("\troute")
+    );
+}
+
+#[tokio::test]
+async fn a_withdrawal_bird_refuses_or_a_file_it_cannot_write_is_an_error() {
+    let dir = temp_dir("withdraw-error");
+    let socket = dir.0.join("bird.ctl");
+    let include = dir.0.join("vips.conf");
+    std::fs::write(&include, render_include(&ips(&["198.18.100.1"]))).unwrap();
+    let bird = fake_bird(&socket, "8002 bird.conf:7:3 syntax error\n").await;
+    let e = withdraw_left_over(&include, &socket).await.unwrap_err();
+    bird.await.unwrap();
+    assert!(e.to_string().contains("syntax error"), "{e}");
+    // Under a file, not a directory: it cannot be written.
+    let unwritable = include.join("vips.conf");
+    let e = withdraw_left_over(&unwritable, &socket).await.unwrap_err();
+    assert!(matches!(e, AnnounceError::Write { .. }), "{e}");
+}

@@ -163,6 +163,13 @@ struct DetachArgs {
     /// The state file `lb run --state-file` was given [default: the one of --pin-dir].
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// After withdrawing VIPs a stopped run left announced to BIRD (`kill -9`, a crash), forward
+    /// on this long while the routers move their traffic, then detach.
+    #[arg(long, default_value_t = lb_userspace::announce::DEFAULT_WITHDRAW_GRACE.as_secs(), value_name = "SECONDS")]
+    withdraw_grace_s: u64,
+    /// Leave BIRD alone: detach even if the last run's VIPs may still be announced.
+    #[arg(long)]
+    no_withdraw: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -260,7 +267,13 @@ impl Cli {
                     (a.state_file.clone())
                         .unwrap_or_else(|| lb_userspace::state_file::default_path(&a.pin_dir))
                 });
-                done(detach::run(&a.iface, &a.pin_dir, purge.as_deref()))
+                let withdraw = (!a.no_withdraw).then(|| Duration::from_secs(a.withdraw_grace_s));
+                done(detach::run(
+                    &a.iface,
+                    &a.pin_dir,
+                    purge.as_deref(),
+                    withdraw,
+                ))
             }
             Command::Status(a) => done(status::run(&a.pin_dir, a.json)),
             Command::Flows(a) => done(lb_userspace::flows::run(

@@ -214,8 +214,14 @@ impl Lab {
 
     /// `lb detach --iface eth0` on load balancer `lb`'s pin directory; returns its stdout.
     pub fn lb_detach(&self, lb: usize) -> anyhow::Result<String> {
+        self.lb_detach_with(lb, &[])
+    }
+
+    /// `lb detach --iface eth0 EXTRA` on load balancer `lb`'s pin directory; returns its stdout.
+    pub fn lb_detach_with(&self, lb: usize, extra: &[&str]) -> anyhow::Result<String> {
         let pin_dir = path_arg(&self.lb_pin_dir(lb))?;
-        let args = ["detach", "--iface", "eth0", "--pin-dir", &pin_dir];
+        let mut args = vec!["detach", "--iface", "eth0", "--pin-dir", &pin_dir];
+        args.extend_from_slice(extra);
         self.run_lb_in(&self.lb_netns(lb), &args)
     }
 

@@ -76,7 +76,8 @@ fn announced(lab: &Lab, lb: usize) -> Vec<IpAddr> {
 }
 
 #[test]
-fn two_announcing_lbs_give_the_router_two_next_hops_per_vip_and_kill_9_keeps_them() {
+fn two_announcing_lbs_give_the_router_two_next_hops_per_vip_kill_9_keeps_them_and_detach_withdraws()
+{
     let v4 = service("web", vip(1, false), "maglev", &[1, 1, 1]);
     let v6 = service("web6", vip(1, true), "maglev", &[1, 1, 1]);
     let services = [v4.clone(), v6.clone()];
@@ -122,6 +123,27 @@ fn two_announcing_lbs_give_the_router_two_next_hops_per_vip_and_kill_9_keeps_the
         .in_client(|| lb_tests::spread(v4.vip, 60, 4))
         .expect("client namespace");
     assert_eq!(spread.failures, 0, "{:?}", spread.failure_samples);
+    // Detaching the crashed run's data plane withdraws what it left announced first (the include
+    // file its status file names), so the router stops sending lb0 traffic it no longer forwards.
+    lab.lb_detach_with(0, &["--withdraw-grace-s", "1"])
+        .expect("lb detach on lb0");
+    assert!(
+        !lab.lb_has_xdp(0).expect("ip link on lb0"),
+        "still attached"
+    );
+    let include = std::fs::read_to_string(lab.lb_bird_include(0)).expect("lb0's include file");
+    assert!(
+        !include.contains("route "),
+        "the include file still lists VIPs: {include}"
+    );
+    assert_routed_via(&lab, v4.vip.ip(), &[1]);
+    assert_routed_via(&lab, v6.vip.ip(), &[1]);
+    for svc in &services {
+        let spread = lab
+            .in_client(|| lb_tests::spread(svc.vip, 60, 4))
+            .expect("client namespace");
+        assert_eq!(spread.failures, 0, "{:?}", spread.failure_samples);
+    }
 }
 
 /// Checked by TCP every 200 ms: down after 2 failures, up after 2 successes.
