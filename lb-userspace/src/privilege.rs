@@ -388,6 +388,8 @@ mod tests {
 
     /// The unit shipped in `packaging/`, read at build time.
     const UNIT: &str = include_str!("../../packaging/lb.service");
+    /// Its drop-in for announcing through BIRD.
+    const BIRD_DROP_IN: &str = include_str!("../../packaging/lb-bird.conf");
 
     fn unit_values(key: &str) -> Vec<String> {
         let prefix = format!("{key}=");
@@ -425,8 +427,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lb-unit-verify-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let unit = dir.join("lb.service");
-        let text = UNIT.replace("/usr/bin/lb", &exe.to_string_lossy());
-        assert_ne!(text, UNIT);
+        // With the BIRD drop-in's settings after the unit's, as systemd reads a drop-in.
+        let text = format!("{UNIT}\n{BIRD_DROP_IN}").replace("/usr/bin/lb", &exe.to_string_lossy());
+        assert_ne!(text, format!("{UNIT}\n{BIRD_DROP_IN}"));
         std::fs::write(&unit, text).unwrap();
         let out = std::process::Command::new("systemd-analyze")
             .arg("verify")
