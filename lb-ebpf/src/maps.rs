@@ -96,11 +96,11 @@ pub static LB_DECAP_ALLOW: LpmTrie<DecapSrcKey, u32> =
 #[map]
 pub static LB_DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DecapCounter::COUNT, 0);
 
-/// Next hops by backend id, per CPU: `bpf_fib_lookup` costs ~45 ns for IPv4 and ~160 ns for IPv6
-/// per packet; see `route::next_hop_cached`.
+/// Next hops by backend id, shared by every CPU: `bpf_fib_lookup` costs ~45 ns for IPv4 and
+/// ~160 ns for IPv6 per packet; see `route::next_hop_cached`.
 #[map]
-pub static LB_NH_CACHE: PerCpuArray<crate::route::CachedHop> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static LB_NH_CACHE: Array<crate::route::CachedHop> =
+    Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 /// The new-flow guard's window on one CPU (`flow::over_guard`).
 #[repr(C)]

@@ -1,7 +1,7 @@
 //! Next hop toward a backend: `bpf_fib_lookup` gives the egress interface, both MAC addresses and
-//! the MTU check of the encapsulated packet. Its results are cached per CPU and backend for a short
-//! time (`NEXTHOP_CACHE_NS`), because the lookup is the most expensive step of an established-flow
-//! packet (IPv6 especially).
+//! the MTU check of the encapsulated packet. Its results are cached per backend, shared by every
+//! CPU, for a short time (`NEXTHOP_CACHE_NS`), because the lookup is the most expensive step of an
+//! established-flow packet (IPv6 especially).
 
 use aya_ebpf::{
     EbpfContext,
@@ -24,10 +24,15 @@ use crate::{
 /// changes (userspace keeps next hops resolved) reach the data plane within this time.
 pub const NEXTHOP_CACHE_NS: u64 = 50_000_000;
 
-/// A `bpf_fib_lookup` result for one backend, on one CPU.
+/// A `bpf_fib_lookup` result for one backend, shared by every CPU (one array of `--max-backends`
+/// entries: a per-CPU one took its size times the possible CPUs, and as many allocations at load).
+/// Written under a sequence lock: `seq` is odd while a CPU writes the entry (it took it by a
+/// compare-and-swap from even), and a reader that finds it odd or changed across its reads looks
+/// the route up itself.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CachedHop {
+    pub seq: u64,
     /// The backend address the route was looked up for (a backend id may be reused).
     pub addr: [u32; 4],
     /// The interface the packets came in on (the lookup depends on it).
@@ -98,7 +103,7 @@ pub fn next_hop(
     Err(Counter::DropNoRoute)
 }
 
-/// `next_hop`, answered from the per-CPU cache when a fresh entry for this backend, address and
+/// `next_hop`, answered from the shared cache when a fresh entry for this backend, address and
 /// ingress interface covers a packet this long. Failures are never cached.
 #[inline(always)]
 pub fn next_hop_cached(
@@ -113,31 +118,80 @@ pub fn next_hop_cached(
     let c = LB_NH_CACHE
         .get_ptr_mut(backend_id)
         .ok_or(Counter::DropNoRoute)?;
-    // SAFETY: per-CPU map value; nothing else writes it while this program runs on this CPU.
-    let cached = unsafe { &mut *c };
-    let fresh = cached.addr == *dst
-        && cached.ingress == ctx.ingress_ifindex() as u32
-        && cached.expires_ns > crate::lookup::now_ns(cfg)
-        && outer_len <= cached.max_len;
-    if !fresh {
-        match refresh(
-            ctx,
-            cfg,
-            dst,
-            (u64::from(family) << 32) | u64::from(outer_len),
-            c,
-        ) {
-            REFRESHED => {}
-            FAILED_MTU => return Err(Counter::DropMtu),
-            FAILED_NO_NEIGHBOUR => return Err(Counter::DropNoNeighbour),
-            _ => return Err(Counter::DropNoRoute),
-        }
+    let ingress = ctx.ingress_ifindex() as u32;
+    if let Some(hop) = fresh(c, dst, ingress, crate::lookup::now_ns(cfg), outer_len) {
+        return Ok(hop);
     }
-    Ok(NextHop {
-        ifindex: cached.ifindex,
-        smac: cached.smac,
-        dmac: cached.dmac,
-    })
+    let mut hop = NextHop {
+        ifindex: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    // Backend id, family and length in one argument (a BPF call takes five).
+    let packed = (u64::from(backend_id) << 32) | (u64::from(family) << 24) | u64::from(outer_len);
+    match refresh(ctx, cfg, dst, packed, &mut hop) {
+        REFRESHED => Ok(hop),
+        FAILED_MTU => Err(Counter::DropMtu),
+        FAILED_NO_NEIGHBOUR => Err(Counter::DropNoNeighbour),
+        _ => Err(Counter::DropNoRoute),
+    }
+}
+
+/// A volatile load (kept in program order by LLVM; x86 does not reorder loads).
+#[inline(always)]
+fn load<T: Copy>(p: *const T) -> T {
+    // SAFETY: callers pass pointers into a map value.
+    unsafe { core::ptr::read_volatile(p) }
+}
+
+/// The cached next hop of entry `c` if it is for `dst` via `ingress`, unexpired at `now` and good
+/// for `outer_len` bytes, read consistently (the sequence even and unchanged across the reads).
+#[inline(always)]
+fn fresh(
+    c: *const CachedHop,
+    dst: &[u32; 4],
+    ingress: u32,
+    now: u64,
+    outer_len: u32,
+) -> Option<NextHop> {
+    // SAFETY (all field pointers): `c` is a map value pointer.
+    let seq = load(unsafe { core::ptr::addr_of!((*c).seq) });
+    let addr = load(unsafe { core::ptr::addr_of!((*c).addr) });
+    let entry_ingress = load(unsafe { core::ptr::addr_of!((*c).ingress) });
+    let expires = load(unsafe { core::ptr::addr_of!((*c).expires_ns) });
+    let max_len = load(unsafe { core::ptr::addr_of!((*c).max_len) });
+    let hop = NextHop {
+        ifindex: load(unsafe { core::ptr::addr_of!((*c).ifindex) }),
+        smac: load(unsafe { core::ptr::addr_of!((*c).smac) }),
+        dmac: load(unsafe { core::ptr::addr_of!((*c).dmac) }),
+    };
+    let again = load(unsafe { core::ptr::addr_of!((*c).seq) });
+    let usable = seq & 1 == 0
+        && again == seq
+        && addr == *dst
+        && entry_ingress == ingress
+        && expires > now
+        && outer_len <= max_len;
+    usable.then_some(hop)
+}
+
+/// Takes entry `c` for writing: its sequence from the even `seq` to odd, atomically; false when
+/// another CPU changed it first (that CPU writes the entry; this one only uses its own lookup).
+#[inline(always)]
+fn take_for_writing(c: *mut CachedHop, seq: u64) -> bool {
+    let mut seen = seq;
+    // SAFETY: `seq` is the 8-byte aligned first field of a map value; BPF_ATOMIC | BPF_CMPXCHG
+    // compares it with r0, stores the new value if equal and returns what it held in r0.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {n})",
+            p = in(reg) core::ptr::addr_of_mut!((*c).seq),
+            n = in(reg) seq + 1,
+            inout("r0") seen,
+            options(nostack),
+        );
+    }
+    seen == seq
 }
 
 /// What `refresh` returns (one register: a BPF-to-BPF call returns no `Result` of a `NextHop`).
@@ -146,44 +200,59 @@ const FAILED_MTU: u32 = 1;
 const FAILED_NO_NEIGHBOUR: u32 = 2;
 const FAILED_NO_ROUTE: u32 = 3;
 
-/// Looks the route up and, on success, stores it in the cache entry `c`. A function of its own:
-/// the lookup's 64-byte parameter struct then lives in this frame, not in the balancer's (the
-/// verifier caps a call chain's stack at 512 bytes). `family_len` is `family << 32 | outer_len`.
+/// Looks the route up into `out` and, on success, stores it in the backend's cache entry unless
+/// another CPU is writing that entry. A function of its own: the lookup's 64-byte parameter struct
+/// then lives in this frame, not in the balancer's (the verifier caps a call chain's stack at 512
+/// bytes). `packed` is `backend_id << 32 | family << 24 | outer_len` (below 2^24: an IP packet's
+/// length is 16 bits).
 #[inline(never)]
 fn refresh(
     ctx: &XdpContext,
     cfg: &LbConfig,
     dst: &[u32; 4],
-    family_len: u64,
-    c: *mut CachedHop,
+    packed: u64,
+    out: &mut NextHop,
 ) -> u32 {
-    let family = (family_len >> 32) as u8;
-    let outer_len = family_len as u32;
+    let family = (packed >> 24) as u8;
+    let outer_len = (packed as u32) & 0x00ff_ffff;
     let hop = match next_hop(ctx, cfg, family, dst, outer_len) {
         Ok(hop) => hop,
         Err(Counter::DropMtu) => return FAILED_MTU,
         Err(Counter::DropNoNeighbour) => return FAILED_NO_NEIGHBOUR,
         Err(_) => return FAILED_NO_ROUTE,
     };
-    // SAFETY: per-CPU map value of the caller; nothing else writes it on this CPU.
-    let cached = unsafe { &mut *c };
+    *out = hop;
+    let Some(c) = LB_NH_CACHE.get_ptr_mut((packed >> 32) as u32) else {
+        return REFRESHED;
+    };
+    // SAFETY (all field pointers): map value pointer.
+    let seq = load(unsafe { core::ptr::addr_of!((*c).seq) });
+    if seq & 1 != 0 || !take_for_writing(c, seq) {
+        return REFRESHED;
+    }
     let ingress = ctx.ingress_ifindex() as u32;
     let now = crate::lookup::now_ns(cfg);
-    if cached.addr == *dst && cached.ingress == ingress && cached.expires_ns > now {
-        // A longer packet passed the MTU check of the same route.
-        cached.max_len = outer_len;
-    } else {
-        *cached = CachedHop {
-            addr: *dst,
-            ingress,
-            ifindex: hop.ifindex,
-            max_len: outer_len,
-            _pad: 0,
-            expires_ns: now + NEXTHOP_CACHE_NS,
-            smac: hop.smac,
-            dmac: hop.dmac,
-            _pad2: [0; 4],
-        };
+    // This CPU owns the entry until it stores the even sequence; the stores stay in order.
+    unsafe {
+        let same_route = (*c).addr == *dst && (*c).ingress == ingress && (*c).expires_ns > now;
+        if same_route {
+            // A longer packet passed the MTU check of the same route.
+            if outer_len > (*c).max_len {
+                core::ptr::write_volatile(core::ptr::addr_of_mut!((*c).max_len), outer_len);
+            }
+        } else {
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*c).addr), *dst);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*c).ingress), ingress);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*c).ifindex), hop.ifindex);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*c).max_len), outer_len);
+            core::ptr::write_volatile(
+                core::ptr::addr_of_mut!((*c).expires_ns),
+                now + NEXTHOP_CACHE_NS,
+            );
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*c).smac), hop.smac);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*c).dmac), hop.dmac);
+        }
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*c).seq), seq + 2);
     }
     REFRESHED
 }
