@@ -1,5 +1,7 @@
 //! `lb detach`: removes the balancer from an interface, and with it everything `lb run` created for
-//! its pin directory (the pinned link and maps, the directory, the status file, the lock file).
+//! its pin directory (the pinned link and maps, the directory, the status file, the lock file) and
+//! the neighbour entries it made for its next hops (unless another `lb run` balances in this
+//! network namespace).
 //! Ending `lb run` does not do this (its program keeps forwarding) unless it runs with
 //! `--detach-on-exit`. The state file (the last good state) is kept unless `--purge-state`: it
 //! describes the services, not the data plane, and lets a later `lb run` start while its source
@@ -18,7 +20,8 @@ use tracing::{info, warn};
 
 use crate::announce::{self, Withdrawal};
 use crate::dataplane::{self, link_path, pinned_links};
-use crate::owner::PinDirLock;
+use crate::nexthop;
+use crate::owner::{self, PinDirLock};
 use crate::report;
 
 /// `withdraw_grace`: how long to wait after withdrawing VIPs a stopped run left announced; `None`
@@ -54,6 +57,7 @@ pub fn run(
     }
     remove_all(pin_dir, lock);
     info!(iface, pin_dir = %pin_dir.display(), "detached; pins, status file and lock removed");
+    release_neighbours();
     if let Some(state) = purge_state {
         match std::fs::remove_file(state) {
             Ok(()) => info!(path = %state.display(), "state file removed"),
@@ -62,6 +66,35 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// Removes the neighbour entries `lb run` made to keep its next hops resolved (a plain exit keeps
+/// them for the program that forwards on), unless another `lb run` of this network namespace
+/// runs: it may own some of them.
+fn release_neighbours() {
+    match owner::claimed_ifaces() {
+        Ok(others) if others.is_empty() => match nexthop::release_left_over() {
+            Ok(removed) if removed.is_empty() => {}
+            Ok(removed) => info!(
+                removed = removed.len(),
+                "lb's neighbour entries (managed, protocol {}) removed",
+                nexthop::LB_NEIGH_PROTOCOL
+            ),
+            Err(e) => warn!(
+                "cannot remove lb's neighbour entries: {e}; `ip neigh show proto {}` lists them",
+                nexthop::LB_NEIGH_PROTOCOL
+            ),
+        },
+        Ok(others) => info!(
+            others = %crate::log_values::List(&others),
+            "another lb run balances here: lb's neighbour entries are left to it"
+        ),
+        Err(e) => warn!(
+            "cannot tell whether another lb run balances here ({e}); lb's neighbour entries stay \
+             (`ip neigh show proto {}` lists them)",
+            nexthop::LB_NEIGH_PROTOCOL
+        ),
+    }
 }
 
 /// Withdraws the VIPs the last run on `pin_dir` announced, if its status file names an

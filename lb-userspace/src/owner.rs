@@ -146,6 +146,28 @@ impl IfaceClaim {
     }
 }
 
+/// Prefix of an interface claim's abstract socket name.
+const CLAIM_PREFIX: &str = "@lb-iface:";
+
+/// The interfaces an `lb run` of this network namespace claims now (its abstract sockets, as
+/// `/proc/net/unix` of this namespace lists them).
+pub fn claimed_ifaces() -> io::Result<Vec<String>> {
+    Ok(claims_in(&std::fs::read_to_string("/proc/net/unix")?))
+}
+
+/// The claimed interfaces in the text of `/proc/net/unix` (the path is the line's last column).
+fn claims_in(proc_net_unix: &str) -> Vec<String> {
+    let mut ifaces: Vec<String> = proc_net_unix
+        .lines()
+        .filter_map(|line| line.split_whitespace().last())
+        .filter_map(|path| path.strip_prefix(CLAIM_PREFIX))
+        .map(str::to_owned)
+        .collect();
+    ifaces.sort();
+    ifaces.dedup();
+    ifaces
+}
+
 /// The pid of the process at the other end of `stream` (`SO_PEERCRED`).
 fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
     use std::os::fd::AsRawFd as _;
@@ -217,8 +239,23 @@ mod tests {
             msg.contains(&format!("balances interface {iface}")),
             "{msg}"
         );
+        assert!(
+            claimed_ifaces().expect("/proc/net/unix").contains(&iface),
+            "{iface} not among the claims"
+        );
         drop(first);
+        assert!(!claimed_ifaces().expect("/proc/net/unix").contains(&iface));
         IfaceClaim::acquire(&iface).expect("free again");
+    }
+
+    #[test]
+    fn claims_are_read_from_the_paths_of_proc_net_unix() {
+        let text = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+                    0000000000000000: 00000002 00000000 00010000 0001 01 1234 @lb-iface:eth0\n\
+                    0000000000000000: 00000002 00000000 00010000 0001 01 1235 /run/lb/control.sock\n\
+                    0000000000000000: 00000003 00000000 00000000 0001 03 1236\n\
+                    0000000000000000: 00000002 00000000 00010000 0001 01 1237 @lb-iface:eth1\n";
+        assert_eq!(claims_in(text), ["eth0", "eth1"]);
     }
 
     #[test]

@@ -241,6 +241,31 @@ impl NextHopKeeper {
     }
 }
 
+/// Deletes every neighbour entry an `lb run` made in this network namespace (managed, lb's protocol
+/// number), whoever's it was: for `lb detach` after a run that left them (a plain exit or a crash),
+/// when no other `lb run` here could own one. Returns what it deleted; entries it could not
+/// delete are logged.
+pub fn release_left_over() -> io::Result<Vec<NextHop>> {
+    let mut rtnl = Rtnl::open()?;
+    let lbs: Vec<NextHop> = rtnl
+        .neighbours()?
+        .into_iter()
+        .filter(Neighbour::is_lbs)
+        .map(|n| n.hop)
+        .collect();
+    let mut removed = Vec::new();
+    for (hop, r) in lbs.iter().zip(rtnl.delete(&lbs)) {
+        match r {
+            Ok(()) => removed.push(*hop),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                warn!(next_hop = %hop, "cannot delete lb's neighbour entry (RTM_DELNEIGH): {e}; remove it with `ip neigh del {}`", hop)
+            }
+        }
+    }
+    Ok(removed)
+}
+
 impl Drop for NextHopKeeper {
     fn drop(&mut self) {
         self.release();

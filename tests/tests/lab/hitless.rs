@@ -87,6 +87,18 @@ fn assert_all_removed(lab: &Lab) {
     for file in [status_file_path(&pin_dir), lock_file_path(&pin_dir)] {
         assert!(!file.exists(), "{} left behind", file.display());
     }
+    let left = lb_neighbours(lab);
+    assert!(
+        left.trim().is_empty(),
+        "lb's neighbour entries left: {left}"
+    );
+}
+
+/// The neighbour entries lb made in load balancer 0's namespace (managed, lb's protocol number).
+fn lb_neighbours(lab: &Lab) -> String {
+    let proto = lb_userspace::nexthop::LB_NEIGH_PROTOCOL.to_string();
+    lb_tests::lab::cmd::ip(&lab.lb_netns(0), &["neigh", "show", "proto", &proto])
+        .expect("ip neigh on lb0")
 }
 
 /// The probe service of the swap-gap measurement: its VIP gets only the paced SYNs.
@@ -329,6 +341,11 @@ fn sigterm_leaves_forwarding_and_detach_on_exit_removes_everything() {
     );
     let_traffic_flow(&load, 10);
     assert_hitless("maglev", "SIGTERM", &load.finish().expect("load"));
+    // The program forwards on, so its next hops stay resolved by lb's entries until the detach.
+    assert!(
+        !lb_neighbours(&lab).trim().is_empty(),
+        "lb0 made no neighbour entry"
+    );
     lab.lb_detach(0).expect("lb detach");
     assert_all_removed(&lab);
 

@@ -270,3 +270,48 @@ fn a_kernel_learned_entry_is_revalidated_not_taken() {
     })
     .expect("private namespace");
 }
+
+#[test]
+fn a_detach_removes_the_entries_a_stopped_run_left_and_only_those() {
+    with_private_netns(|ns| {
+        wire(ns).expect("wiring");
+        ns.ip(&[
+            "neigh",
+            "add",
+            GATEWAY_V4,
+            "dev",
+            "nh0",
+            "lladdr",
+            OPERATOR_MAC,
+            "nud",
+            "permanent",
+        ])
+        .expect("the operator's entry");
+        let before = neigh(ns, GATEWAY_V4);
+        let mut run = NextHopKeeper::open(false).expect("keeper");
+        let report = run.refresh(&[ip(ROUTED_V4), ip(DIRECT_V4), ip(DIRECT_V6)]);
+        assert_eq!(report.created.len(), 2, "{report:?}");
+        // A plain exit (or a crash): the entries stay for the program that forwards on.
+        run.keep();
+        drop(run);
+        assert!(exists(ns, DIRECT_V4) && exists(ns, DIRECT_V6));
+        let mut removed = lb_userspace::nexthop::release_left_over().expect("netlink");
+        removed.sort();
+        assert_eq!(
+            removed.iter().map(|h| h.addr).collect::<Vec<_>>(),
+            vec![ip(DIRECT_V4), ip(DIRECT_V6)]
+        );
+        assert!(!exists(ns, DIRECT_V4) && !exists(ns, DIRECT_V6));
+        assert_eq!(
+            neigh(ns, GATEWAY_V4),
+            before,
+            "the operator's entry changed"
+        );
+        assert!(
+            lb_userspace::nexthop::release_left_over()
+                .expect("netlink")
+                .is_empty()
+        );
+    })
+    .expect("private namespace");
+}
