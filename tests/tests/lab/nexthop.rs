@@ -50,6 +50,23 @@ fn neigh(ns: &PrivateNetns, addr: &str) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or(serde_json::Value::Null)
 }
 
+/// The operator's permanent entry for the gateway; returns it as `ip neigh` shows it.
+fn operator_entry(ns: &PrivateNetns) -> serde_json::Value {
+    ns.ip(&[
+        "neigh",
+        "add",
+        GATEWAY_V4,
+        "dev",
+        "nh0",
+        "lladdr",
+        OPERATOR_MAC,
+        "nud",
+        "permanent",
+    ])
+    .expect("the operator's entry");
+    neigh(ns, GATEWAY_V4)
+}
+
 fn exists(ns: &PrivateNetns, addr: &str) -> bool {
     neigh(ns, addr).as_array().is_some_and(|a| !a.is_empty())
 }
@@ -110,19 +127,7 @@ fn a_blackhole_route_is_no_next_hop() {
 fn lb_removes_only_the_entries_it_created_and_never_touches_a_permanent_one() {
     with_private_netns(|ns| {
         let nh0 = wire(ns).expect("wiring");
-        ns.ip(&[
-            "neigh",
-            "add",
-            GATEWAY_V4,
-            "dev",
-            "nh0",
-            "lladdr",
-            OPERATOR_MAC,
-            "nud",
-            "permanent",
-        ])
-        .expect("the operator's entry");
-        let before = neigh(ns, GATEWAY_V4);
+        let before = operator_entry(ns);
 
         let mut keeper = NextHopKeeper::open(false).expect("keeper");
         let backends = [ip(ROUTED_V4), ip(DIRECT_V4), ip(DIRECT_V6)];
@@ -275,19 +280,7 @@ fn a_kernel_learned_entry_is_revalidated_not_taken() {
 fn a_detach_removes_the_entries_a_stopped_run_left_and_only_those() {
     with_private_netns(|ns| {
         wire(ns).expect("wiring");
-        ns.ip(&[
-            "neigh",
-            "add",
-            GATEWAY_V4,
-            "dev",
-            "nh0",
-            "lladdr",
-            OPERATOR_MAC,
-            "nud",
-            "permanent",
-        ])
-        .expect("the operator's entry");
-        let before = neigh(ns, GATEWAY_V4);
+        let before = operator_entry(ns);
         let mut run = NextHopKeeper::open(false).expect("keeper");
         let report = run.refresh(&[ip(ROUTED_V4), ip(DIRECT_V4), ip(DIRECT_V6)]);
         assert_eq!(report.created.len(), 2, "{report:?}");
