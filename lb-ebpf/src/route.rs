@@ -156,23 +156,28 @@ fn fresh(
 ) -> Option<NextHop> {
     // SAFETY (all field pointers): `c` is a map value pointer.
     let seq = load(unsafe { core::ptr::addr_of!((*c).seq) });
+    // Each field checked as it is read, so few values stay live (the balancer's registers are few).
     let addr = load(unsafe { core::ptr::addr_of!((*c).addr) });
-    let entry_ingress = load(unsafe { core::ptr::addr_of!((*c).ingress) });
-    let expires = load(unsafe { core::ptr::addr_of!((*c).expires_ns) });
-    let max_len = load(unsafe { core::ptr::addr_of!((*c).max_len) });
-    let hop = NextHop {
-        ifindex: load(unsafe { core::ptr::addr_of!((*c).ifindex) }),
-        smac: load(unsafe { core::ptr::addr_of!((*c).smac) }),
-        dmac: load(unsafe { core::ptr::addr_of!((*c).dmac) }),
-    };
+    let other_route = (addr[0] ^ dst[0])
+        | (addr[1] ^ dst[1])
+        | (addr[2] ^ dst[2])
+        | (addr[3] ^ dst[3])
+        | (load(unsafe { core::ptr::addr_of!((*c).ingress) }) ^ ingress);
+    let stale = load(unsafe { core::ptr::addr_of!((*c).expires_ns) }) <= now
+        || outer_len > load(unsafe { core::ptr::addr_of!((*c).max_len) });
+    let ifindex = load(unsafe { core::ptr::addr_of!((*c).ifindex) });
+    // Both MACs as three words (a volatile [u8; 6] is read byte by byte).
+    let macs: [u32; 3] = load(unsafe { core::ptr::addr_of!((*c).smac) }.cast::<[u32; 3]>());
     let again = load(unsafe { core::ptr::addr_of!((*c).seq) });
-    let usable = seq & 1 == 0
-        && again == seq
-        && addr == *dst
-        && entry_ingress == ingress
-        && expires > now
-        && outer_len <= max_len;
-    usable.then_some(hop)
+    if other_route != 0 || stale || seq & 1 != 0 || again != seq {
+        return None;
+    }
+    let [w0, w1, w2] = macs.map(u32::to_ne_bytes);
+    Some(NextHop {
+        ifindex,
+        smac: [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1]],
+        dmac: [w1[2], w1[3], w2[0], w2[1], w2[2], w2[3]],
+    })
 }
 
 /// Takes entry `c` for writing: its sequence from the even `seq` to odd, atomically; false when
