@@ -163,13 +163,19 @@ impl Announcer {
     }
 
     async fn write_and_reload(&self) -> Result<String, AnnounceError> {
-        crate::atomic_file::write(&self.opts.include, render_include(&self.wanted).as_bytes())
-            .map_err(|source| AnnounceError::Write {
-                path: self.opts.include.clone(),
-                source,
-            })?;
+        write_include(&self.opts.include, &self.wanted)?;
         Ok(bird::configure(&self.opts.socket).await?)
     }
+}
+
+/// Writes the include file `include` for `set`, atomically.
+fn write_include(include: &Path, set: &BTreeSet<IpAddr>) -> Result<(), AnnounceError> {
+    crate::atomic_file::write(include, render_include(set).as_bytes()).map_err(|source| {
+        AnnounceError::Write {
+            path: include.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// What [`withdraw_left_over`] found and did.
@@ -200,12 +206,7 @@ pub async fn withdraw_left_over(
         // Unreadable: assume it lists VIPs (the write below says why it fails, if it does).
         Err(_) => true,
     };
-    crate::atomic_file::write(include, empty.as_bytes()).map_err(|source| {
-        AnnounceError::Write {
-            path: include.to_path_buf(),
-            source,
-        }
-    })?;
+    write_include(include, &BTreeSet::new())?;
     match bird::configure(socket).await {
         Ok(reply) if listed => Ok(Withdrawal::Withdrawn { reply }),
         Ok(reply) => Ok(Withdrawal::NothingAnnounced { reply }),

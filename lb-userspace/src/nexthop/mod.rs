@@ -196,19 +196,7 @@ impl NextHopKeeper {
             .filter(|h| self.owned.contains(h) && existing.get(h).is_some_and(Neighbour::is_lbs))
             .copied()
             .collect();
-        let mut removed = Vec::new();
-        for (hop, r) in ours.iter().zip(self.rtnl.delete(&ours)) {
-            match r {
-                Ok(()) => {
-                    debug!(next_hop = %hop, "released the next hop");
-                    removed.push(*hop);
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => {
-                    warn!(next_hop = %hop, "cannot delete lb's neighbour entry (RTM_DELNEIGH): {e}; remove it with `ip neigh del {}`", hop)
-                }
-            }
-        }
+        let removed = delete(&mut self.rtnl, &ours);
         for h in hops {
             self.owned.remove(h);
         }
@@ -253,17 +241,26 @@ pub fn release_left_over() -> io::Result<Vec<NextHop>> {
         .filter(Neighbour::is_lbs)
         .map(|n| n.hop)
         .collect();
+    Ok(delete(&mut rtnl, &lbs))
+}
+
+/// Deletes the neighbour entries of `hops`; returns those it deleted (one already gone is not an
+/// error; any other failure is logged with how to delete it by hand).
+fn delete(rtnl: &mut Rtnl, hops: &[NextHop]) -> Vec<NextHop> {
     let mut removed = Vec::new();
-    for (hop, r) in lbs.iter().zip(rtnl.delete(&lbs)) {
+    for (hop, r) in hops.iter().zip(rtnl.delete(hops)) {
         match r {
-            Ok(()) => removed.push(*hop),
+            Ok(()) => {
+                debug!(next_hop = %hop, "released the next hop");
+                removed.push(*hop);
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => {
                 warn!(next_hop = %hop, "cannot delete lb's neighbour entry (RTM_DELNEIGH): {e}; remove it with `ip neigh del {}`", hop)
             }
         }
     }
-    Ok(removed)
+    removed
 }
 
 impl Drop for NextHopKeeper {
