@@ -248,8 +248,19 @@ fn claim(b: *mut FlowBucket, way: usize, old: u32, new: u32) -> bool {
     let mask = 0xffff_ffffu64 << shift;
     let expected = (current & !mask) | (u64::from(old) << shift);
     let desired = (current & !mask) | (u64::from(new) << shift);
-    // SAFETY: `word` is an 8-byte aligned u64 of a map value.
-    unsafe { crate::atomic::compare_exchange(word, expected, desired) }
+    let mut seen = expected;
+    // SAFETY: `word` is an 8-byte aligned u64 of a map value; BPF_ATOMIC | BPF_CMPXCHG compares
+    // it with r0, stores `desired` if equal, and returns what it held in r0.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {n})",
+            p = in(reg) word,
+            n = in(reg) desired,
+            inout("r0") seen,
+            options(nostack),
+        );
+    }
+    seen == expected
 }
 
 /// Inserts `key` → a new entry (`backend_id`, `flags`, seen at `now_ns`) unless the flow is there

@@ -10,8 +10,6 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
-pub mod atomic;
-#[cfg(target_arch = "bpf")]
 pub mod csum;
 #[cfg(target_arch = "bpf")]
 pub mod encap;

@@ -184,8 +184,19 @@ fn fresh(
 /// another CPU changed it first (that CPU writes the entry; this one only uses its own lookup).
 #[inline(always)]
 fn take_for_writing(c: *mut CachedHop, seq: u64) -> bool {
-    // SAFETY: `seq` is the 8-byte aligned first field of a map value.
-    unsafe { lb_ebpf::atomic::compare_exchange(core::ptr::addr_of_mut!((*c).seq), seq, seq + 1) }
+    let mut seen = seq;
+    // SAFETY: `seq` is the 8-byte aligned first field of a map value; BPF_ATOMIC | BPF_CMPXCHG
+    // compares it with r0, stores the new value if equal and returns what it held in r0.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {n})",
+            p = in(reg) core::ptr::addr_of_mut!((*c).seq),
+            n = in(reg) seq + 1,
+            inout("r0") seen,
+            options(nostack),
+        );
+    }
+    seen == seq
 }
 
 /// What `refresh` returns (one register: a BPF-to-BPF call returns no `Result` of a `NextHop`).
