@@ -69,6 +69,9 @@ pub fn tcp_packet(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, flags: u8) -> 
     p
 }
 
+/// Held by the unpaced flood that is sending (one at a time in a test process).
+static FLOODS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Sends `count` SYNs to `vip`, each from a different (source address, port) of `sources`
 /// (`base .. base + sources` in the last octet). Returns how many were sent.
 pub fn syn_flood(
@@ -101,6 +104,13 @@ pub fn tcp_stream(
     flags: u8,
 ) -> anyhow::Result<usize> {
     ensure!(sources > 0, "a flood needs at least one source address");
+    // Unpaced floods of tests running side by side (the lab's two abuse tests start together) take
+    // turns: on 2 CPUs two floods at once drop each other's packets before any balancer sees them.
+    let _turn = pace.is_zero().then(|| {
+        FLOODS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    });
     let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(IPPROTO_RAW)))
         .context("raw socket (needs root)")?;
     let dst = SockAddr::from(std::net::SocketAddr::V4(vip));
